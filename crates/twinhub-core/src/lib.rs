@@ -1,0 +1,25 @@
+//! The heart of twinhub, with no I/O: device identities, the twin document and the rules for changing it,
+//! versions and metadata, shared access policies and SAS tokens.
+//!
+//! Every transport (REST, MQTT, AMQP) and every store works with these types; none of them is allowed to
+//! change a twin except through [`twin::Twin::apply`] and friends, so that the rules hold everywhere.
+
+pub mod device;
+pub mod etag;
+pub mod ids;
+pub mod json;
+pub mod policy;
+pub mod record;
+pub mod rules;
+pub mod sas;
+pub mod time;
+pub mod twin;
+pub mod value;
+
+pub use device::{AuthenticationType, ConnectionState, DeviceIdentity, DeviceStatus, SymmetricKeys};
+pub use ids::{DeviceId, InvalidId};
+pub use record::DeviceRecord;
+pub use rules::{TwinRuleViolation, TwinRules};
+pub use time::Timestamp;
+pub use twin::{Section, Twin, TwinPatch, TwinReplacement};
+pub use value::{Object, Value};

@@ -1,0 +1,29 @@
+use twinhub_core::json::DeviceDocumentError;
+use twinhub_core::{DeviceId, TwinRuleViolation};
+use twinhub_store::StoreError;
+
+/// Everything a hub operation can refuse or fail with. Transports map these to their wire in one place
+/// each (an HTTP status with IoT Hub's error code, an MQTT twin status, an AMQP outcome).
+#[derive(Debug, thiserror::Error)]
+pub enum HubError {
+    #[error("Device {0} not found")]
+    DeviceNotFound(DeviceId),
+    #[error("A device with ID '{0}' is already registered.")]
+    DeviceAlreadyExists(DeviceId),
+    #[error("Precondition failed: the etag '{given}' does not match the current etag of '{device}'")]
+    PreconditionFailed { device: DeviceId, given: String },
+    #[error("{0}")]
+    TwinRule(#[from] TwinRuleViolation),
+    #[error("{0}")]
+    DeviceDocument(#[from] DeviceDocumentError),
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error("the device ids in the request must be unique; '{0}' appears more than once")]
+    DeviceDefinedMultipleTimes(DeviceId),
+    #[error("the store failed; the write was not applied: {0}")]
+    Store(#[source] StoreError),
+    #[error("the hub is shutting down")]
+    ShuttingDown,
+    #[error("internal error: {0}")]
+    Internal(&'static str),
+}

@@ -1,0 +1,200 @@
+//! The hub service: the one API every transport calls (REST today; MQTT and AMQP next).
+//!
+//! Reads come from an immutable snapshot of every device record (an ordered persistent map swapped
+//! atomically), so they never wait for writes and a query pages over a consistent, sorted view.
+//! All writes go through one writer task that owns the next snapshot: it drains a bounded queue, applies
+//! each operation with the rules from `twinhub-core`, commits the batch to the store with one fsync, and
+//! only then publishes the new snapshot and acknowledges. So an acknowledged write is durable, a read
+//! after an acknowledgement sees it, and versions and etags cannot race.
+
+mod bulk;
+mod error;
+mod events;
+mod writer;
+
+use arc_swap::ArcSwap;
+use std::sync::Arc;
+use tokio::sync::{broadcast, mpsc, oneshot};
+use twinhub_core::etag::IfMatch;
+use twinhub_core::json::DeviceDraft;
+use twinhub_core::twin::{ReportedPatch, TwinPatch, TwinReplacement};
+use twinhub_core::{DeviceId, DeviceRecord, DeviceStatus, TwinRules};
+use twinhub_store::Store;
+
+pub use bulk::{BulkError, BulkOperation, BulkOutcome, ImportMode};
+pub use error::HubError;
+pub use events::HubEvent;
+use writer::{WriteCommand, WriteOp, WriteOutcome};
+
+/// Every device record, ordered by device id. Cloning is O(1); the writer changes its own copy.
+pub type Registry = imbl::OrdMap<DeviceId, Arc<DeviceRecord>>;
+
+#[derive(Clone, Debug)]
+pub struct HubConfig {
+    pub rules: TwinRules,
+    /// Most operations one commit carries. Bounds the latency of a batch and the memory it holds.
+    pub commit_batch_operations_max: usize,
+    /// Writes waiting for the writer; past this, callers wait (back-pressure) instead of queueing more.
+    pub write_queue_operations_max: usize,
+}
+
+impl Default for HubConfig {
+    fn default() -> Self {
+        HubConfig {
+            rules: TwinRules::default(),
+            commit_batch_operations_max: 1024,
+            write_queue_operations_max: 16 * 1024,
+        }
+    }
+}
+
+/// Largest bulk registry request, as on IoT Hub.
+pub const BULK_DEVICES_MAX: usize = 100;
+
+pub struct Hub {
+    snapshot: Arc<ArcSwap<Registry>>,
+    writes: mpsc::Sender<WriteCommand>,
+    events: broadcast::Sender<HubEvent>,
+    config: HubConfig,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RegistryStatistics {
+    pub total: usize,
+    pub enabled: usize,
+    pub disabled: usize,
+}
+
+impl Hub {
+    /// Loads every record from the store and starts the writer. Must run inside a tokio runtime.
+    pub async fn start(store: Arc<dyn Store>, config: HubConfig) -> Result<Arc<Hub>, HubError> {
+        let records = store.load_all().await.map_err(HubError::Store)?;
+        let registry: Registry = records
+            .into_iter()
+            .map(|record| (record.identity.device_id.clone(), Arc::new(record)))
+            .collect();
+        let snapshot = Arc::new(ArcSwap::from_pointee(registry));
+        let (writes, queue) = mpsc::channel(config.write_queue_operations_max);
+        let (events, _) = broadcast::channel(events::EVENT_QUEUE_MAX);
+        tokio::spawn(writer::run(
+            queue,
+            Arc::clone(&snapshot),
+            store,
+            events.clone(),
+            config.clone(),
+        ));
+        Ok(Arc::new(Hub {
+            snapshot,
+            writes,
+            events,
+            config,
+        }))
+    }
+
+    pub fn rules(&self) -> &TwinRules {
+        &self.config.rules
+    }
+
+    /// The current registry: consistent, sorted by id, never changing under the caller.
+    pub fn snapshot(&self) -> Arc<Registry> {
+        self.snapshot.load_full()
+    }
+
+    pub fn device(&self, id: &DeviceId) -> Result<Arc<DeviceRecord>, HubError> {
+        self.snapshot
+            .load()
+            .get(id)
+            .cloned()
+            .ok_or_else(|| HubError::DeviceNotFound(id.clone()))
+    }
+
+    /// Up to `top` devices in id order.
+    pub fn devices(&self, top: usize) -> Vec<Arc<DeviceRecord>> {
+        self.snapshot.load().values().take(top).cloned().collect()
+    }
+
+    pub fn statistics(&self) -> RegistryStatistics {
+        let registry = self.snapshot.load();
+        let enabled = registry
+            .values()
+            .filter(|record| record.identity.status == DeviceStatus::Enabled)
+            .count();
+        RegistryStatistics {
+            total: registry.len(),
+            enabled,
+            disabled: registry.len() - enabled,
+        }
+    }
+
+    /// Devices with a live MQTT or AMQP connection.
+    pub fn connected_devices(&self) -> usize {
+        self.snapshot
+            .load()
+            .values()
+            .filter(|record| record.presence.connection_state == twinhub_core::ConnectionState::Connected)
+            .count()
+    }
+
+    /// Notifications of what writes did, for transports (desired notifications) and, later, change streams.
+    pub fn subscribe(&self) -> broadcast::Receiver<HubEvent> {
+        self.events.subscribe()
+    }
+
+    async fn write(&self, op: WriteOp) -> Result<WriteOutcome, HubError> {
+        let (reply, answer) = oneshot::channel();
+        self.writes
+            .send(WriteCommand { op, reply })
+            .await
+            .map_err(|_| HubError::ShuttingDown)?;
+        answer.await.map_err(|_| HubError::ShuttingDown)?
+    }
+
+    /// `PUT /devices/{id}`: create (no `If-Match`), or replace the identity (`If-Match` etag or `*`).
+    pub async fn put_device(&self, draft: DeviceDraft, if_match: IfMatch) -> Result<Arc<DeviceRecord>, HubError> {
+        self.write(WriteOp::PutDevice { draft, if_match }).await?.record()
+    }
+
+    pub async fn delete_device(&self, id: DeviceId, if_match: IfMatch) -> Result<(), HubError> {
+        self.write(WriteOp::DeleteDevice { id, if_match }).await.map(|_| ())
+    }
+
+    pub async fn patch_twin(
+        &self,
+        id: DeviceId,
+        patch: TwinPatch,
+        if_match: IfMatch,
+    ) -> Result<Arc<DeviceRecord>, HubError> {
+        self.write(WriteOp::PatchTwin { id, patch, if_match }).await?.record()
+    }
+
+    pub async fn replace_twin(
+        &self,
+        id: DeviceId,
+        replacement: TwinReplacement,
+        if_match: IfMatch,
+    ) -> Result<Arc<DeviceRecord>, HubError> {
+        self.write(WriteOp::ReplaceTwin {
+            id,
+            replacement,
+            if_match,
+        })
+        .await?
+        .record()
+    }
+
+    /// A device's own reported-properties patch.
+    pub async fn patch_reported(&self, id: DeviceId, patch: ReportedPatch) -> Result<Arc<DeviceRecord>, HubError> {
+        self.write(WriteOp::PatchReported { id, patch }).await?.record()
+    }
+
+    /// Bulk create/update/delete, at most [`BULK_DEVICES_MAX`], committed together.
+    pub async fn bulk(&self, operations: Vec<BulkOperation>) -> Result<BulkOutcome, HubError> {
+        bulk::check_request(&operations)?;
+        match self.write(WriteOp::Bulk(operations)).await? {
+            WriteOutcome::Bulk(outcome) => Ok(outcome),
+            _ => Err(HubError::Internal(
+                "the writer answered a bulk request with something else",
+            )),
+        }
+    }
+}

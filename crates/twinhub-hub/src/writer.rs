@@ -1,0 +1,246 @@
+//! The single writer: owns the next registry snapshot, applies operations in order, commits a batch with
+//! one fsync, then publishes and acknowledges. Nothing else changes a record.
+
+use crate::bulk::{self, BulkOperation, BulkOutcome};
+use crate::{HubConfig, HubError, HubEvent, Registry};
+use arc_swap::ArcSwap;
+use std::sync::Arc;
+use tokio::sync::{broadcast, mpsc, oneshot};
+use twinhub_core::etag::IfMatch;
+use twinhub_core::json::DeviceDraft;
+use twinhub_core::record::Presence;
+use twinhub_core::twin::{ReportedPatch, TwinPatch, TwinReplacement};
+use twinhub_core::{DeviceId, DeviceRecord, Timestamp, Twin};
+use twinhub_store::{Store, StoreWrite};
+
+pub(crate) enum WriteOp {
+    PutDevice {
+        draft: DeviceDraft,
+        if_match: IfMatch,
+    },
+    DeleteDevice {
+        id: DeviceId,
+        if_match: IfMatch,
+    },
+    PatchTwin {
+        id: DeviceId,
+        patch: TwinPatch,
+        if_match: IfMatch,
+    },
+    ReplaceTwin {
+        id: DeviceId,
+        replacement: TwinReplacement,
+        if_match: IfMatch,
+    },
+    PatchReported {
+        id: DeviceId,
+        patch: ReportedPatch,
+    },
+    Bulk(Vec<BulkOperation>),
+}
+
+pub(crate) enum WriteOutcome {
+    Record(Arc<DeviceRecord>),
+    Deleted,
+    Bulk(BulkOutcome),
+}
+
+impl WriteOutcome {
+    pub(crate) fn record(self) -> Result<Arc<DeviceRecord>, HubError> {
+        match self {
+            WriteOutcome::Record(record) => Ok(record),
+            _ => Err(HubError::Internal("the writer answered with no record")),
+        }
+    }
+}
+
+pub(crate) struct WriteCommand {
+    pub(crate) op: WriteOp,
+    pub(crate) reply: oneshot::Sender<Result<WriteOutcome, HubError>>,
+}
+
+/// The batch being built: the registry as it will be after the commit, the store writes, the events.
+pub(crate) struct Batch<'a> {
+    pub(crate) registry: Registry,
+    pub(crate) writes: Vec<StoreWrite>,
+    pub(crate) events: Vec<HubEvent>,
+    pub(crate) config: &'a HubConfig,
+}
+
+pub(crate) async fn run(
+    mut queue: mpsc::Receiver<WriteCommand>,
+    snapshot: Arc<ArcSwap<Registry>>,
+    store: Arc<dyn Store>,
+    events: broadcast::Sender<HubEvent>,
+    config: HubConfig,
+) {
+    let mut commands = Vec::with_capacity(config.commit_batch_operations_max);
+    // recv_many waits for the first command, then takes whatever else is already queued: group commit
+    // without a timer, so a lone write is not delayed and a busy queue fills the batch.
+    while queue.recv_many(&mut commands, config.commit_batch_operations_max).await > 0 {
+        let mut batch = Batch {
+            registry: Registry::clone(&snapshot.load()),
+            writes: Vec::with_capacity(commands.len()),
+            events: Vec::new(),
+            config: &config,
+        };
+        let mut replies = Vec::with_capacity(commands.len());
+        for command in commands.drain(..) {
+            let result = batch.apply(command.op);
+            replies.push((command.reply, result));
+        }
+        if !batch.writes.is_empty() {
+            if let Err(error) = store.commit(std::mem::take(&mut batch.writes)).await {
+                tracing::error!(%error, "commit failed; the batch is refused and the snapshot left as it was");
+                let message = error.to_string();
+                for (reply, result) in replies {
+                    let answer = match result {
+                        Ok(_) => Err(HubError::Store(twinhub_store::StoreError::Write(
+                            message.clone().into(),
+                        ))),
+                        refused => refused,
+                    };
+                    let _ = reply.send(answer);
+                }
+                continue;
+            }
+        }
+        snapshot.store(Arc::new(batch.registry));
+        for event in batch.events {
+            // No subscriber is fine: nobody is waiting for notifications.
+            let _ = events.send(event);
+        }
+        for (reply, result) in replies {
+            // The caller may have gone away (client disconnected); the write stands regardless.
+            let _ = reply.send(result);
+        }
+    }
+}
+
+impl Batch<'_> {
+    pub(crate) fn apply(&mut self, op: WriteOp) -> Result<WriteOutcome, HubError> {
+        let now = Timestamp::now();
+        match op {
+            WriteOp::PutDevice { draft, if_match } => self.put_device(draft, &if_match, now).map(WriteOutcome::Record),
+            WriteOp::DeleteDevice { id, if_match } => {
+                self.delete_device(&id, &if_match).map(|()| WriteOutcome::Deleted)
+            }
+            WriteOp::PatchTwin { id, patch, if_match } => {
+                let current = self.twin_for_write(&id, &if_match)?;
+                let (twin, change) = current.twin.patched(&patch, now, &self.config.rules)?;
+                if let Some(change) = change {
+                    self.events.push(HubEvent::DesiredChanged {
+                        device_id: id.clone(),
+                        change,
+                    });
+                }
+                Ok(WriteOutcome::Record(self.store_twin(&current, twin)))
+            }
+            WriteOp::ReplaceTwin {
+                id,
+                replacement,
+                if_match,
+            } => {
+                let current = self.twin_for_write(&id, &if_match)?;
+                let (twin, change) = current.twin.replaced(&replacement, now, &self.config.rules)?;
+                self.events.push(HubEvent::DesiredChanged {
+                    device_id: id.clone(),
+                    change,
+                });
+                Ok(WriteOutcome::Record(self.store_twin(&current, twin)))
+            }
+            WriteOp::PatchReported { id, patch } => {
+                let current = self.existing(&id)?;
+                let twin = current.twin.with_reported(&patch, now, &self.config.rules)?;
+                Ok(WriteOutcome::Record(self.store_twin(&current, twin)))
+            }
+            WriteOp::Bulk(operations) => Ok(WriteOutcome::Bulk(bulk::apply(self, operations, now))),
+        }
+    }
+
+    pub(crate) fn existing(&self, id: &DeviceId) -> Result<Arc<DeviceRecord>, HubError> {
+        self.registry
+            .get(id)
+            .cloned()
+            .ok_or_else(|| HubError::DeviceNotFound(id.clone()))
+    }
+
+    fn twin_for_write(&self, id: &DeviceId, if_match: &IfMatch) -> Result<Arc<DeviceRecord>, HubError> {
+        let current = self.existing(id)?;
+        let etag = current.twin.etag();
+        if !if_match.allows(&etag) {
+            return Err(precondition_failed(id, if_match));
+        }
+        Ok(current)
+    }
+
+    pub(crate) fn store_twin(&mut self, current: &DeviceRecord, twin: Twin) -> Arc<DeviceRecord> {
+        let record = Arc::new(DeviceRecord {
+            identity: current.identity.clone(),
+            twin,
+            presence: current.presence.clone(),
+        });
+        self.upsert(record)
+    }
+
+    pub(crate) fn upsert(&mut self, record: Arc<DeviceRecord>) -> Arc<DeviceRecord> {
+        self.registry
+            .insert(record.identity.device_id.clone(), Arc::clone(&record));
+        self.writes.push(StoreWrite::Upsert(Arc::clone(&record)));
+        record
+    }
+
+    /// Creates, or replaces the identity of, a device. Ref: service-rest notes §5: no `If-Match` means
+    /// create-only (409 when it exists); `*` means unconditional; an etag must match the device etag.
+    pub(crate) fn put_device(
+        &mut self,
+        draft: DeviceDraft,
+        if_match: &IfMatch,
+        now: Timestamp,
+    ) -> Result<Arc<DeviceRecord>, HubError> {
+        let id = draft.device_id.clone();
+        let record = match (self.registry.get(&id).cloned(), if_match) {
+            (Some(_), IfMatch::Absent) => return Err(HubError::DeviceAlreadyExists(id)),
+            (Some(existing), _) => {
+                if !if_match.allows(&existing.identity.etag()) {
+                    return Err(precondition_failed(&id, if_match));
+                }
+                self.events.push(HubEvent::DeviceUpdated { device_id: id.clone() });
+                DeviceRecord {
+                    identity: draft.into_identity(Some(&existing.identity), now),
+                    twin: existing.twin.clone(),
+                    presence: existing.presence.clone(),
+                }
+            }
+            (None, IfMatch::Etag(_)) => return Err(HubError::DeviceNotFound(id)),
+            (None, _) => DeviceRecord {
+                identity: draft.into_identity(None, now),
+                twin: Twin::new(now),
+                presence: Presence::default(),
+            },
+        };
+        Ok(self.upsert(Arc::new(record)))
+    }
+
+    pub(crate) fn delete_device(&mut self, id: &DeviceId, if_match: &IfMatch) -> Result<(), HubError> {
+        let existing = self.existing(id)?;
+        if !if_match.allows(&existing.identity.etag()) {
+            return Err(precondition_failed(id, if_match));
+        }
+        self.registry.remove(id);
+        self.writes.push(StoreWrite::Delete(id.clone()));
+        self.events.push(HubEvent::DeviceDeleted { device_id: id.clone() });
+        Ok(())
+    }
+}
+
+fn precondition_failed(id: &DeviceId, if_match: &IfMatch) -> HubError {
+    let given = match if_match {
+        IfMatch::Etag(etag) => etag.clone(),
+        _ => String::new(),
+    };
+    HubError::PreconditionFailed {
+        device: id.clone(),
+        given,
+    }
+}

@@ -1,0 +1,233 @@
+//! The hub service against in-memory stores: the writer's ordering, versions, etags and failure handling.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use twinhub_core::etag::IfMatch;
+use twinhub_core::json::DeviceDraft;
+use twinhub_core::twin::{ReportedPatch, TwinPatch};
+use twinhub_core::{DeviceId, DeviceRecord, TwinRules};
+use twinhub_hub::{BulkOperation, Hub, HubConfig, HubError, HubEvent, ImportMode};
+use twinhub_store::{Store, StoreError, StoreWrite};
+
+/// Keeps records in a map; can be told to fail commits. Counts commits to show batching.
+#[derive(Default)]
+struct MemoryStore {
+    records: Mutex<BTreeMap<DeviceId, DeviceRecord>>,
+    failing: AtomicBool,
+    commits: Mutex<Vec<usize>>,
+}
+
+#[async_trait::async_trait]
+impl Store for MemoryStore {
+    async fn load_all(&self) -> Result<Vec<DeviceRecord>, StoreError> {
+        Ok(self.records.lock().unwrap().values().cloned().collect())
+    }
+
+    async fn commit(&self, batch: Vec<StoreWrite>) -> Result<(), StoreError> {
+        if self.failing.load(Ordering::SeqCst) {
+            return Err(StoreError::Write("disk on fire".into()));
+        }
+        self.commits.lock().unwrap().push(batch.len());
+        let mut records = self.records.lock().unwrap();
+        for write in batch {
+            match write {
+                StoreWrite::Upsert(record) => {
+                    records.insert(record.identity.device_id.clone(), (*record).clone());
+                }
+                StoreWrite::Delete(id) => {
+                    records.remove(&id);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn id(text: &str) -> DeviceId {
+    DeviceId::new(text).unwrap()
+}
+
+fn draft(text: &str) -> DeviceDraft {
+    DeviceDraft::from_json(&serde_json::json!({ "deviceId": text }), "deviceId").unwrap()
+}
+
+fn desired(body: serde_json::Value) -> TwinPatch {
+    TwinPatch::from_json(
+        &serde_json::json!({"properties": {"desired": body}}),
+        &TwinRules::default(),
+    )
+    .unwrap()
+}
+
+async fn hub_with(store: Arc<MemoryStore>) -> Arc<Hub> {
+    Hub::start(store, HubConfig::default()).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_patches_get_unique_contiguous_versions_and_share_commits() {
+    // Scenario: 64 writers patch the same twin at once; every acknowledged patch has its own desired
+    // version, the versions have no gaps, and the store saw fewer commits than patches (group commit).
+    let store = Arc::new(MemoryStore::default());
+    let hub = hub_with(Arc::clone(&store)).await;
+    hub.put_device(draft("d1"), IfMatch::Absent).await.unwrap();
+    let mut tasks = Vec::new();
+    for writer in 0..64 {
+        let hub = Arc::clone(&hub);
+        tasks.push(tokio::spawn(async move {
+            let mut versions = Vec::new();
+            for n in 0..20 {
+                let record = hub
+                    .patch_twin(
+                        id("d1"),
+                        desired(serde_json::json!({ format!("w{writer}"): n })),
+                        IfMatch::Any,
+                    )
+                    .await
+                    .unwrap();
+                versions.push(record.twin.desired.version);
+            }
+            versions
+        }));
+    }
+    let mut versions = Vec::new();
+    for task in tasks {
+        versions.extend(task.await.unwrap());
+    }
+    versions.sort_unstable();
+    assert_eq!(versions, (2..=1281).collect::<Vec<u64>>());
+    let twin = hub.device(&id("d1")).unwrap().twin.clone();
+    assert_eq!(twin.desired.version, 1281);
+    assert_eq!(twin.desired.members.0.len(), 64);
+    let commits = store.commits.lock().unwrap().len();
+    assert!(commits < 1281, "{commits} commits for 1281 patches: no batching");
+    // What the store holds is what readers see.
+    assert_eq!(store.records.lock().unwrap()[&id("d1")].twin, twin);
+}
+
+#[tokio::test]
+async fn a_failed_commit_is_refused_and_leaves_no_trace() {
+    let store = Arc::new(MemoryStore::default());
+    let hub = hub_with(Arc::clone(&store)).await;
+    hub.put_device(draft("d1"), IfMatch::Absent).await.unwrap();
+    let mut events = hub.subscribe();
+    store.failing.store(true, Ordering::SeqCst);
+    let error = hub
+        .patch_twin(id("d1"), desired(serde_json::json!({"a": 1})), IfMatch::Any)
+        .await
+        .unwrap_err();
+    assert!(matches!(error, HubError::Store(_)), "{error}");
+    assert_eq!(hub.device(&id("d1")).unwrap().twin.desired.version, 1);
+    assert!(
+        events.try_recv().is_err(),
+        "no event for a write that was not committed"
+    );
+    store.failing.store(false, Ordering::SeqCst);
+    let record = hub
+        .patch_twin(id("d1"), desired(serde_json::json!({"a": 1})), IfMatch::Any)
+        .await
+        .unwrap();
+    assert_eq!(record.twin.desired.version, 2);
+    match events.recv().await.unwrap() {
+        HubEvent::DesiredChanged { device_id, change } => {
+            assert_eq!(device_id, id("d1"));
+            assert_eq!(change.version, 2);
+        }
+        other => panic!("unexpected event {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn if_match_rules_for_devices_and_twins() {
+    let hub = hub_with(Arc::default()).await;
+    let created = hub.put_device(draft("d1"), IfMatch::Absent).await.unwrap();
+    let device_etag = created.identity.etag();
+    assert!(matches!(
+        hub.put_device(draft("d1"), IfMatch::Absent).await,
+        Err(HubError::DeviceAlreadyExists(_))
+    ));
+    assert!(matches!(
+        hub.put_device(draft("d1"), IfMatch::Etag("stale".into())).await,
+        Err(HubError::PreconditionFailed { .. })
+    ));
+    let updated = hub
+        .put_device(draft("d1"), IfMatch::Etag(device_etag.clone()))
+        .await
+        .unwrap();
+    assert_ne!(updated.identity.etag(), device_etag);
+    assert_eq!(updated.identity.generation_id, created.identity.generation_id);
+    assert!(matches!(
+        hub.put_device(draft("new"), IfMatch::Etag("x".into())).await,
+        Err(HubError::DeviceNotFound(_))
+    ));
+    hub.put_device(draft("new"), IfMatch::Any).await.unwrap();
+
+    let twin_etag = updated.twin.etag();
+    hub.patch_twin(
+        id("d1"),
+        desired(serde_json::json!({"a": 1})),
+        IfMatch::Etag(twin_etag.clone()),
+    )
+    .await
+    .unwrap();
+    assert!(matches!(
+        hub.patch_twin(id("d1"), desired(serde_json::json!({"a": 2})), IfMatch::Etag(twin_etag))
+            .await,
+        Err(HubError::PreconditionFailed { .. })
+    ));
+    assert!(matches!(
+        hub.delete_device(id("d1"), IfMatch::Etag("stale".into())).await,
+        Err(HubError::PreconditionFailed { .. })
+    ));
+    hub.delete_device(id("d1"), IfMatch::Absent).await.unwrap();
+    assert!(matches!(hub.device(&id("d1")), Err(HubError::DeviceNotFound(_))));
+    assert!(matches!(
+        hub.delete_device(id("d1"), IfMatch::Any).await,
+        Err(HubError::DeviceNotFound(_))
+    ));
+}
+
+#[tokio::test]
+async fn records_survive_a_restart_on_the_same_store() {
+    let store = Arc::new(MemoryStore::default());
+    let hub = hub_with(Arc::clone(&store)).await;
+    hub.put_device(draft("d1"), IfMatch::Absent).await.unwrap();
+    let reported = ReportedPatch::from_json(&serde_json::json!({"fw": "1.0"}), &TwinRules::default()).unwrap();
+    let before = hub.patch_reported(id("d1"), reported).await.unwrap();
+    drop(hub);
+    let again = hub_with(store).await;
+    assert_eq!(*again.device(&id("d1")).unwrap(), *before);
+}
+
+#[tokio::test]
+async fn bulk_applies_each_operation_and_reports_failures() {
+    let hub = hub_with(Arc::default()).await;
+    hub.put_device(draft("exists"), IfMatch::Absent).await.unwrap();
+    let operation = |text: &str, mode| BulkOperation {
+        mode,
+        draft: draft(text),
+        etag: None,
+        twin_etag: None,
+        twin_patch: TwinPatch::default(),
+    };
+    let outcome = hub
+        .bulk(vec![
+            operation("a", ImportMode::Create),
+            operation("exists", ImportMode::Create),
+            operation("missing", ImportMode::Delete),
+            operation("b", ImportMode::Create),
+        ])
+        .await
+        .unwrap();
+    let failed: Vec<_> = outcome.errors.iter().map(|e| e.device_id.as_str().to_owned()).collect();
+    assert_eq!(failed, ["exists", "missing"]);
+    assert_eq!(hub.statistics().total, 3);
+    let duplicate = hub
+        .bulk(vec![
+            operation("c", ImportMode::Create),
+            operation("c", ImportMode::Create),
+        ])
+        .await;
+    assert!(matches!(duplicate, Err(HubError::DeviceDefinedMultipleTimes(_))));
+    assert!(hub.bulk(Vec::new()).await.is_err());
+}

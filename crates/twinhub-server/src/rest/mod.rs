@@ -1,0 +1,57 @@
+//! The service REST API, as the Node `azure-iothub` and Python `azure-iot-hub` SDKs use it.
+//! Ref: shared/protocol/service-rest.md.
+
+mod auth;
+mod body;
+mod error;
+mod registry;
+mod twins;
+
+use axum::routing::{get, post};
+use axum::Router;
+use std::sync::Arc;
+use twinhub_core::policy::SharedAccessPolicy;
+use twinhub_hub::Hub;
+
+pub use error::RestError;
+
+/// Largest request body accepted. A bulk request of 100 devices with twins fits well within it.
+pub const REQUEST_BYTES_MAX: usize = 1024 * 1024;
+
+#[derive(Clone)]
+pub struct RestState {
+    pub(crate) hub: Arc<Hub>,
+    pub(crate) auth: Arc<auth::ServiceAuth>,
+}
+
+impl RestState {
+    pub fn new(hub: Arc<Hub>, hostname: String, policies: Vec<SharedAccessPolicy>) -> Self {
+        RestState {
+            hub,
+            auth: Arc::new(auth::ServiceAuth { hostname, policies }),
+        }
+    }
+}
+
+pub fn router(state: RestState) -> Router {
+    Router::new()
+        .route("/devices", get(registry::list_devices).post(registry::bulk))
+        // Node's Registry.list() asks for `/devices/` with the slash.
+        .route("/devices/", get(registry::list_devices).post(registry::bulk))
+        .route(
+            "/devices/{id}",
+            get(registry::get_device)
+                .put(registry::put_device)
+                .delete(registry::delete_device),
+        )
+        .route("/statistics/devices", get(registry::registry_statistics))
+        .route("/statistics/service", get(registry::service_statistics))
+        .route(
+            "/twins/{id}",
+            get(twins::get_twin).patch(twins::patch_twin).put(twins::replace_twin),
+        )
+        .route("/devices/query", post(twins::query_unavailable))
+        .fallback(error::not_found)
+        .layer(axum::extract::DefaultBodyLimit::max(REQUEST_BYTES_MAX))
+        .with_state(state)
+}

@@ -1,0 +1,194 @@
+//! Starting a hub: the data directory, the store, the hub service, and the listeners.
+
+use crate::material::{HubMaterial, MaterialError};
+use crate::rest;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Semaphore};
+use tokio_rustls::TlsAcceptor;
+use twinhub_hub::{Hub, HubConfig, HubError};
+use twinhub_store::{EmbeddedStore, StoreError};
+
+#[derive(Clone, Debug)]
+pub struct ServeConfig {
+    pub data_dir: PathBuf,
+    /// The hub's host name: what connection strings say and SAS tokens sign.
+    pub hostname: String,
+    pub bind: IpAddr,
+    pub https_port: u16,
+    pub mqtt_port: u16,
+    pub amqp_port: u16,
+    pub hub: HubConfig,
+    /// Connections held at once on the HTTPS listener; more wait in the accept queue.
+    pub https_connections_max: usize,
+}
+
+impl ServeConfig {
+    pub fn new(data_dir: PathBuf, hostname: String, bind: IpAddr) -> Self {
+        ServeConfig {
+            data_dir,
+            hostname,
+            bind,
+            https_port: 443,
+            mqtt_port: 8883,
+            amqp_port: 5671,
+            hub: HubConfig::default(),
+            https_connections_max: 10_000,
+        }
+    }
+
+    /// Names the server certificate covers: the host name, the bind address, and the loopback names.
+    fn certificate_names(&self) -> Vec<String> {
+        let mut names = vec![self.hostname.clone()];
+        if !self.bind.is_unspecified() {
+            names.push(self.bind.to_string());
+        }
+        names.push("localhost".into());
+        names.push("127.0.0.1".into());
+        let mut unique = Vec::new();
+        for name in names {
+            if !unique.contains(&name) {
+                unique.push(name);
+            }
+        }
+        unique
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Material(#[from] MaterialError),
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
+    #[error("cannot open the store: {0}")]
+    Store(#[from] StoreError),
+    #[error("cannot start the hub: {0}")]
+    Hub(#[from] HubError),
+    #[error("cannot listen on {address}: {reason}; choose another port with {flag} (or another address with --bind)")]
+    Bind {
+        address: SocketAddr,
+        flag: &'static str,
+        reason: String,
+    },
+}
+
+/// A started hub. Dropping it does not stop it; call [`RunningHub::shutdown`].
+pub struct RunningHub {
+    pub hub: Arc<Hub>,
+    pub material: HubMaterial,
+    pub https_address: SocketAddr,
+    shutdown: watch::Sender<bool>,
+}
+
+impl RunningHub {
+    pub fn shutdown(&self) {
+        let _ = self.shutdown.send(true);
+    }
+}
+
+async fn bind(address: SocketAddr, flag: &'static str) -> Result<TcpListener, ServeError> {
+    TcpListener::bind(address).await.map_err(|error| {
+        let reason = match error.kind() {
+            std::io::ErrorKind::AddrInUse => "the port is already in use".to_owned(),
+            std::io::ErrorKind::PermissionDenied => {
+                "permission denied (ports below 1024 need root or CAP_NET_BIND_SERVICE)".to_owned()
+            }
+            _ => error.to_string(),
+        };
+        ServeError::Bind { address, flag, reason }
+    })
+}
+
+pub async fn serve(config: ServeConfig) -> Result<RunningHub, ServeError> {
+    let material = HubMaterial::open_or_create(&config.data_dir, &config.certificate_names())?;
+    crate::material::write_hostname(&config.data_dir, &config.hostname)?;
+    // Bind before loading the store, so a port problem is reported at once.
+    let https_listener = bind(SocketAddr::new(config.bind, config.https_port), "--https-port").await?;
+    let https_address = https_listener.local_addr().map_err(|error| ServeError::Bind {
+        address: SocketAddr::new(config.bind, config.https_port),
+        flag: "--https-port",
+        reason: error.to_string(),
+    })?;
+    let store = EmbeddedStore::open(&config.data_dir.join("store"))?;
+    let hub = Hub::start(Arc::new(store), config.hub.clone()).await?;
+    let tls = crate::tls::server_config(&material.server_cert_pem, &material.server_key_pem, &[b"http/1.1"])?;
+    let router = rest::router(rest::RestState::new(
+        Arc::clone(&hub),
+        config.hostname.clone(),
+        material.policies.clone(),
+    ));
+    let (shutdown, shutdown_signal) = watch::channel(false);
+    tokio::spawn(accept_https(
+        https_listener,
+        TlsAcceptor::from(tls),
+        router,
+        Arc::new(Semaphore::new(config.https_connections_max)),
+        shutdown_signal,
+    ));
+    Ok(RunningHub {
+        hub,
+        material,
+        https_address,
+        shutdown,
+    })
+}
+
+/// How long a client may take to finish the TLS handshake before the connection is dropped.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+async fn accept_https(
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    router: axum::Router,
+    permits: Arc<Semaphore>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut backoff = Duration::from_millis(5);
+    loop {
+        let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {
+            return;
+        };
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = shutdown.changed() => return,
+        };
+        let (stream, peer) = match accepted {
+            Ok(connection) => {
+                backoff = Duration::from_millis(5);
+                connection
+            }
+            Err(error) => {
+                // Out of file descriptors and the like: wait and retry rather than spin or die.
+                tracing::warn!(%error, "accept failed");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let acceptor = acceptor.clone();
+        let router = router.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let tls = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(error)) => {
+                    tracing::debug!(%peer, %error, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => return,
+            };
+            let service = hyper_util::service::TowerToHyperService::new(router);
+            let connection = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                .with_upgrades();
+            if let Err(error) = connection.await {
+                tracing::debug!(%peer, %error, "HTTPS connection ended with an error");
+            }
+        });
+    }
+}

@@ -1,0 +1,48 @@
+//! Where device records live durably. The hub keeps every record in memory for reads and queries and
+//! calls a store only to make writes durable (in batches: group commit) and to load everything at start.
+//!
+//! Architecture invariant: this is the only crate that touches disk (and, later, SQL).
+
+use std::sync::Arc;
+use twinhub_core::{DeviceId, DeviceRecord};
+
+pub mod embedded;
+
+pub use embedded::EmbeddedStore;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("the store at {path} could not be opened: {source}")]
+    Open {
+        path: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("writing to the store failed: {0}")]
+    Write(#[source] Box<dyn std::error::Error + Send + Sync>),
+    #[error("reading the store failed: {0}")]
+    Read(#[source] Box<dyn std::error::Error + Send + Sync>),
+    #[error("the record stored for '{key}' is corrupt: {reason}")]
+    Corrupt { key: String, reason: String },
+}
+
+/// One change in a commit.
+#[derive(Clone, Debug)]
+pub enum StoreWrite {
+    Upsert(Arc<DeviceRecord>),
+    Delete(DeviceId),
+}
+
+/// A durable home for device records.
+///
+/// Contract: when `commit` returns `Ok`, every write in the batch survives a process kill and a power
+/// cut; the batch is applied atomically (all or none) and in order. Implementations must be usable from
+/// several threads, but the hub calls `commit` from a single writer, one batch at a time.
+#[async_trait::async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Every record, in no particular order. Called once at start, before any commit.
+    async fn load_all(&self) -> Result<Vec<DeviceRecord>, StoreError>;
+
+    /// Makes the batch durable. See the trait's contract.
+    async fn commit(&self, batch: Vec<StoreWrite>) -> Result<(), StoreError>;
+}

@@ -1,0 +1,185 @@
+//! `twinhub device ...` and `twinhub twin ...`: tables for lists, JSON for documents.
+
+use crate::client::ServiceClient;
+use crate::HubAccess;
+use anyhow::Context;
+use clap::Subcommand;
+use reqwest::Method;
+use serde_json::json;
+
+#[derive(Subcommand)]
+pub enum DeviceCommand {
+    /// Register a device (keys are generated).
+    Create {
+        id: String,
+        /// Register it disabled.
+        #[arg(long)]
+        disabled: bool,
+    },
+    /// Show a device identity as JSON.
+    Show { id: String },
+    /// List devices as a table.
+    List {
+        #[arg(long, default_value_t = 1000)]
+        top: usize,
+    },
+    /// Delete a device and its twin.
+    Delete { id: String },
+    /// Print a device's connection string (the last line of output).
+    ConnectionString { id: String },
+}
+
+#[derive(Subcommand)]
+pub enum TwinCommand {
+    /// Show a twin as JSON.
+    Show { id: String },
+    /// Merge tags or desired properties into a twin (null deletes a key).
+    Update {
+        id: String,
+        /// Tags to merge, as JSON.
+        #[arg(long, required_unless_present = "desired")]
+        tags: Option<String>,
+        /// Desired properties to merge, as JSON.
+        #[arg(long)]
+        desired: Option<String>,
+        /// Only update if the twin's etag is still this one.
+        #[arg(long)]
+        etag: Option<String>,
+    },
+}
+
+fn encode(id: &str) -> String {
+    percent_encode(id)
+}
+
+fn percent_encode(text: &str) -> String {
+    text.bytes()
+        .map(|byte| match byte {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => (byte as char).to_string(),
+            _ => format!("%{byte:02X}"),
+        })
+        .collect()
+}
+
+fn print_json(value: &serde_json::Value) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+pub async fn device(command: DeviceCommand, access: &HubAccess) -> anyhow::Result<()> {
+    let client = ServiceClient::new(access)?;
+    match command {
+        DeviceCommand::Create { id, disabled } => {
+            let status = if disabled { "disabled" } else { "enabled" };
+            let body = json!({"deviceId": id, "status": status, "authentication": {"type": "sas"}});
+            print_json(
+                &client
+                    .send(Method::PUT, &format!("/devices/{}", encode(&id)), Some(&body), None)
+                    .await?,
+            )
+        }
+        DeviceCommand::Show { id } => print_json(
+            &client
+                .send(Method::GET, &format!("/devices/{}", encode(&id)), None, None)
+                .await?,
+        ),
+        DeviceCommand::List { top } => {
+            let devices = client
+                .send(Method::GET, &format!("/devices?top={top}"), None, None)
+                .await?;
+            let rows: Vec<[String; 4]> = devices
+                .as_array()
+                .map(Vec::as_slice)
+                .unwrap_or_default()
+                .iter()
+                .map(|device| {
+                    ["deviceId", "status", "connectionState", "lastActivityTime"]
+                        .map(|field| device[field].as_str().unwrap_or("").to_owned())
+                })
+                .collect();
+            print_table(&["DEVICE ID", "STATUS", "CONNECTION", "LAST ACTIVITY"], &rows);
+            Ok(())
+        }
+        DeviceCommand::Delete { id } => {
+            client
+                .send(Method::DELETE, &format!("/devices/{}", encode(&id)), None, Some("*"))
+                .await?;
+            println!("deleted {id}");
+            Ok(())
+        }
+        DeviceCommand::ConnectionString { id } => {
+            let device = client
+                .send(Method::GET, &format!("/devices/{}", encode(&id)), None, None)
+                .await?;
+            let key = device["authentication"]["symmetricKey"]["primaryKey"]
+                .as_str()
+                .context("the device has no symmetric key (it does not use SAS authentication)")?;
+            println!(
+                "{}",
+                twinhub_core::policy::device_connection_string(client.host_name(), &id, key)
+            );
+            Ok(())
+        }
+    }
+}
+
+pub async fn twin(command: TwinCommand, access: &HubAccess) -> anyhow::Result<()> {
+    let client = ServiceClient::new(access)?;
+    match command {
+        TwinCommand::Show { id } => print_json(
+            &client
+                .send(Method::GET, &format!("/twins/{}", encode(&id)), None, None)
+                .await?,
+        ),
+        TwinCommand::Update {
+            id,
+            tags,
+            desired,
+            etag,
+        } => {
+            let parse = |what: &str, text: &str| -> anyhow::Result<serde_json::Value> {
+                serde_json::from_str(text).with_context(|| format!("--{what} is not valid JSON"))
+            };
+            let mut patch = serde_json::Map::new();
+            if let Some(tags) = tags {
+                patch.insert("tags".into(), parse("tags", &tags)?);
+            }
+            if let Some(desired) = desired {
+                patch.insert("properties".into(), json!({"desired": parse("desired", &desired)?}));
+            }
+            let body = serde_json::Value::Object(patch);
+            let if_match = etag.as_deref().unwrap_or("*");
+            print_json(
+                &client
+                    .send(
+                        Method::PATCH,
+                        &format!("/twins/{}", encode(&id)),
+                        Some(&body),
+                        Some(if_match),
+                    )
+                    .await?,
+            )
+        }
+    }
+}
+
+pub fn print_table<const N: usize>(headers: &[&str; N], rows: &[[String; N]]) {
+    let mut widths = headers.map(str::len);
+    for row in rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.len());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let text: Vec<String> = cells
+            .iter()
+            .zip(widths)
+            .map(|(cell, width)| format!("{cell:<width$}"))
+            .collect();
+        println!("{}", text.join("  ").trim_end());
+    };
+    line(headers.to_vec());
+    for row in rows {
+        line(row.iter().map(String::as_str).collect());
+    }
+}

@@ -1,0 +1,119 @@
+//! `twinhub`: run a hub, and talk to one (the CLI for people, in the spirit of `az iot hub`).
+
+mod client;
+mod commands;
+mod serve;
+
+use clap::{Parser, Subcommand};
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "twinhub",
+    version,
+    about = "A self-hosted IoT hub that speaks Azure IoT Hub's protocols"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// How a client command finds the hub: a connection string, or a hub's data directory (owner policy).
+#[derive(clap::Args, Clone, Debug)]
+pub struct HubAccess {
+    /// A service connection string (HostName=...;SharedAccessKeyName=...;SharedAccessKey=...).
+    #[arg(long, env = "TWINHUB_CONNECTION_STRING", global = true, hide_env_values = true)]
+    connection_string: Option<String>,
+    /// Use the iothubowner policy and CA of the hub with this data directory.
+    #[arg(long, global = true)]
+    data_dir: Option<PathBuf>,
+    /// A PEM file of the CA to trust (default: the data directory's CA, else the system's roots).
+    #[arg(long, env = "TWINHUB_CA_CERT", global = true)]
+    ca_cert: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the hub.
+    Serve(serve::ServeArgs),
+    /// Print a policy's connection string (the last line of output).
+    ConnectionString {
+        #[arg(long, default_value = "./twinhub-data")]
+        data_dir: PathBuf,
+        #[arg(long, default_value = "iothubowner")]
+        policy: String,
+    },
+    /// Print the path of the hub's CA certificate, PEM (the last line of output).
+    CaCert {
+        #[arg(long, default_value = "./twinhub-data")]
+        data_dir: PathBuf,
+    },
+    /// Device identities.
+    Device {
+        #[command(subcommand)]
+        command: commands::DeviceCommand,
+        #[command(flatten)]
+        access: HubAccess,
+    },
+    /// Device twins.
+    Twin {
+        #[command(subcommand)]
+        command: commands::TwinCommand,
+        #[command(flatten)]
+        access: HubAccess,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Serve(args) => serve::run(args).await,
+        Command::ConnectionString { data_dir, policy } => {
+            let policies = twinhub_server::HubMaterial::policies_in(&data_dir, false)?;
+            let policy = twinhub_server::HubMaterial::policy(&policies, &policy)?;
+            let hostname = twinhub_server::material::read_hostname(&data_dir)?;
+            println!("{}", twinhub_core::policy::service_connection_string(&hostname, policy));
+            Ok(())
+        }
+        Command::CaCert { data_dir } => {
+            let path = data_dir.join(twinhub_server::material::CA_CERT_FILE);
+            anyhow::ensure!(
+                path.exists(),
+                "{} does not exist: no hub has run with this data directory yet",
+                path.display()
+            );
+            println!("{}", std::fs::canonicalize(&path)?.display());
+            Ok(())
+        }
+        Command::Device { command, access } => commands::device(command, &access).await,
+        Command::Twin { command, access } => commands::twin(command, &access).await,
+    }
+}
+
+/// `--bind` default: every IPv4 address.
+pub fn default_bind() -> IpAddr {
+    IpAddr::from([0, 0, 0, 0])
+}

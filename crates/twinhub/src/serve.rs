@@ -1,0 +1,77 @@
+//! `twinhub serve`.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use twinhub_server::ServeConfig;
+
+#[derive(clap::Args)]
+pub struct ServeArgs {
+    /// Where the hub keeps its store, policies and certificates.
+    #[arg(long, default_value = "./twinhub-data")]
+    data_dir: PathBuf,
+    /// The hub's host name, as devices and back ends will write it in connection strings.
+    #[arg(long, default_value = "localhost")]
+    hostname: String,
+    /// The address to listen on.
+    #[arg(long, default_value_t = crate::default_bind())]
+    bind: IpAddr,
+    /// HTTPS (service REST API; later also MQTT and AMQP over WebSockets). The Node SDK always uses 443.
+    #[arg(long, default_value_t = 443)]
+    https_port: u16,
+    /// MQTT over TLS (devices).
+    #[arg(long, default_value_t = 8883)]
+    mqtt_port: u16,
+    /// AMQP over TLS (devices and back ends).
+    #[arg(long, default_value_t = 5671)]
+    amqp_port: u16,
+    /// Allow arrays in tags and properties (off: IoT Hub's classic rule, as the product is specified).
+    #[arg(long)]
+    allow_arrays: bool,
+}
+
+pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let mut config = ServeConfig::new(args.data_dir.clone(), args.hostname.clone(), args.bind);
+    config.https_port = args.https_port;
+    config.mqtt_port = args.mqtt_port;
+    config.amqp_port = args.amqp_port;
+    config.hub.rules.arrays_allowed = args.allow_arrays;
+    let started = std::time::Instant::now();
+    let running = twinhub_server::serve(config).await?;
+    let owner = twinhub_server::HubMaterial::policy(&running.material.policies, "iothubowner")?;
+    let ca = std::fs::canonicalize(&running.material.ca_cert_path)?;
+    let devices = running.hub.statistics().total;
+    println!(
+        "twinhub is serving the IoT Hub service API on https://{} ({devices} devices loaded in {:.2?})",
+        running.https_address,
+        started.elapsed()
+    );
+    println!("data directory: {}", std::fs::canonicalize(&args.data_dir)?.display());
+    println!("CA certificate: {}", ca.display());
+    println!(
+        "trust it from the SDKs:  export NODE_EXTRA_CA_CERTS={0}   (Node.js)",
+        ca.display()
+    );
+    println!(
+        "                         export REQUESTS_CA_BUNDLE={0}    (Python)",
+        ca.display()
+    );
+    println!("iothubowner connection string:");
+    println!(
+        "{}",
+        twinhub_core::policy::service_connection_string(&args.hostname, owner)
+    );
+    wait_for_stop_signal().await?;
+    running.shutdown();
+    tracing::info!("stopping");
+    Ok(())
+}
+
+/// Ctrl-C or SIGTERM (what service managers and `docker stop` send).
+async fn wait_for_stop_signal() -> anyhow::Result<()> {
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        result = tokio::signal::ctrl_c() => result?,
+        _ = terminate.recv() => {}
+    }
+    Ok(())
+}
