@@ -118,7 +118,7 @@ impl Members {
             .sum()
     }
 
-    fn to_json(&self) -> JsonMap {
+    pub fn to_json(&self) -> JsonMap {
         self.iter()
             .map(|(key, node)| (key.to_owned(), node.to_json()))
             .collect()

@@ -20,6 +20,8 @@ pub enum HubError {
     InvalidArgument(String),
     #[error("the device ids in the request must be unique; '{0}' appears more than once")]
     DeviceDefinedMultipleTimes(DeviceId),
+    #[error("{0}")]
+    Query(#[from] twinhub_query::QueryError),
     #[error("the store failed; the write was not applied: {0}")]
     Store(#[source] StoreError),
     #[error("the hub is shutting down")]

@@ -10,6 +10,7 @@
 mod bulk;
 mod error;
 mod events;
+mod query;
 mod writer;
 
 use arc_swap::ArcSwap;

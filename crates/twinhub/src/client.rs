@@ -63,6 +63,47 @@ impl ServiceClient {
         )?)
     }
 
+    /// One page of `POST /devices/query`: the items and the continuation token, if more pages exist.
+    pub async fn query_page(
+        &self,
+        sql: &str,
+        page_size: Option<usize>,
+        continuation: Option<&str>,
+    ) -> anyhow::Result<(Vec<serde_json::Value>, Option<String>)> {
+        let url = format!(
+            "https://{}/devices/query?api-version={API_VERSION}",
+            self.connection.host_name
+        );
+        let mut request = self
+            .http
+            .post(&url)
+            .header("Authorization", self.token()?)
+            .json(&serde_json::json!({ "query": sql }));
+        if let Some(size) = page_size {
+            request = request.header("x-ms-max-item-count", size.to_string());
+        }
+        if let Some(token) = continuation {
+            request = request.header("x-ms-continuation", token);
+        }
+        let response = request
+            .send()
+            .await
+            .with_context(|| format!("cannot reach the hub at {url}"))?;
+        let status = response.status();
+        let next = response
+            .headers()
+            .get("x-ms-continuation")
+            .and_then(|value| value.to_str().ok())
+            .map(str::to_owned);
+        let text = response.text().await?;
+        if !status.is_success() {
+            return Err(anyhow!("{} {}", status.as_u16(), error_message(&text)));
+        }
+        let items: Vec<serde_json::Value> =
+            serde_json::from_str(&text).context("the hub answered the query with something other than a JSON array")?;
+        Ok((items, next))
+    }
+
     /// Sends a request; returns the JSON body of a success, or IoT Hub's error message.
     pub async fn send(
         &self,
@@ -91,17 +132,20 @@ impl ServiceClient {
             }
             return serde_json::from_str(&text).context("the hub answered with something other than JSON");
         }
-        // `ErrorCode:<Name>;<text>` → "<Name>: <text>".
-        let message = serde_json::from_str::<serde_json::Value>(&text)
-            .ok()
-            .and_then(|body| body["Message"].as_str().map(str::to_owned))
-            .map(
-                |message| match message.strip_prefix("ErrorCode:").and_then(|rest| rest.split_once(';')) {
-                    Some((code, text)) => format!("{code}: {text}"),
-                    None => message,
-                },
-            )
-            .unwrap_or(text);
-        Err(anyhow!("{} {}", status.as_u16(), message))
+        Err(anyhow!("{} {}", status.as_u16(), error_message(&text)))
     }
+}
+
+/// IoT Hub's `ErrorCode:<Name>;<text>` as "<Name>: <text>".
+fn error_message(text: &str) -> String {
+    serde_json::from_str::<serde_json::Value>(text)
+        .ok()
+        .and_then(|body| body["Message"].as_str().map(str::to_owned))
+        .map(
+            |message| match message.strip_prefix("ErrorCode:").and_then(|rest| rest.split_once(';')) {
+                Some((code, text)) => format!("{code}: {text}"),
+                None => message,
+            },
+        )
+        .unwrap_or_else(|| text.to_owned())
 }

@@ -2,6 +2,7 @@
 
 mod client;
 mod commands;
+mod query;
 mod serve;
 
 use clap::{Parser, Subcommand};
@@ -54,6 +55,19 @@ enum Command {
     Device {
         #[command(subcommand)]
         command: commands::DeviceCommand,
+        #[command(flatten)]
+        access: HubAccess,
+    },
+    /// Run an IoT Hub query (`SELECT ... FROM devices ...`) and print every page.
+    Query {
+        /// The query, e.g. "SELECT * FROM devices WHERE tags.location.region = 'US'".
+        sql: String,
+        /// Items per request (x-ms-max-item-count).
+        #[arg(long)]
+        page_size: Option<usize>,
+        /// Print the results as JSON instead of a table.
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         access: HubAccess,
     },
@@ -110,6 +124,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Device { command, access } => commands::device(command, &access).await,
         Command::Twin { command, access } => commands::twin(command, &access).await,
+        Command::Query {
+            sql,
+            page_size,
+            json,
+            access,
+        } => query::run(&sql, page_size, json, &access).await,
     }
 }
 

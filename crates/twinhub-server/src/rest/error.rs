@@ -41,6 +41,7 @@ pub fn classify(error: &HubError) -> (StatusCode, &'static str) {
         HubError::TwinRule(_) | HubError::DeviceDocument(_) | HubError::InvalidArgument(_) => {
             (StatusCode::BAD_REQUEST, "ArgumentInvalid")
         }
+        HubError::Query(_) => (StatusCode::BAD_REQUEST, "ArgumentInvalid"),
         HubError::DeviceDefinedMultipleTimes(_) => (StatusCode::BAD_REQUEST, "DeviceDefinedMultipleTimes"),
         HubError::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable"),
         HubError::Store(_) | HubError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "ServerError"),

@@ -50,7 +50,7 @@ pub fn router(state: RestState) -> Router {
             "/twins/{id}",
             get(twins::get_twin).patch(twins::patch_twin).put(twins::replace_twin),
         )
-        .route("/devices/query", post(twins::query_unavailable))
+        .route("/devices/query", post(twins::query))
         .fallback(error::not_found)
         .layer(axum::extract::DefaultBodyLimit::max(REQUEST_BYTES_MAX))
         .with_state(state)

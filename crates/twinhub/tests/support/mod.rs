@@ -1,0 +1,340 @@
+//! The integration-test harness: a real `twinhub serve` process per test, each on its own loopback
+//! address (anything in 127.0.0.0/8) so that every hub can use the standard ports the SDKs hard-code,
+//! and tests run in parallel. Also installs and runs the official Node.js and Python SDKs.
+#![allow(dead_code)]
+
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+pub const HTTPS_PORT: u16 = 443;
+pub const MQTT_PORT: u16 = 8883;
+pub const AMQP_PORT: u16 = 5671;
+
+pub struct TestHub {
+    address: Ipv4Addr,
+    data_dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+impl TestHub {
+    /// Starts a hub with a fresh data directory on a loopback address no other hub of this machine uses.
+    pub fn start() -> TestHub {
+        TestHub::start_with(&[])
+    }
+
+    /// Same, with extra `serve` flags (e.g. `--allow-arrays`).
+    pub fn start_with(extra_args: &[&str]) -> TestHub {
+        let address = free_loopback_address();
+        let data_dir = tempfile::tempdir().expect("temporary data directory");
+        let mut hub = TestHub {
+            address,
+            data_dir,
+            child: None,
+        };
+        hub.spawn(extra_args);
+        hub
+    }
+
+    fn spawn(&mut self, extra_args: &[&str]) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.data_dir.path().join("hub.log"))
+            .expect("hub log");
+        let child = Command::new(env!("CARGO_BIN_EXE_twinhub"))
+            .arg("serve")
+            .arg("--data-dir")
+            .arg(self.data_dir.path())
+            .args([
+                "--hostname",
+                &self.address.to_string(),
+                "--bind",
+                &self.address.to_string(),
+            ])
+            .args(extra_args)
+            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
+            .stdout(log.try_clone().expect("hub log"))
+            .stderr(log)
+            .spawn()
+            .expect("start twinhub serve");
+        self.child = Some(child);
+        self.wait_until_listening();
+    }
+
+    fn wait_until_listening(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let target = SocketAddr::from((self.address, HTTPS_PORT));
+        loop {
+            if TcpStream::connect_timeout(&target, Duration::from_millis(200)).is_ok() {
+                return;
+            }
+            if let Some(child) = self.child.as_mut() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    panic!("the hub exited with {status} before listening:\n{}", self.log());
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the hub did not listen on {target} within 60 s:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// What the hub printed so far (for failure messages).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.data_dir.path().join("hub.log")).unwrap_or_default()
+    }
+
+    pub fn address(&self) -> Ipv4Addr {
+        self.address
+    }
+
+    /// The host name devices and back ends use: the hub's own loopback address (it is in the certificate).
+    pub fn host(&self) -> String {
+        self.address.to_string()
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        self.data_dir.path()
+    }
+
+    /// A policy's connection string, read the way scripts read it: the last line of `twinhub connection-string`.
+    pub fn connection_string(&self, policy: &str) -> String {
+        let output = Command::new(env!("CARGO_BIN_EXE_twinhub"))
+            .arg("connection-string")
+            .arg("--data-dir")
+            .arg(self.data_dir.path())
+            .args(["--policy", policy])
+            .output()
+            .expect("run twinhub connection-string");
+        assert!(
+            output.status.success(),
+            "connection-string failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        last_line(&output.stdout)
+    }
+
+    pub fn owner_connection_string(&self) -> String {
+        self.connection_string("iothubowner")
+    }
+
+    /// The CA certificate (PEM) clients must trust, from `twinhub ca-cert`.
+    pub fn ca_path(&self) -> PathBuf {
+        let output = Command::new(env!("CARGO_BIN_EXE_twinhub"))
+            .arg("ca-cert")
+            .arg("--data-dir")
+            .arg(self.data_dir.path())
+            .output()
+            .expect("run twinhub ca-cert");
+        assert!(
+            output.status.success(),
+            "ca-cert failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        PathBuf::from(last_line(&output.stdout))
+    }
+
+    /// SIGKILL: no shutdown code runs, as in a crash.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the hub again on the same address and data directory.
+    pub fn restart(&mut self) {
+        self.kill9();
+        self.spawn(&[]);
+    }
+}
+
+impl Drop for TestHub {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+fn last_line(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes)
+        .lines()
+        .last()
+        .unwrap_or_default()
+        .trim()
+        .to_owned()
+}
+
+/// 127.X.Y.Z with X from the process id (test binaries run one after another, tests in one binary in
+/// parallel) and Y.Z from a counter; an address whose HTTPS port is taken is skipped.
+fn free_loopback_address() -> Ipv4Addr {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let base = 20 + (std::process::id() % 200) as u8;
+    loop {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let address = Ipv4Addr::new(127, base, (n / 250) as u8, (n % 250 + 1) as u8);
+        let free = [HTTPS_PORT, MQTT_PORT, AMQP_PORT]
+            .iter()
+            .all(|port| TcpListener::bind((address, *port)).is_ok());
+        if free {
+            return address;
+        }
+        assert!(n < 60_000, "no free loopback address");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// The official SDKs
+
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .expect("workspace root")
+}
+
+/// SDK tests run unless a developer opts out locally; CI (`CI=true`) always runs them.
+pub fn sdk_tests_enabled() -> bool {
+    let skip = std::env::var("TWINHUB_SKIP_SDK_TESTS").is_ok_and(|v| v == "1");
+    let ci = std::env::var("CI").is_ok_and(|v| v == "true");
+    if skip && ci {
+        panic!("TWINHUB_SKIP_SDK_TESTS=1 is not allowed in CI");
+    }
+    !skip
+}
+
+fn run_checked(command: &mut Command, what: &str) {
+    let output = command
+        .output()
+        .unwrap_or_else(|error| panic!("{what}: could not start: {error}"));
+    assert!(
+        output.status.success(),
+        "{what} failed ({}):\n{}\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// `npm ci` from the committed lock file, once per lock file content.
+pub fn ensure_node_sdk() -> PathBuf {
+    static READY: OnceLock<PathBuf> = OnceLock::new();
+    READY
+        .get_or_init(|| {
+            let dir = workspace_root().join("sdk-tests/node");
+            let lock = std::fs::read(dir.join("package-lock.json")).expect("sdk-tests/node/package-lock.json");
+            let stamp = dir.join("node_modules/.twinhub-lock-stamp");
+            let want = format!("{:x}", fingerprint(&lock));
+            if std::fs::read_to_string(&stamp).ok().as_deref() != Some(want.as_str()) {
+                run_checked(
+                    Command::new("npm")
+                        .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])
+                        .current_dir(&dir),
+                    "npm ci in sdk-tests/node",
+                );
+                std::fs::write(&stamp, &want).expect("write npm stamp");
+            }
+            dir
+        })
+        .clone()
+}
+
+/// A venv with the pinned Python SDKs, rebuilt when requirements.txt changes.
+pub fn ensure_python_sdk() -> PathBuf {
+    static READY: OnceLock<PathBuf> = OnceLock::new();
+    READY
+        .get_or_init(|| {
+            let dir = workspace_root().join("sdk-tests/python");
+            let requirements = std::fs::read(dir.join("requirements.txt")).expect("sdk-tests/python/requirements.txt");
+            let venv = dir.join(".venv");
+            let stamp = venv.join("twinhub-requirements-stamp");
+            let want = format!("{:x}", fingerprint(&requirements));
+            if std::fs::read_to_string(&stamp).ok().as_deref() != Some(want.as_str()) {
+                let _ = std::fs::remove_dir_all(&venv);
+                run_checked(
+                    Command::new("python3").args(["-m", "venv"]).arg(&venv),
+                    "python3 -m venv",
+                );
+                run_checked(
+                    Command::new(venv.join("bin/pip"))
+                        .args([
+                            "install",
+                            "--quiet",
+                            "--disable-pip-version-check",
+                            "-r",
+                            "requirements.txt",
+                        ])
+                        .current_dir(&dir),
+                    "pip install -r sdk-tests/python/requirements.txt",
+                );
+                std::fs::write(&stamp, &want).expect("write pip stamp");
+            }
+            dir
+        })
+        .clone()
+}
+
+/// FNV-1a: enough to notice that a lock file changed.
+fn fingerprint(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf29ce484222325u64, |hash, byte| {
+        (hash ^ u64::from(*byte)).wrapping_mul(0x100000001b3)
+    })
+}
+
+/// The environment every SDK script gets: the hub's owner connection string, a device-less hub host,
+/// and trust in the hub's CA.
+fn sdk_command(program: PathBuf, dir: &Path, script: &str, hub: &TestHub, env: &[(&str, String)]) -> Command {
+    let ca = hub.ca_path();
+    let mut command = Command::new(program);
+    command
+        .arg(script)
+        .current_dir(dir)
+        .env("TWINHUB_CONNECTION_STRING", hub.owner_connection_string())
+        .env("TWINHUB_HOST", hub.host())
+        .env("NODE_EXTRA_CA_CERTS", &ca)
+        .env("REQUESTS_CA_BUNDLE", &ca)
+        .env("SSL_CERT_FILE", &ca)
+        .env("TWINHUB_CA", &ca)
+        .stdin(Stdio::null());
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    command
+}
+
+/// Runs `sdk-tests/node/<script>` and fails the test with its output unless it exits 0.
+pub fn run_node(script: &str, hub: &TestHub, env: &[(&str, String)]) -> Output {
+    let dir = ensure_node_sdk();
+    finish(sdk_command("node".into(), &dir, script, hub, env), script, hub)
+}
+
+/// Runs `sdk-tests/python/<script>` in the venv and fails the test with its output unless it exits 0.
+pub fn run_python(script: &str, hub: &TestHub, env: &[(&str, String)]) -> Output {
+    let dir = ensure_python_sdk();
+    finish(
+        sdk_command(dir.join(".venv/bin/python"), &dir, script, hub, env),
+        script,
+        hub,
+    )
+}
+
+fn finish(mut command: Command, script: &str, hub: &TestHub) -> Output {
+    let output = command
+        .output()
+        .unwrap_or_else(|error| panic!("{script}: could not start: {error}"));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "{script} failed ({}):\n--- stdout\n{stdout}\n--- stderr\n{stderr}\n--- hub log\n{}",
+        output.status,
+        hub.log()
+    );
+    output
+}
