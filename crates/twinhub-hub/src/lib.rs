@@ -10,6 +10,7 @@
 mod bulk;
 mod error;
 mod events;
+pub mod index;
 mod query;
 mod writer;
 
@@ -29,6 +30,13 @@ use writer::{WriteCommand, WriteOp, WriteOutcome};
 
 /// Every device record, ordered by device id. Cloning is O(1); the writer changes its own copy.
 pub type Registry = imbl::OrdMap<DeviceId, Arc<DeviceRecord>>;
+
+/// What readers see: the records and the indexes over them, as of one committed batch.
+#[derive(Clone, Debug, Default)]
+pub struct Snapshot {
+    pub devices: Registry,
+    pub indexes: index::Indexes,
+}
 
 #[derive(Clone, Debug)]
 pub struct HubConfig {
@@ -53,7 +61,7 @@ impl Default for HubConfig {
 pub const BULK_DEVICES_MAX: usize = 100;
 
 pub struct Hub {
-    snapshot: Arc<ArcSwap<Registry>>,
+    snapshot: Arc<ArcSwap<Snapshot>>,
     writes: mpsc::Sender<WriteCommand>,
     events: broadcast::Sender<HubEvent>,
     config: HubConfig,
@@ -74,7 +82,10 @@ impl Hub {
             .into_iter()
             .map(|record| (record.identity.device_id.clone(), Arc::new(record)))
             .collect();
-        let snapshot = Arc::new(ArcSwap::from_pointee(registry));
+        let snapshot = Arc::new(ArcSwap::from_pointee(Snapshot {
+            devices: registry,
+            indexes: Default::default(),
+        }));
         let (writes, queue) = mpsc::channel(config.write_queue_operations_max);
         let (events, _) = broadcast::channel(events::EVENT_QUEUE_MAX);
         tokio::spawn(writer::run(
@@ -97,13 +108,14 @@ impl Hub {
     }
 
     /// The current registry: consistent, sorted by id, never changing under the caller.
-    pub fn snapshot(&self) -> Arc<Registry> {
+    pub fn snapshot(&self) -> Arc<Snapshot> {
         self.snapshot.load_full()
     }
 
     pub fn device(&self, id: &DeviceId) -> Result<Arc<DeviceRecord>, HubError> {
         self.snapshot
             .load()
+            .devices
             .get(id)
             .cloned()
             .ok_or_else(|| HubError::DeviceNotFound(id.clone()))
@@ -111,11 +123,12 @@ impl Hub {
 
     /// Up to `top` devices in id order.
     pub fn devices(&self, top: usize) -> Vec<Arc<DeviceRecord>> {
-        self.snapshot.load().values().take(top).cloned().collect()
+        self.snapshot.load().devices.values().take(top).cloned().collect()
     }
 
     pub fn statistics(&self) -> RegistryStatistics {
-        let registry = self.snapshot.load();
+        let snapshot = self.snapshot.load();
+        let registry = &snapshot.devices;
         let enabled = registry
             .values()
             .filter(|record| record.identity.status == DeviceStatus::Enabled)
@@ -131,6 +144,7 @@ impl Hub {
     pub fn connected_devices(&self) -> usize {
         self.snapshot
             .load()
+            .devices
             .values()
             .filter(|record| record.presence.connection_state == twinhub_core::ConnectionState::Connected)
             .count()
@@ -141,7 +155,7 @@ impl Hub {
         self.events.subscribe()
     }
 
-    async fn write(&self, op: WriteOp) -> Result<WriteOutcome, HubError> {
+    pub(crate) async fn write(&self, op: WriteOp) -> Result<WriteOutcome, HubError> {
         let (reply, answer) = oneshot::channel();
         self.writes
             .send(WriteCommand { op, reply })

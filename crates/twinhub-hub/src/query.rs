@@ -2,32 +2,102 @@
 //! write has been swapped in, so a query sees every write acknowledged before it was sent
 //! (read-your-writes), and it is ordered by device id, which is what the paging cursor relies on.
 
-use crate::{Hub, HubError, Registry};
+use crate::index::{INDEXED_PATHS_MAX, INDEX_MIN_TWINS};
+use crate::writer::WriteOp;
+use crate::{Hub, HubError, Snapshot};
 use std::ops::Bound;
 use std::sync::Arc;
-use twinhub_core::DeviceRecord;
+use twinhub_core::{DeviceId, DeviceRecord};
+use twinhub_query::document::Field;
+use twinhub_query::plan::{self, Constraint, IndexKey};
 use twinhub_query::{CompiledQuery, OrderedTwins, Page, PAGE_SIZE_DEFAULT};
 
-struct RegistryView(Arc<Registry>);
+struct SnapshotView(Arc<Snapshot>);
 
-impl OrderedTwins for RegistryView {
+impl OrderedTwins for SnapshotView {
     fn after<'a>(&'a self, after: Option<&str>) -> Box<dyn Iterator<Item = &'a DeviceRecord> + 'a> {
+        let devices = &self.0.devices;
         match after {
-            None => Box::new(self.0.values().map(|record| &**record)),
+            None => Box::new(devices.values().map(|record| &**record)),
             Some(id) => Box::new(
-                self.0
+                devices
                     .range::<_, str>((Bound::Excluded(id), Bound::Unbounded))
                     .map(|(_, record)| &**record),
             ),
         }
     }
+
+    fn candidates<'a>(
+        &'a self,
+        constraint: &Constraint<'_>,
+        after: Option<&str>,
+    ) -> Option<Box<dyn Iterator<Item = &'a DeviceRecord> + 'a>> {
+        let keys: Vec<IndexKey> = constraint
+            .values
+            .iter()
+            .filter_map(|c| IndexKey::of_constant(c))
+            .collect();
+        let ids: Vec<DeviceId> = if constraint.path.field == Field::DeviceId && constraint.path.rest.is_empty() {
+            // The registry is keyed by id: an id constraint needs no index.
+            let mut ids: Vec<DeviceId> = keys
+                .iter()
+                .filter_map(|key| match key {
+                    IndexKey::Str(id) => self.0.devices.get_key_value(&**id).map(|(id, _)| id.clone()),
+                    _ => None,
+                })
+                .filter(|id| after.is_none_or(|after| id.as_str() > after))
+                .collect();
+            ids.sort_unstable();
+            ids.dedup();
+            ids
+        } else {
+            self.0.indexes.get(constraint.path)?.ids_after(&keys, after)
+        };
+        let devices = &self.0.devices;
+        Some(Box::new(
+            ids.into_iter()
+                .filter_map(move |id| devices.get(&id).map(|record| &**record)),
+        ))
+    }
 }
 
 impl Hub {
-    /// One page of a query. CPU-bound over large registries: async callers run it on a blocking thread.
-    pub fn query(&self, text: &str, page_size: Option<usize>, continuation: Option<&str>) -> Result<Page, HubError> {
+    /// One page of a query, over the latest snapshot.
+    pub async fn query(
+        &self,
+        text: &str,
+        page_size: Option<usize>,
+        continuation: Option<&str>,
+    ) -> Result<Page, HubError> {
         let query = CompiledQuery::parse(text)?;
-        let view = RegistryView(self.snapshot());
-        Ok(query.page(&view, page_size.unwrap_or(PAGE_SIZE_DEFAULT), continuation)?)
+        self.index_for(&query).await?;
+        let view = SnapshotView(self.snapshot());
+        let continuation = continuation.map(str::to_owned);
+        // A query may scan every twin: keep it off the threads that serve connections.
+        let page = tokio::task::spawn_blocking(move || {
+            query.page(&view, page_size.unwrap_or(PAGE_SIZE_DEFAULT), continuation.as_deref())
+        })
+        .await
+        .map_err(|_| HubError::Internal("the query task failed"))??;
+        Ok(page)
+    }
+
+    /// Asks the writer to index the query's most selective constrained path, when the registry is big
+    /// enough for a scan to matter and no index serves the query yet. The index appears in the snapshot
+    /// of the writer's batch, which is at least as new as any write acknowledged before this query.
+    async fn index_for(&self, query: &CompiledQuery) -> Result<(), HubError> {
+        let snapshot = self.snapshot();
+        if snapshot.devices.len() < INDEX_MIN_TWINS || snapshot.indexes.len() >= INDEXED_PATHS_MAX {
+            return Ok(());
+        }
+        let constraints = plan::constraints(query.query.condition.as_ref());
+        let served = constraints
+            .iter()
+            .any(|c| c.path.field == Field::DeviceId || snapshot.indexes.get(c.path).is_some());
+        let Some(first) = constraints.first().filter(|_| !served) else {
+            return Ok(());
+        };
+        tracing::info!(path = %first.path.dotted(), "indexing a queried path");
+        self.write(WriteOp::AddIndex(first.path.clone())).await.map(|_| ())
     }
 }

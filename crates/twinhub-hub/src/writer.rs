@@ -2,7 +2,7 @@
 //! one fsync, then publishes and acknowledges. Nothing else changes a record.
 
 use crate::bulk::{self, BulkOperation, BulkOutcome};
-use crate::{HubConfig, HubError, HubEvent, Registry};
+use crate::{HubConfig, HubError, HubEvent, Registry, Snapshot};
 use arc_swap::ArcSwap;
 use std::sync::Arc;
 use tokio::sync::{broadcast, mpsc, oneshot};
@@ -37,12 +37,15 @@ pub(crate) enum WriteOp {
         patch: ReportedPatch,
     },
     Bulk(Vec<BulkOperation>),
+    /// Start indexing a path (built over the batch's final registry, then kept up to date).
+    AddIndex(twinhub_query::document::FieldPath),
 }
 
 pub(crate) enum WriteOutcome {
     Record(Arc<DeviceRecord>),
     Deleted,
     Bulk(BulkOutcome),
+    Done,
 }
 
 impl WriteOutcome {
@@ -65,11 +68,14 @@ pub(crate) struct Batch<'a> {
     pub(crate) writes: Vec<StoreWrite>,
     pub(crate) events: Vec<HubEvent>,
     pub(crate) config: &'a HubConfig,
+    /// Ids upserted or deleted, for index maintenance.
+    touched: Vec<DeviceId>,
+    new_indexes: Vec<twinhub_query::document::FieldPath>,
 }
 
 pub(crate) async fn run(
     mut queue: mpsc::Receiver<WriteCommand>,
-    snapshot: Arc<ArcSwap<Registry>>,
+    snapshot: Arc<ArcSwap<Snapshot>>,
     store: Arc<dyn Store>,
     events: broadcast::Sender<HubEvent>,
     config: HubConfig,
@@ -78,11 +84,14 @@ pub(crate) async fn run(
     // recv_many waits for the first command, then takes whatever else is already queued: group commit
     // without a timer, so a lone write is not delayed and a busy queue fills the batch.
     while queue.recv_many(&mut commands, config.commit_batch_operations_max).await > 0 {
+        let previous = snapshot.load_full();
         let mut batch = Batch {
-            registry: Registry::clone(&snapshot.load()),
+            registry: Registry::clone(&previous.devices),
             writes: Vec::with_capacity(commands.len()),
             events: Vec::new(),
             config: &config,
+            touched: Vec::new(),
+            new_indexes: Vec::new(),
         };
         let mut replies = Vec::with_capacity(commands.len());
         for command in commands.drain(..) {
@@ -105,7 +114,11 @@ pub(crate) async fn run(
                 continue;
             }
         }
-        snapshot.store(Arc::new(batch.registry));
+        let indexes = batch.indexes_after(&previous);
+        snapshot.store(Arc::new(Snapshot {
+            devices: batch.registry,
+            indexes,
+        }));
         for event in batch.events {
             // No subscriber is fine: nobody is waiting for notifications.
             let _ = events.send(event);
@@ -155,7 +168,29 @@ impl Batch<'_> {
                 Ok(WriteOutcome::Record(self.store_twin(&current, twin)))
             }
             WriteOp::Bulk(operations) => Ok(WriteOutcome::Bulk(bulk::apply(self, operations, now))),
+            WriteOp::AddIndex(path) => {
+                self.new_indexes.push(path);
+                Ok(WriteOutcome::Done)
+            }
         }
+    }
+
+    /// The indexes as of this batch: every touched record's old and new value followed, new paths built.
+    fn indexes_after(&mut self, previous: &Snapshot) -> crate::index::Indexes {
+        let mut indexes = previous.indexes.clone();
+        if !indexes.is_empty() {
+            self.touched.sort_unstable();
+            self.touched.dedup();
+            for id in &self.touched {
+                let before = previous.devices.get(id).map(|record| &**record);
+                let after = self.registry.get(id).map(|record| &**record);
+                indexes.update(id, before, after);
+            }
+        }
+        for path in self.new_indexes.drain(..) {
+            indexes.add(path, &self.registry);
+        }
+        indexes
     }
 
     pub(crate) fn existing(&self, id: &DeviceId) -> Result<Arc<DeviceRecord>, HubError> {
@@ -186,6 +221,7 @@ impl Batch<'_> {
     pub(crate) fn upsert(&mut self, record: Arc<DeviceRecord>) -> Arc<DeviceRecord> {
         self.registry
             .insert(record.identity.device_id.clone(), Arc::clone(&record));
+        self.touched.push(record.identity.device_id.clone());
         self.writes.push(StoreWrite::Upsert(Arc::clone(&record)));
         record
     }
@@ -228,6 +264,7 @@ impl Batch<'_> {
             return Err(precondition_failed(id, if_match));
         }
         self.registry.remove(id);
+        self.touched.push(id.clone());
         self.writes.push(StoreWrite::Delete(id.clone()));
         self.events.push(HubEvent::DeviceDeleted { device_id: id.clone() });
         Ok(())

@@ -231,3 +231,102 @@ async fn bulk_applies_each_operation_and_reports_failures() {
     assert!(matches!(duplicate, Err(HubError::DeviceDefinedMultipleTimes(_))));
     assert!(hub.bulk(Vec::new()).await.is_err());
 }
+
+fn tags(body: serde_json::Value) -> TwinPatch {
+    TwinPatch::from_json(&serde_json::json!({ "tags": body }), &TwinRules::default()).unwrap()
+}
+
+/// Every page of a query, as device ids.
+async fn query_ids(hub: &Hub, text: &str) -> Vec<String> {
+    let mut ids = Vec::new();
+    let mut token: Option<String> = None;
+    loop {
+        let page = hub.query(text, Some(500), token.as_deref()).await.unwrap();
+        ids.extend(
+            page.items
+                .iter()
+                .map(|twin| twin["deviceId"].as_str().unwrap().to_owned()),
+        );
+        match page.continuation {
+            Some(next) => token = Some(next),
+            None => return ids,
+        }
+    }
+}
+
+/// The same query answered by scanning every twin, without any index.
+fn scanned_ids(hub: &Hub, text: &str) -> Vec<String> {
+    let query = twinhub_query::CompiledQuery::parse(text).unwrap();
+    hub.snapshot()
+        .devices
+        .values()
+        .filter(|record| query.matches(record))
+        .map(|record| record.identity.device_id.to_string())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queries_on_large_registries_build_indexes_that_stay_exact_under_writes() {
+    // Scenario: 10,050 twins, a tag equality query builds an index; then twins move in and out of the
+    // result (tag changes, delete, create) and every query right after a write equals a full scan.
+    let store = Arc::new(MemoryStore::default());
+    {
+        let now = twinhub_core::Timestamp::now();
+        let rules = TwinRules::default();
+        let mut records = store.records.lock().unwrap();
+        for n in 0..10_050 {
+            let name = format!("dev{n:05}");
+            let twin = twinhub_core::Twin::new(now)
+                .patched(
+                    &tags(serde_json::json!({"region": format!("r{}", n % 50)})),
+                    now,
+                    &rules,
+                )
+                .unwrap()
+                .0;
+            let identity = draft(&name).into_identity(None, now);
+            records.insert(
+                id(&name),
+                DeviceRecord {
+                    identity,
+                    twin,
+                    presence: Default::default(),
+                },
+            );
+        }
+    }
+    let hub = hub_with(Arc::clone(&store)).await;
+    let text = "SELECT * FROM devices WHERE tags.region = 'r7'";
+    let either = "SELECT * FROM devices WHERE tags.region IN ['r7', 'r8'] AND IS_DEFINED(deviceId)";
+    assert_eq!(query_ids(&hub, text).await.len(), 201);
+    assert_eq!(hub.snapshot().indexes.len(), 1, "the queried path is indexed");
+    assert_eq!(query_ids(&hub, text).await, scanned_ids(&hub, text));
+
+    hub.patch_twin(id("dev00007"), tags(serde_json::json!({"region": "r9"})), IfMatch::Any)
+        .await
+        .unwrap();
+    hub.patch_twin(id("dev00009"), tags(serde_json::json!({"region": "r7"})), IfMatch::Any)
+        .await
+        .unwrap();
+    hub.patch_twin(id("dev00057"), tags(serde_json::json!({"region": null})), IfMatch::Any)
+        .await
+        .unwrap();
+    hub.delete_device(id("dev00107"), IfMatch::Any).await.unwrap();
+    hub.put_device(draft("new-device"), IfMatch::Absent).await.unwrap();
+    hub.patch_twin(
+        id("new-device"),
+        tags(serde_json::json!({"region": "r7"})),
+        IfMatch::Any,
+    )
+    .await
+    .unwrap();
+    let after = query_ids(&hub, text).await;
+    assert_eq!(after, scanned_ids(&hub, text));
+    assert!(after.contains(&"dev00009".to_owned()) && after.contains(&"new-device".to_owned()));
+    assert!(!after.contains(&"dev00007".to_owned()) && !after.contains(&"dev00107".to_owned()));
+    assert!(!after.contains(&"dev00057".to_owned()));
+    assert_eq!(after.len(), 201 - 3 + 2);
+    assert_eq!(query_ids(&hub, either).await, scanned_ids(&hub, either));
+    let by_id = "SELECT * FROM devices WHERE deviceId IN ['dev00001', 'nope', 'dev00003'] AND tags.region = 'r1'";
+    assert_eq!(query_ids(&hub, by_id).await, ["dev00001"]);
+}

@@ -4,6 +4,7 @@
 //! next page). Aggregate rows are recomputed per page and paged by position.
 
 use crate::ast::Collection;
+use crate::plan::{self, Constraint};
 use crate::{aggregate, CompiledQuery, QueryError};
 use serde::{Deserialize, Serialize};
 use twinhub_core::DeviceRecord;
@@ -41,6 +42,28 @@ pub struct Page {
 pub trait OrderedTwins {
     /// The twins whose id sorts strictly after `after` (all when `None`), in id order.
     fn after<'a>(&'a self, after: Option<&str>) -> Box<dyn Iterator<Item = &'a DeviceRecord> + 'a>;
+
+    /// A superset of the twins satisfying `constraint` (ids after `after`, in id order), when an index
+    /// can answer it without a scan; `None` otherwise. The caller still checks the whole condition.
+    fn candidates<'a>(
+        &'a self,
+        _constraint: &Constraint<'_>,
+        _after: Option<&str>,
+    ) -> Option<Box<dyn Iterator<Item = &'a DeviceRecord> + 'a>> {
+        None
+    }
+}
+
+/// The twins a query must look at: through the first constraint an index serves, else all of them.
+fn source<'a>(
+    query: &CompiledQuery,
+    twins: &'a dyn OrderedTwins,
+    after: Option<&str>,
+) -> Box<dyn Iterator<Item = &'a DeviceRecord> + 'a> {
+    plan::constraints(query.query.condition.as_ref())
+        .iter()
+        .find_map(|constraint| twins.candidates(constraint, after))
+        .unwrap_or_else(|| twins.after(after))
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -111,9 +134,7 @@ impl CompiledQuery {
         if self.is_aggregate() {
             return Ok(self.aggregate_page(twins, cursor, take, remaining));
         }
-        let mut matching = twins
-            .after(cursor.after.as_deref())
-            .filter(|record| self.matches(record));
+        let mut matching = source(self, twins, cursor.after.as_deref()).filter(|record| self.matches(record));
         let mut items = Vec::with_capacity(take.min(1024));
         let mut last_id = None;
         for record in matching.by_ref().take(take) {
@@ -151,7 +172,7 @@ impl CompiledQuery {
         let rows = aggregate::aggregate(
             items,
             self.query.group_by.as_ref(),
-            twins.after(None).filter(|record| self.matches(record)),
+            source(self, twins, None).filter(|record| self.matches(record)),
         );
         let start = (cursor.n as usize).min(rows.len());
         let end = start.saturating_add(take).min(rows.len());

@@ -63,3 +63,41 @@ fn is_primitive(constant: &Constant) -> bool {
         Constant::Null | Constant::Bool(_) | Constant::Number(_) | Constant::Str(_)
     )
 }
+
+/// A primitive value as an index key: equal keys exactly when `=` says the values are equal
+/// (numbers by value, so `3` and `3.0` share a key).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum IndexKey {
+    Null,
+    Bool(bool),
+    Number(u64),
+    Str(Box<str>),
+}
+
+impl IndexKey {
+    pub fn of_value(value: &crate::value::QValue) -> Option<IndexKey> {
+        use crate::value::QValue;
+        Some(match value {
+            QValue::Null => IndexKey::Null,
+            QValue::Bool(b) => IndexKey::Bool(*b),
+            QValue::Number(n) => IndexKey::number(*n),
+            QValue::Str(s) => IndexKey::Str(s.as_ref().into()),
+            _ => return None,
+        })
+    }
+
+    pub fn of_constant(constant: &Constant) -> Option<IndexKey> {
+        Some(match constant {
+            Constant::Null => IndexKey::Null,
+            Constant::Bool(b) => IndexKey::Bool(*b),
+            Constant::Number(n) => IndexKey::number(*n),
+            Constant::Str(s) => IndexKey::Str(s.as_str().into()),
+            _ => return None,
+        })
+    }
+
+    fn number(n: f64) -> IndexKey {
+        // -0.0 = 0.0 in comparisons, so they share a key.
+        IndexKey::Number(if n == 0.0 { 0 } else { n.to_bits() })
+    }
+}

@@ -73,11 +73,7 @@ pub async fn query(State(state): State<RestState>, headers: HeaderMap, body: Byt
         },
     };
     let continuation = header_text(&headers, "x-ms-continuation").filter(|token| !token.is_empty());
-    let hub = state.hub.clone();
-    // A query may scan every twin: keep it off the threads that serve connections.
-    let page = tokio::task::spawn_blocking(move || hub.query(&text, page_size, continuation.as_deref()))
-        .await
-        .map_err(|_| HubError::Internal("the query task failed"))??;
+    let page = state.hub.query(&text, page_size, continuation.as_deref()).await?;
     let mut response = body::json_bytes(&serde_json::Value::Array(page.items)).into_response();
     let response_headers = response.headers_mut();
     response_headers.insert("x-ms-item-type", HeaderValue::from_static(page.item_type.as_str()));
