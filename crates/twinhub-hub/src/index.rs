@@ -1,4 +1,4 @@
-//! Equality indexes over twin paths, kept exact under writes: they live in the same snapshot as the
+//! Ordered indexes over twin paths (equality, `IN`, ranges and prefixes), kept exact under writes: they live in the same snapshot as the
 //! records (persistent maps, updated by the single writer in the batch that changes a record), so a
 //! query reads records and indexes at one and the same point.
 //!
@@ -6,10 +6,11 @@
 //! path asks the writer to build that path's index (see `Hub::query`).
 
 use crate::Registry;
-use imbl::{HashMap, OrdSet};
+use imbl::{OrdMap, OrdSet};
+use std::ops::Bound;
 use twinhub_core::{DeviceId, DeviceRecord};
 use twinhub_query::document::FieldPath;
-use twinhub_query::plan::IndexKey;
+use twinhub_query::plan::{IndexKey, Requirement};
 
 /// Below this many twins a scan costs well under a millisecond: no index is built.
 pub const INDEX_MIN_TWINS: usize = 10_000;
@@ -19,7 +20,7 @@ pub const INDEXED_PATHS_MAX: usize = 32;
 #[derive(Clone, Debug)]
 pub struct PathIndex {
     pub path: FieldPath,
-    entries: HashMap<IndexKey, OrdSet<DeviceId>>,
+    entries: OrdMap<IndexKey, OrdSet<DeviceId>>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -37,7 +38,7 @@ impl PathIndex {
         }
         let entries = grouped
             .into_iter()
-            .map(|(key, ids)| (key, ids.into_iter().collect()))
+            .map(|(key, ids)| (key, ids.into_iter().collect::<OrdSet<DeviceId>>()))
             .collect();
         PathIndex { path, entries }
     }
@@ -62,25 +63,60 @@ impl PathIndex {
         }
     }
 
-    /// Ids whose value has one of `keys`, after `after`, in id order.
-    pub fn ids_after(&self, keys: &[IndexKey], after: Option<&str>) -> Vec<DeviceId> {
+    /// Ids of the twins whose value meets `requirement`, after `after`, in id order.
+    pub fn ids(&self, requirement: &Requirement, after: Option<&str>) -> Vec<DeviceId> {
         let mut ids: Vec<DeviceId> = Vec::new();
-        for key in keys {
-            if let Some(set) = self.entries.get(key) {
-                match after {
-                    None => ids.extend(set.iter().cloned()),
-                    Some(after) => ids.extend(
-                        set.range::<_, str>((std::ops::Bound::Excluded(after), std::ops::Bound::Unbounded))
-                            .cloned(),
-                    ),
+        let mut take = |set: &OrdSet<DeviceId>| match after {
+            None => ids.extend(set.iter().cloned()),
+            Some(after) => ids.extend(set.range::<_, str>((Bound::Excluded(after), Bound::Unbounded)).cloned()),
+        };
+        let mut sets = 0;
+        match requirement {
+            Requirement::OneOf(keys) => {
+                for set in keys.iter().filter_map(|key| self.entries.get(key)) {
+                    sets += 1;
+                    take(set);
+                }
+            }
+            Requirement::Range { lower, upper } => {
+                if range_is_empty(lower, upper) {
+                    return ids;
+                }
+                for (_, set) in self.entries.range((lower.clone(), upper.clone())) {
+                    sets += 1;
+                    take(set);
+                }
+            }
+            Requirement::Prefix(prefix) => {
+                let start = IndexKey::Str(prefix.as_str().into());
+                let within = |key: &IndexKey| matches!(key, IndexKey::Str(s) if s.starts_with(prefix.as_str()));
+                for (_, set) in self
+                    .entries
+                    .range((Bound::Included(start), Bound::Unbounded))
+                    .take_while(|(k, _)| within(k))
+                {
+                    sets += 1;
+                    take(set);
                 }
             }
         }
-        if keys.len() > 1 {
+        // Each id sits under one key, so ids from several keys only need sorting.
+        if sets > 1 {
             ids.sort_unstable();
-            ids.dedup();
         }
         ids
+    }
+}
+
+/// `BTreeMap`-style range lookups panic on inverted bounds (`x > 5 AND x < 3` style requests never
+/// reach here inverted, but `> 'z'` up to the end of strings can): check first.
+fn range_is_empty(lower: &Bound<IndexKey>, upper: &Bound<IndexKey>) -> bool {
+    match (lower, upper) {
+        (Bound::Included(l), Bound::Included(u)) => l > u,
+        (Bound::Included(l), Bound::Excluded(u))
+        | (Bound::Excluded(l), Bound::Included(u))
+        | (Bound::Excluded(l), Bound::Excluded(u)) => l >= u,
+        _ => false,
     }
 }
 
@@ -147,18 +183,13 @@ mod tests {
         }
         let mut indexes = Indexes::default();
         indexes.add(path.clone(), &registry);
-        let us = [IndexKey::Str("US".into())];
-        let ids = |indexes: &Indexes, after| -> Vec<String> {
-            indexes
-                .get(&path)
-                .unwrap()
-                .ids_after(&us, after)
-                .iter()
-                .map(|id| id.to_string())
-                .collect()
+        let ids = |indexes: &Indexes, requirement: &Requirement, after: Option<&str>| -> Vec<String> {
+            let found = indexes.get(&path).unwrap().ids(requirement, after);
+            found.iter().map(|id| id.to_string()).collect()
         };
-        assert_eq!(ids(&indexes, None), ["a", "d"]);
-        assert_eq!(ids(&indexes, Some("a")), ["d"]);
+        let us = Requirement::OneOf(vec![IndexKey::Str("US".into())]);
+        assert_eq!(ids(&indexes, &us, None), ["a", "d"]);
+        assert_eq!(ids(&indexes, &us, Some("a")), ["d"]);
         // b moves to US, a leaves it, d is deleted, e arrives in US.
         let moved = record("b", Some("US"));
         indexes.update(&moved.identity.device_id, registry.get("b").map(|r| &**r), Some(&moved));
@@ -168,15 +199,19 @@ mod tests {
         indexes.update(&d.identity.device_id, Some(&d), None);
         let arrived = record("e", Some("US"));
         indexes.update(&arrived.identity.device_id, None, Some(&arrived));
-        assert_eq!(ids(&indexes, None), ["b", "e"]);
-        let both = [IndexKey::Str("US".into()), IndexKey::Str("EU".into())];
-        let all: Vec<String> = indexes
-            .get(&path)
-            .unwrap()
-            .ids_after(&both, None)
-            .iter()
-            .map(|i| i.to_string())
-            .collect();
-        assert_eq!(all, ["a", "b", "e"]);
+        assert_eq!(ids(&indexes, &us, None), ["b", "e"]);
+        let both = Requirement::OneOf(vec![IndexKey::Str("US".into()), IndexKey::Str("EU".into())]);
+        assert_eq!(ids(&indexes, &both, None), ["a", "b", "e"]);
+        let from_f = Requirement::Range {
+            lower: Bound::Included(IndexKey::Str("F".into())),
+            upper: Bound::Unbounded,
+        };
+        assert_eq!(ids(&indexes, &from_f, None), ["b", "e"]);
+        assert_eq!(ids(&indexes, &Requirement::Prefix("E".into()), None), ["a"]);
+        let inverted = Requirement::Range {
+            lower: Bound::Excluded(IndexKey::Str("Z".into())),
+            upper: Bound::Excluded(IndexKey::Str("A".into())),
+        };
+        assert!(ids(&indexes, &inverted, None).is_empty());
     }
 }

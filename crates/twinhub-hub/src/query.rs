@@ -9,7 +9,7 @@ use std::ops::Bound;
 use std::sync::Arc;
 use twinhub_core::{DeviceId, DeviceRecord};
 use twinhub_query::document::Field;
-use twinhub_query::plan::{self, Constraint, IndexKey};
+use twinhub_query::plan::{self, Constraint, IndexKey, Requirement};
 use twinhub_query::{CompiledQuery, OrderedTwins, Page, PAGE_SIZE_DEFAULT};
 
 struct SnapshotView(Arc<Snapshot>);
@@ -32,26 +32,22 @@ impl OrderedTwins for SnapshotView {
         constraint: &Constraint<'_>,
         after: Option<&str>,
     ) -> Option<Box<dyn Iterator<Item = &'a DeviceRecord> + 'a>> {
-        let keys: Vec<IndexKey> = constraint
-            .values
-            .iter()
-            .filter_map(|c| IndexKey::of_constant(c))
-            .collect();
-        let ids: Vec<DeviceId> = if constraint.path.field == Field::DeviceId && constraint.path.rest.is_empty() {
-            // The registry is keyed by id: an id constraint needs no index.
-            let mut ids: Vec<DeviceId> = keys
-                .iter()
-                .filter_map(|key| match key {
-                    IndexKey::Str(id) => self.0.devices.get_key_value(&**id).map(|(id, _)| id.clone()),
-                    _ => None,
-                })
-                .filter(|id| after.is_none_or(|after| id.as_str() > after))
-                .collect();
-            ids.sort_unstable();
-            ids.dedup();
-            ids
-        } else {
-            self.0.indexes.get(constraint.path)?.ids_after(&keys, after)
+        let ids: Vec<DeviceId> = match (constraint.path.field, &constraint.requirement) {
+            (Field::DeviceId, Requirement::OneOf(keys)) if constraint.path.rest.is_empty() => {
+                // The registry is keyed by id: an id constraint needs no index.
+                let mut ids: Vec<DeviceId> = keys
+                    .iter()
+                    .filter_map(|key| match key {
+                        IndexKey::Str(id) => self.0.devices.get_key_value(id.as_ref()).map(|(id, _)| id.clone()),
+                        _ => None,
+                    })
+                    .filter(|id| after.is_none_or(|after| id.as_str() > after))
+                    .collect();
+                ids.sort_unstable();
+                ids.dedup();
+                ids
+            }
+            _ => self.0.indexes.get(constraint.path)?.ids(&constraint.requirement, after),
         };
         let devices = &self.0.devices;
         Some(Box::new(

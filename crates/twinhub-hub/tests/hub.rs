@@ -327,6 +327,20 @@ async fn queries_on_large_registries_build_indexes_that_stay_exact_under_writes(
     assert!(!after.contains(&"dev00057".to_owned()));
     assert_eq!(after.len(), 201 - 3 + 2);
     assert_eq!(query_ids(&hub, either).await, scanned_ids(&hub, either));
+    for text in [
+        "SELECT * FROM devices WHERE tags.region > 'r45'",
+        "SELECT * FROM devices WHERE 'r12' >= tags.region AND tags.region >= 'r1'",
+        "SELECT * FROM devices WHERE STARTSWITH(tags.region, 'r4')",
+        "SELECT * FROM devices WHERE tags.region < 5",
+    ] {
+        let found = query_ids(&hub, text).await;
+        assert_eq!(found, scanned_ids(&hub, text), "{text}");
+    }
+    assert_eq!(
+        hub.snapshot().indexes.len(),
+        1,
+        "one index serves every shape on its path"
+    );
     let by_id = "SELECT * FROM devices WHERE deviceId IN ['dev00001', 'nope', 'dev00003'] AND tags.region = 'r1'";
     assert_eq!(query_ids(&hub, by_id).await, ["dev00001"]);
 }

@@ -3,8 +3,17 @@
 use crate::ast::{Aggregate, Projection, SelectItem};
 use crate::document::FieldPath;
 use crate::eval::evaluate;
+use crate::plan::IndexKey;
 use crate::value::{number_json, QValue};
 use std::cmp::Ordering;
+use std::collections::HashMap;
+
+#[derive(PartialEq, Eq, Hash)]
+enum GroupKey {
+    Primitive(IndexKey),
+    /// Objects and arrays by their JSON text; `None` for undefined.
+    Other(Option<String>),
+}
 use twinhub_core::DeviceRecord;
 
 /// The running state of one aggregate.
@@ -103,9 +112,10 @@ pub fn aggregate<'a>(
             })
             .collect()
     };
-    // Group keys are the JSON of the group value (undefined is its own group), kept in first-seen order.
+    // Groups in first-seen order. Primitive group values are keyed without rendering them; objects and
+    // arrays by their JSON text; undefined is a group of its own.
     let mut groups: Vec<(Option<serde_json::Value>, Vec<Option<Accumulator>>)> = Vec::new();
-    let mut index: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    let mut index: HashMap<GroupKey, usize> = HashMap::new();
     if group_by.is_none() {
         groups.push((None, fresh()));
     }
@@ -113,12 +123,13 @@ pub fn aggregate<'a>(
         let slot = match group_by {
             None => 0,
             Some(path) => {
-                let key = path.resolve(record).to_json();
-                let text = key
-                    .as_ref()
-                    .map_or_else(|| "\u{0}undefined".to_owned(), |k| k.to_string());
-                *index.entry(text).or_insert_with(|| {
-                    groups.push((key, fresh()));
+                let value = path.resolve(record);
+                let key = match IndexKey::of_value(&value) {
+                    Some(key) => GroupKey::Primitive(key),
+                    None => GroupKey::Other(value.to_json().map(|json| json.to_string())),
+                };
+                *index.entry(key).or_insert_with(|| {
+                    groups.push((value.to_json(), fresh()));
                     groups.len() - 1
                 })
             }

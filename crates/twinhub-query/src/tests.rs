@@ -476,14 +476,22 @@ fn continuation_tokens_are_checked() {
 }
 
 #[test]
-fn plans_find_equality_and_in_constraints() {
+fn plans_find_equality_in_range_and_prefix_constraints() {
     let query = CompiledQuery::parse(
-        "SELECT * FROM devices WHERE tags.a IN ['x', 'y'] AND (tags.b = 1 OR tags.c = 2) AND 'US' = tags.r",
+        "SELECT * FROM devices WHERE tags.a IN ['x', 'y'] AND (tags.b = 1 OR tags.c = 2) AND 'US' = tags.r \
+         AND 5 < properties.reported.t AND STARTSWITH(tags.p, 'pl') AND tags.q != 3",
     )
     .unwrap();
     let found = crate::plan::constraints(query.query.condition.as_ref());
     let paths: Vec<String> = found.iter().map(|c| c.path.dotted()).collect();
-    assert_eq!(paths, ["tags.r", "tags.a"]);
+    assert_eq!(paths, ["tags.r", "tags.a", "tags.p", "properties.reported.t"]);
+    let crate::plan::Requirement::Range { lower, .. } = &found[3].requirement else {
+        panic!("{found:?}")
+    };
+    assert_eq!(
+        *lower,
+        std::ops::Bound::Excluded(crate::plan::IndexKey::of_constant(&crate::ast::Constant::Number(5.0)).unwrap())
+    );
 }
 
 mod fuzz {

@@ -10,9 +10,9 @@ use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 use tokio_rustls::TlsAcceptor;
 use twinhub_hub::{Hub, HubConfig, HubError};
-use twinhub_store::{EmbeddedStore, StoreError};
+use twinhub_store::{EmbeddedStore, Store, StoreError};
 
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct ServeConfig {
     pub data_dir: PathBuf,
     /// The hub's host name: what connection strings say and SAS tokens sign.
@@ -24,6 +24,25 @@ pub struct ServeConfig {
     pub hub: HubConfig,
     /// Connections held at once on the HTTPS listener; more wait in the accept queue.
     pub https_connections_max: usize,
+    /// The store to serve; `None`: the embedded store in `data_dir/store` (what `twinhub serve` uses).
+    /// Benchmarks and tests pass their own.
+    pub store: Option<Arc<dyn Store>>,
+}
+
+impl std::fmt::Debug for ServeConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServeConfig")
+            .field("data_dir", &self.data_dir)
+            .field("hostname", &self.hostname)
+            .field("bind", &self.bind)
+            .field("https_port", &self.https_port)
+            .field("mqtt_port", &self.mqtt_port)
+            .field("amqp_port", &self.amqp_port)
+            .field("hub", &self.hub)
+            .field("https_connections_max", &self.https_connections_max)
+            .field("store", &self.store.as_ref().map(|_| "custom"))
+            .finish()
+    }
 }
 
 impl ServeConfig {
@@ -37,6 +56,7 @@ impl ServeConfig {
             amqp_port: 5671,
             hub: HubConfig::default(),
             https_connections_max: 10_000,
+            store: None,
         }
     }
 
@@ -113,8 +133,11 @@ pub async fn serve(config: ServeConfig) -> Result<RunningHub, ServeError> {
         flag: "--https-port",
         reason: error.to_string(),
     })?;
-    let store = EmbeddedStore::open(&config.data_dir.join("store"))?;
-    let hub = Hub::start(Arc::new(store), config.hub.clone()).await?;
+    let store: Arc<dyn Store> = match &config.store {
+        Some(store) => Arc::clone(store),
+        None => Arc::new(EmbeddedStore::open(&config.data_dir.join("store"))?),
+    };
+    let hub = Hub::start(store, config.hub.clone()).await?;
     let tls = crate::tls::server_config(&material.server_cert_pem, &material.server_key_pem, &[b"http/1.1"])?;
     let router = rest::router(rest::RestState::new(
         Arc::clone(&hub),
