@@ -6,6 +6,7 @@
 use std::sync::Arc;
 use twinhub_core::{DeviceId, DeviceRecord};
 
+pub mod codec;
 pub mod embedded;
 
 pub use embedded::EmbeddedStore;

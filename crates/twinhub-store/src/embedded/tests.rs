@@ -1,4 +1,5 @@
 use super::*;
+use crate::codec::{FORMAT_V1, PARALLEL_DECODE_MIN};
 use proptest::prelude::*;
 use std::collections::BTreeMap;
 use twinhub_core::json::DeviceDraft;
