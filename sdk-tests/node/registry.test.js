@@ -190,6 +190,33 @@ async function main() {
   assert.equal(page.message.headers['x-ms-item-type'], 'twin', 'x-ms-item-type');
   assert.equal(query.hasMoreResults, false, 'one page only');
 
+  log("the seed's two queries: createQuery(sql, 100) and nextAsTwin");
+  const inRedmond = await registry
+    .createQuery("SELECT * FROM devices WHERE tags.location.plant = 'Redmond43'", 100)
+    .nextAsTwin();
+  assert.deepEqual(inRedmond.result.map((twin) => twin.deviceId), [generatedId], 'devices in Redmond43');
+  // No device has reported connectivity yet (devices report over MQTT/AMQP): the AND finds none.
+  const cellular = await registry
+    .createQuery(
+      "SELECT * FROM devices WHERE tags.location.plant = 'Redmond43' AND properties.reported.connectivity.type = 'cellular'",
+      100,
+    )
+    .nextAsTwin();
+  assert.deepEqual(cellular.result, [], 'no cellular devices before any report');
+
+  log('aggregates through query.next');
+  const counted = await registry.createQuery('SELECT COUNT() AS numberOfDevices FROM devices').next();
+  assert.deepEqual(counted.result, [{ numberOfDevices: 2 }], 'COUNT()');
+  assert.equal(counted.message.headers['x-ms-item-type'], 'raw', 'x-ms-item-type of an aggregate');
+  const grouped = await registry
+    .createQuery('SELECT tags.location.region AS region, COUNT() AS n FROM devices GROUP BY tags.location.region')
+    .next();
+  assert.deepEqual(
+    grouped.result.sort((a, b) => (a.region || '').localeCompare(b.region || '')),
+    [{ n: 1 }, { region: 'US', n: 1 }],
+    'GROUP BY (the untagged device forms a group without a region)',
+  );
+
   log('registry.createQuery in pages of one (callback-style next: the promise form never sends the token)');
   const paged = registry.createQuery('SELECT * FROM devices', 1);
   const seen = [];

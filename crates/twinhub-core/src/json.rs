@@ -42,6 +42,11 @@ fn thumbprints_json(thumbprints: &X509Thumbprints) -> serde_json::Value {
     json!({"primaryThumbprint": thumbprints.primary, "secondaryThumbprint": thumbprints.secondary})
 }
 
+/// `twin_json` as text, rendered once per record and then shared.
+pub fn twin_json_text(record: &DeviceRecord) -> std::sync::Arc<str> {
+    record.rendered_twin.get_or_render(|| twin_json(record).to_string())
+}
+
 /// The twin as `GET /twins/{id}` and `SELECT *` return it. Ref: service-rest notes §6.3.
 pub fn twin_json(record: &DeviceRecord) -> serde_json::Value {
     let identity = &record.identity;
@@ -276,11 +281,7 @@ mod tests {
         let keys = identity.symmetric_keys.clone().expect("generated");
         assert_eq!(keys.primary.len(), 44);
         assert_ne!(keys.primary, keys.secondary);
-        let record = DeviceRecord {
-            identity,
-            twin: Twin::new(Timestamp(0)),
-            presence: Presence::default(),
-        };
+        let record = DeviceRecord::new(identity, Twin::new(Timestamp(0)), Presence::default());
         let document = device_json(&record);
         assert_eq!(document["deviceId"], "dev1");
         assert_eq!(document["etag"], "MQ==");
@@ -306,5 +307,32 @@ mod tests {
             let error = DeviceDraft::from_json(&body, "deviceId").unwrap_err();
             assert!(error.to_string().contains(needle), "{error}");
         }
+    }
+
+    #[test]
+    fn the_rendered_twin_text_is_the_twin_and_a_changed_copy_renders_afresh() {
+        let draft = DeviceDraft::from_json(&json!({"deviceId": "dev1"}), "deviceId").unwrap();
+        let record = DeviceRecord::new(
+            draft.into_identity(None, Timestamp(0)),
+            Twin::new(Timestamp(0)),
+            Presence::default(),
+        );
+        let text = twin_json_text(&record);
+        assert_eq!(
+            serde_json::from_str::<serde_json::Value>(&text).unwrap(),
+            twin_json(&record)
+        );
+        assert!(std::sync::Arc::ptr_eq(&text, &twin_json_text(&record)), "rendered once");
+        let mut changed = record.clone();
+        changed.twin.version += 1;
+        let changed_text = twin_json_text(&changed);
+        assert_eq!(
+            serde_json::from_str::<serde_json::Value>(&changed_text).unwrap()["version"],
+            2
+        );
+        assert_eq!(
+            serde_json::from_str::<serde_json::Value>(&twin_json_text(&record)).unwrap()["version"],
+            1
+        );
     }
 }

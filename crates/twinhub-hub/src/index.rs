@@ -166,11 +166,11 @@ mod tests {
             let patch = TwinPatch::from_json(&serde_json::json!({"tags": {"region": region}}), &rules).unwrap();
             twin = twin.patched(&patch, now, &rules).unwrap().0;
         }
-        Arc::new(DeviceRecord {
-            identity: draft.into_identity(None, now),
+        Arc::new(DeviceRecord::new(
+            draft.into_identity(None, now),
             twin,
-            presence: Presence::default(),
-        })
+            Presence::default(),
+        ))
     }
 
     #[test]

@@ -210,11 +210,11 @@ impl Batch<'_> {
     }
 
     pub(crate) fn store_twin(&mut self, current: &DeviceRecord, twin: Twin) -> Arc<DeviceRecord> {
-        let record = Arc::new(DeviceRecord {
-            identity: current.identity.clone(),
+        let record = Arc::new(DeviceRecord::new(
+            current.identity.clone(),
             twin,
-            presence: current.presence.clone(),
-        });
+            current.presence.clone(),
+        ));
         self.upsert(record)
     }
 
@@ -242,18 +242,14 @@ impl Batch<'_> {
                     return Err(precondition_failed(&id, if_match));
                 }
                 self.events.push(HubEvent::DeviceUpdated { device_id: id.clone() });
-                DeviceRecord {
-                    identity: draft.into_identity(Some(&existing.identity), now),
-                    twin: existing.twin.clone(),
-                    presence: existing.presence.clone(),
-                }
+                DeviceRecord::new(
+                    draft.into_identity(Some(&existing.identity), now),
+                    existing.twin.clone(),
+                    existing.presence.clone(),
+                )
             }
             (None, IfMatch::Etag(_)) => return Err(HubError::DeviceNotFound(id)),
-            (None, _) => DeviceRecord {
-                identity: draft.into_identity(None, now),
-                twin: Twin::new(now),
-                presence: Presence::default(),
-            },
+            (None, _) => DeviceRecord::new(draft.into_identity(None, now), Twin::new(now), Presence::default()),
         };
         Ok(self.upsert(Arc::new(record)))
     }

@@ -243,7 +243,7 @@ async fn query_ids(hub: &Hub, text: &str) -> Vec<String> {
     loop {
         let page = hub.query(text, Some(500), token.as_deref()).await.unwrap();
         ids.extend(
-            page.items
+            page.values()
                 .iter()
                 .map(|twin| twin["deviceId"].as_str().unwrap().to_owned()),
         );
@@ -285,14 +285,7 @@ async fn queries_on_large_registries_build_indexes_that_stay_exact_under_writes(
                 .unwrap()
                 .0;
             let identity = draft(&name).into_identity(None, now);
-            records.insert(
-                id(&name),
-                DeviceRecord {
-                    identity,
-                    twin,
-                    presence: Default::default(),
-                },
-            );
+            records.insert(id(&name), DeviceRecord::new(identity, twin, Default::default()));
         }
     }
     let hub = hub_with(Arc::clone(&store)).await;

@@ -8,7 +8,7 @@ use crate::value::{number_json, QValue};
 use std::cmp::Ordering;
 use std::collections::HashMap;
 
-#[derive(PartialEq, Eq, Hash)]
+#[derive(Clone, PartialEq, Eq, Hash)]
 enum GroupKey {
     Primitive(IndexKey),
     /// Objects and arrays by their JSON text; `None` for undefined.
@@ -55,6 +55,21 @@ impl Accumulator {
         }
     }
 
+    /// Folds in what another thread accumulated over other records.
+    fn merge(&mut self, other: Accumulator) {
+        match (self, other) {
+            (Accumulator::Count(n), Accumulator::Count(m)) => *n += m,
+            (Accumulator::Sum(sum), Accumulator::Sum(more)) => *sum += more,
+            (Accumulator::Avg { sum, count }, Accumulator::Avg { sum: more, count: n }) => {
+                *sum += more;
+                *count += n;
+            }
+            (Accumulator::Min(best), Accumulator::Min(Some(value))) => keep(best, value, Ordering::Less),
+            (Accumulator::Max(best), Accumulator::Max(Some(value))) => keep(best, value, Ordering::Greater),
+            _ => {}
+        }
+    }
+
     fn result(&self) -> Option<serde_json::Value> {
         match self {
             Accumulator::Count(n) => Some((*n).into()),
@@ -96,31 +111,102 @@ pub fn column_names(items: &[SelectItem]) -> Vec<String> {
         .collect()
 }
 
-/// One row per group (or one row without GROUP BY), groups in order of first appearance.
-pub fn aggregate<'a>(
+/// Below this many twins an aggregate runs on the calling thread: spawning costs more than it saves.
+const PARALLEL_MIN: usize = 50_000;
+
+/// One row per group (or one row without GROUP BY), groups in order of first appearance, over the
+/// `records` that `matches`. Large inputs are split over every core; the parts are merged in order, so
+/// the groups' order is the same as on one thread.
+pub fn aggregate(
     items: &[SelectItem],
     group_by: Option<&FieldPath>,
-    records: impl Iterator<Item = &'a DeviceRecord>,
+    records: &[&DeviceRecord],
+    matches: &(dyn Fn(&DeviceRecord) -> bool + Sync),
 ) -> Vec<serde_json::Value> {
-    let names = column_names(items);
-    let fresh = || -> Vec<Option<Accumulator>> {
-        items
+    let run = |part: &[&DeviceRecord]| {
+        let mut groups = Groups::new(items, group_by);
+        for record in part.iter().filter(|record| matches(record)) {
+            groups.add(record);
+        }
+        groups
+    };
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let groups = if records.len() < PARALLEL_MIN || threads == 1 {
+        run(records)
+    } else {
+        let chunk = records.len().div_ceil(threads);
+        let parts: Vec<Option<Groups>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = records
+                .chunks(chunk)
+                .map(|part| scope.spawn(move || run(part)))
+                .collect();
+            handles.into_iter().map(|handle| handle.join().ok()).collect()
+        });
+        let mut merged = Groups::new(items, group_by);
+        for (part, records) in parts.into_iter().zip(records.chunks(chunk)) {
+            // A part whose thread panicked is recomputed here rather than silently dropped.
+            merged.merge(part.unwrap_or_else(|| run(records)));
+        }
+        merged
+    };
+    groups.rows(&column_names(items))
+}
+
+/// The groups seen so far, in first-seen order. Primitive group values are keyed without rendering
+/// them; objects and arrays by their JSON text; undefined is a group of its own.
+struct Groups<'q> {
+    items: &'q [SelectItem],
+    group_by: Option<&'q FieldPath>,
+    list: Vec<Group>,
+    index: HashMap<GroupKey, usize>,
+}
+
+struct Group {
+    key: GroupKey,
+    value: Option<serde_json::Value>,
+    accumulators: Vec<Option<Accumulator>>,
+}
+
+impl<'q> Groups<'q> {
+    fn new(items: &'q [SelectItem], group_by: Option<&'q FieldPath>) -> Groups<'q> {
+        let mut groups = Groups {
+            items,
+            group_by,
+            list: Vec::new(),
+            index: HashMap::new(),
+        };
+        if group_by.is_none() {
+            groups.slot(GroupKey::Other(None), || None);
+        }
+        groups
+    }
+
+    fn fresh(&self) -> Vec<Option<Accumulator>> {
+        self.items
             .iter()
             .map(|item| match &item.value {
                 Projection::Aggregate(aggregate) => Some(Accumulator::new(aggregate)),
                 Projection::Expr(_) => None,
             })
             .collect()
-    };
-    // Groups in first-seen order. Primitive group values are keyed without rendering them; objects and
-    // arrays by their JSON text; undefined is a group of its own.
-    let mut groups: Vec<(Option<serde_json::Value>, Vec<Option<Accumulator>>)> = Vec::new();
-    let mut index: HashMap<GroupKey, usize> = HashMap::new();
-    if group_by.is_none() {
-        groups.push((None, fresh()));
     }
-    for record in records {
-        let slot = match group_by {
+
+    fn slot(&mut self, key: GroupKey, value: impl FnOnce() -> Option<serde_json::Value>) -> usize {
+        if let Some(&slot) = self.index.get(&key) {
+            return slot;
+        }
+        let accumulators = self.fresh();
+        self.list.push(Group {
+            key: key.clone(),
+            value: value(),
+            accumulators,
+        });
+        self.index.insert(key, self.list.len() - 1);
+        self.list.len() - 1
+    }
+
+    fn add(&mut self, record: &DeviceRecord) {
+        let slot = match self.group_by {
             None => 0,
             Some(path) => {
                 let value = path.resolve(record);
@@ -128,32 +214,45 @@ pub fn aggregate<'a>(
                     Some(key) => GroupKey::Primitive(key),
                     None => GroupKey::Other(value.to_json().map(|json| json.to_string())),
                 };
-                *index.entry(key).or_insert_with(|| {
-                    groups.push((value.to_json(), fresh()));
-                    groups.len() - 1
-                })
+                self.slot(key, || value.to_json())
             }
         };
-        for (item, accumulator) in items.iter().zip(groups[slot].1.iter_mut()) {
+        let items = self.items;
+        for (item, accumulator) in items.iter().zip(self.list[slot].accumulators.iter_mut()) {
             if let (Projection::Aggregate(aggregate), Some(accumulator)) = (&item.value, accumulator) {
                 accumulator.add(aggregate, record);
             }
         }
     }
-    groups
-        .into_iter()
-        .map(|(key, accumulators)| {
-            let mut row = serde_json::Map::new();
-            for (name, accumulator) in names.iter().zip(accumulators) {
-                let value = match accumulator {
-                    Some(accumulator) => accumulator.result(),
-                    None => key.clone(),
-                };
-                if let Some(value) = value {
-                    row.insert(name.clone(), value);
+
+    fn merge(&mut self, other: Groups) {
+        for group in other.list {
+            let value = group.value;
+            let slot = self.slot(group.key, || value);
+            for (mine, theirs) in self.list[slot].accumulators.iter_mut().zip(group.accumulators) {
+                if let (Some(mine), Some(theirs)) = (mine, theirs) {
+                    mine.merge(theirs);
                 }
             }
-            serde_json::Value::Object(row)
-        })
-        .collect()
+        }
+    }
+
+    fn rows(self, names: &[String]) -> Vec<serde_json::Value> {
+        self.list
+            .into_iter()
+            .map(|group| {
+                let mut row = serde_json::Map::new();
+                for (name, accumulator) in names.iter().zip(group.accumulators) {
+                    let value = match accumulator {
+                        Some(accumulator) => accumulator.result(),
+                        None => group.value.clone(),
+                    };
+                    if let Some(value) = value {
+                        row.insert(name.clone(), value);
+                    }
+                }
+                serde_json::Value::Object(row)
+            })
+            .collect()
+    }
 }

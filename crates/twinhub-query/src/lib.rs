@@ -61,10 +61,14 @@ impl CompiledQuery {
             .is_none_or(|condition| eval::passes(condition, record))
     }
 
-    /// The row a matching twin contributes to a non-aggregate query.
-    pub fn row(&self, record: &DeviceRecord) -> serde_json::Value {
+    /// The row a matching twin contributes to a non-aggregate query, as JSON text.
+    pub fn row(&self, record: &DeviceRecord) -> Box<serde_json::value::RawValue> {
         match &self.query.select {
-            Select::All => twinhub_core::json::twin_json(record),
+            Select::All => {
+                let text = twinhub_core::json::twin_json_text(record);
+                serde_json::value::RawValue::from_string(text.to_string())
+                    .unwrap_or_else(|_| paging::raw_json(&twinhub_core::json::twin_json(record)))
+            }
             Select::Items(items) => {
                 let names = aggregate::column_names(items);
                 let mut row = serde_json::Map::new();
@@ -75,7 +79,7 @@ impl CompiledQuery {
                         }
                     }
                 }
-                serde_json::Value::Object(row)
+                paging::raw_json(&serde_json::Value::Object(row))
             }
         }
     }

@@ -7,6 +7,7 @@ use crate::ast::Collection;
 use crate::plan::{self, Constraint};
 use crate::{aggregate, CompiledQuery, QueryError};
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use twinhub_core::DeviceRecord;
 
 /// Items per page when the client asks for none (`x-ms-max-item-count` absent).
@@ -30,12 +31,29 @@ impl ItemType {
     }
 }
 
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug)]
 pub struct Page {
-    pub items: Vec<serde_json::Value>,
+    /// Each item as JSON text: a twin's text is rendered once per record version and shared (see
+    /// `twinhub_core::record::RenderedTwin`), so a page is built by copying, not by re-serialising.
+    pub items: Vec<Box<RawValue>>,
     /// Present only when more results exist (the Node SDK loops while the header is there).
     pub continuation: Option<String>,
     pub item_type: ItemType,
+}
+
+impl Page {
+    /// The items parsed, for callers that inspect them (tests, tools).
+    pub fn values(&self) -> Vec<serde_json::Value> {
+        self.items
+            .iter()
+            .map(|item| serde_json::from_str(item.get()).unwrap_or(serde_json::Value::Null))
+            .collect()
+    }
+}
+
+/// A value as an item; a `serde_json::Value` always serialises, the default (null) is never reached.
+pub(crate) fn raw_json(value: &serde_json::Value) -> Box<RawValue> {
+    serde_json::value::to_raw_value(value).unwrap_or_default()
 }
 
 /// A consistent view of the registry in device-id order (the hub's snapshot).
@@ -169,11 +187,10 @@ impl CompiledQuery {
                 }
             }
         };
-        let rows = aggregate::aggregate(
-            items,
-            self.query.group_by.as_ref(),
-            source(self, twins, None).filter(|record| self.matches(record)),
-        );
+        let records: Vec<&DeviceRecord> = source(self, twins, None).collect();
+        let rows = aggregate::aggregate(items, self.query.group_by.as_ref(), &records, &|record| {
+            self.matches(record)
+        });
         let start = (cursor.n as usize).min(rows.len());
         let end = start.saturating_add(take).min(rows.len());
         let page: Vec<_> = rows[start..end].to_vec();
@@ -187,7 +204,7 @@ impl CompiledQuery {
             .encode()
         });
         Page {
-            items: page,
+            items: page.iter().map(raw_json).collect(),
             continuation,
             item_type: ItemType::Raw,
         }

@@ -50,11 +50,7 @@ fn record(identity: Value, tags: Value, desired: Value, reported: Value) -> Devi
             .with_reported(&ReportedPatch::from_json(&reported, &rules).unwrap(), now, &rules)
             .unwrap();
     }
-    DeviceRecord {
-        identity: draft.into_identity(None, now),
-        twin,
-        presence: Presence::default(),
-    }
+    DeviceRecord::new(draft.into_identity(None, now), twin, Presence::default())
 }
 
 fn fixture() -> Fixture {
@@ -112,7 +108,7 @@ fn run(fixture: &Fixture, text: &str) -> (Vec<Value>, ItemType) {
     let mut token = None;
     loop {
         let page = query.page(fixture, 1000, token.as_deref()).unwrap();
-        items.extend(page.items);
+        items.extend(page.values());
         match page.continuation {
             Some(next) => token = Some(next),
             None => return (items, page.item_type),
@@ -403,7 +399,7 @@ fn pages_cover_every_match_exactly_once_and_the_last_has_no_token() {
         let page = query.page(&fixture, 2, token.as_deref()).unwrap();
         pages += 1;
         assert!(page.items.len() <= 2);
-        seen.extend(page.items.iter().map(|t| t["deviceId"].as_str().unwrap().to_owned()));
+        seen.extend(page.values().iter().map(|t| t["deviceId"].as_str().unwrap().to_owned()));
         match page.continuation {
             Some(next) => token = Some(next),
             None => break,
@@ -419,7 +415,7 @@ fn writes_between_pages_never_repeat_a_twin() {
     let query = CompiledQuery::parse("SELECT * FROM devices WHERE IS_DEFINED(deviceId)").unwrap();
     let first = query.page(&fixture, 3, None).unwrap();
     let mut seen: Vec<String> = first
-        .items
+        .values()
         .iter()
         .map(|t| t["deviceId"].as_str().unwrap().to_owned())
         .collect();
@@ -435,7 +431,7 @@ fn writes_between_pages_never_repeat_a_twin() {
     let mut token = first.continuation;
     while let Some(current) = token {
         let page = query.page(&fixture, 3, Some(&current)).unwrap();
-        seen.extend(page.items.iter().map(|t| t["deviceId"].as_str().unwrap().to_owned()));
+        seen.extend(page.values().iter().map(|t| t["deviceId"].as_str().unwrap().to_owned()));
         token = page.continuation;
     }
     assert_eq!(seen, ["d1", "d2", "d3", "d4", "d5", "d7", "thermo-5"]);
@@ -460,7 +456,7 @@ fn top_limits_across_pages_and_aggregates_page_too() {
     let first = grouped.page(&fixture, 2, None).unwrap();
     assert_eq!(first.items.len(), 2);
     let second = grouped.page(&fixture, 2, first.continuation.as_deref()).unwrap();
-    assert_eq!(second.items, vec![json!({"n": 4})]);
+    assert_eq!(second.values(), vec![json!({"n": 4})]);
     assert_eq!(second.continuation, None);
 }
 
@@ -470,9 +466,18 @@ fn continuation_tokens_are_checked() {
     let query = CompiledQuery::parse("SELECT * FROM devices").unwrap();
     let token = query.page(&fixture, 1, None).unwrap().continuation.unwrap();
     let other = CompiledQuery::parse("SELECT deviceId FROM devices").unwrap();
-    assert_eq!(other.page(&fixture, 1, Some(&token)), Err(QueryError::BadContinuation));
-    assert_eq!(query.page(&fixture, 1, Some("zz")), Err(QueryError::BadContinuation));
-    assert_eq!(query.page(&fixture, 1, Some("7b7d")), Err(QueryError::BadContinuation));
+    assert_eq!(
+        other.page(&fixture, 1, Some(&token)).err(),
+        Some(QueryError::BadContinuation)
+    );
+    assert_eq!(
+        query.page(&fixture, 1, Some("zz")).err(),
+        Some(QueryError::BadContinuation)
+    );
+    assert_eq!(
+        query.page(&fixture, 1, Some("7b7d")).err(),
+        Some(QueryError::BadContinuation)
+    );
 }
 
 #[test]
@@ -575,4 +580,43 @@ mod fuzz {
             }
         }
     }
+}
+
+/// Past `aggregate::PARALLEL_MIN` twins an aggregate runs on several threads: the rows, their order and
+/// every aggregate must be what one thread computes.
+#[test]
+fn aggregates_over_many_twins_are_exact_and_keep_group_order() {
+    let template = record(json!({"deviceId": "t"}), json!({}), json!({}), json!({}));
+    let count = 60_001i64;
+    let mut twins = BTreeMap::new();
+    for n in 0..count {
+        let mut twin = template.clone();
+        twin.identity.device_id = twinhub_core::DeviceId::new(&format!("t{n:06}")).unwrap();
+        let tags = json!({"g": format!("g{}", n % 3), "n": n});
+        twin.twin.tags = twinhub_core::Object::from_json(tags.as_object().unwrap());
+        twins.insert(twin.identity.device_id.as_str().to_owned(), twin);
+    }
+    let fixture = Fixture(twins);
+    let (rows, item_type) = run(
+        &fixture,
+        "SELECT tags.g, COUNT() AS c, SUM(tags.n) AS s, MIN(tags.n) AS lo, MAX(tags.n) AS hi, AVG(tags.n) AS a \
+         FROM devices WHERE tags.n >= 1 GROUP BY tags.g",
+    );
+    assert_eq!(item_type, ItemType::Raw);
+    let expected: Vec<Value> = [1, 2, 0]
+        .iter()
+        .map(|&g| {
+            let members: Vec<i64> = (1..count).filter(|n| n % 3 == g).collect();
+            let sum: i64 = members.iter().sum();
+            json!({
+                "g": format!("g{g}"),
+                "c": members.len(),
+                "s": sum,
+                "lo": members[0],
+                "hi": members[members.len() - 1],
+                "a": sum as f64 / members.len() as f64,
+            })
+        })
+        .collect();
+    assert_eq!(rows, expected);
 }

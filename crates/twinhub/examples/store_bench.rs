@@ -198,11 +198,11 @@ fn updated(record: &DeviceRecord, step: u64) -> anyhow::Result<Arc<DeviceRecord>
         .twin
         .with_reported(&patch, twinhub_core::Timestamp::now(), &rules)
         .map_err(|e| anyhow::anyhow!("{e:?}"))?;
-    Ok(Arc::new(DeviceRecord {
-        identity: record.identity.clone(),
+    Ok(Arc::new(DeviceRecord::new(
+        record.identity.clone(),
         twin,
-        presence: record.presence.clone(),
-    }))
+        record.presence.clone(),
+    )))
 }
 
 async fn run_store(kind: Kind, records: &[DeviceRecord], dir: &Path, args: &Args) -> anyhow::Result<StoreReport> {

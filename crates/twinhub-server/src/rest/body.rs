@@ -12,6 +12,11 @@ pub fn json_bytes(value: &serde_json::Value) -> JsonBody {
     JsonBody(serde_json::to_vec(value).unwrap_or_default())
 }
 
+/// A body already rendered as JSON text (a cached twin).
+pub fn json_text(text: &str) -> JsonBody {
+    JsonBody(text.as_bytes().to_vec())
+}
+
 pub struct JsonBody(pub Vec<u8>);
 
 impl IntoResponse for JsonBody {

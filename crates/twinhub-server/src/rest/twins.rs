@@ -1,6 +1,6 @@
 //! Device twins: `GET`, `PATCH` (merge) and `PUT` (replace) on `/twins/{id}`.
 
-use super::body::{self, ok, JsonResponse};
+use super::body;
 use super::error::RestError;
 use super::registry::{device_id, if_match};
 use super::RestState;
@@ -8,7 +8,7 @@ use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
-use twinhub_core::json::twin_json;
+use twinhub_core::json::twin_json_text;
 use twinhub_core::policy::Permission;
 use twinhub_core::twin::{TwinPatch, TwinReplacement};
 use twinhub_hub::HubError;
@@ -18,10 +18,10 @@ pub async fn get_twin(
     State(state): State<RestState>,
     headers: HeaderMap,
     Path(id): Path<String>,
-) -> Result<JsonResponse, RestError> {
+) -> Result<body::JsonBody, RestError> {
     state.auth.authorize(&headers, Permission::ServiceConnect)?;
     let record = state.hub.device(&device_id(&id)?)?;
-    Ok(ok(twin_json(&record)))
+    Ok(body::json_text(&twin_json_text(&record)))
 }
 
 pub async fn patch_twin(
@@ -29,12 +29,12 @@ pub async fn patch_twin(
     headers: HeaderMap,
     Path(id): Path<String>,
     body: Bytes,
-) -> Result<JsonResponse, RestError> {
+) -> Result<body::JsonBody, RestError> {
     state.auth.authorize(&headers, Permission::ServiceConnect)?;
     let id = device_id(&id)?;
     let patch = TwinPatch::from_json(&body::parse(&body)?, state.hub.rules()).map_err(HubError::from)?;
     let record = state.hub.patch_twin(id, patch, if_match(&headers)).await?;
-    Ok(ok(twin_json(&record)))
+    Ok(body::json_text(&twin_json_text(&record)))
 }
 
 pub async fn replace_twin(
@@ -42,12 +42,12 @@ pub async fn replace_twin(
     headers: HeaderMap,
     Path(id): Path<String>,
     body: Bytes,
-) -> Result<JsonResponse, RestError> {
+) -> Result<body::JsonBody, RestError> {
     state.auth.authorize(&headers, Permission::ServiceConnect)?;
     let id = device_id(&id)?;
     let replacement = TwinReplacement::from_json(&body::parse(&body)?, state.hub.rules()).map_err(HubError::from)?;
     let record = state.hub.replace_twin(id, replacement, if_match(&headers)).await?;
-    Ok(ok(twin_json(&record)))
+    Ok(body::json_text(&twin_json_text(&record)))
 }
 
 /// `POST /devices/query` with `{"query": "..."}`. Paging: `x-ms-max-item-count` (default 1000, at most
@@ -74,7 +74,7 @@ pub async fn query(State(state): State<RestState>, headers: HeaderMap, body: Byt
     };
     let continuation = header_text(&headers, "x-ms-continuation").filter(|token| !token.is_empty());
     let page = state.hub.query(&text, page_size, continuation.as_deref()).await?;
-    let mut response = body::json_bytes(&serde_json::Value::Array(page.items)).into_response();
+    let mut response = body::JsonBody(serde_json::to_vec(&page.items).unwrap_or_default()).into_response();
     let response_headers = response.headers_mut();
     response_headers.insert("x-ms-item-type", HeaderValue::from_static(page.item_type.as_str()));
     if let Some(token) = page.continuation {

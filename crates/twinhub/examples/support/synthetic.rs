@@ -163,11 +163,11 @@ pub fn build_records(n: usize) -> anyhow::Result<(Vec<DeviceRecord>, usize)> {
                 &rules,
             )
             .map_err(|e| anyhow::anyhow!("{e:?}"))?;
-        records.push(DeviceRecord {
-            identity: draft.into_identity(None, now),
+        records.push(DeviceRecord::new(
+            draft.into_identity(None, now),
             twin,
-            presence: Presence::default(),
-        });
+            Presence::default(),
+        ));
     }
     Ok((records, section_bytes / n.max(1)))
 }
