@@ -62,13 +62,9 @@ impl CompiledQuery {
     }
 
     /// The row a matching twin contributes to a non-aggregate query, as JSON text.
-    pub fn row(&self, record: &DeviceRecord) -> Box<serde_json::value::RawValue> {
+    pub fn row(&self, record: &DeviceRecord) -> std::sync::Arc<str> {
         match &self.query.select {
-            Select::All => {
-                let text = twinhub_core::json::twin_json_text(record);
-                serde_json::value::RawValue::from_string(text.to_string())
-                    .unwrap_or_else(|_| paging::raw_json(&twinhub_core::json::twin_json(record)))
-            }
+            Select::All => twinhub_core::json::twin_json_text(record),
             Select::Items(items) => {
                 let names = aggregate::column_names(items);
                 let mut row = serde_json::Map::new();
@@ -79,7 +75,7 @@ impl CompiledQuery {
                         }
                     }
                 }
-                paging::raw_json(&serde_json::Value::Object(row))
+                paging::json_text(&serde_json::Value::Object(row))
             }
         }
     }

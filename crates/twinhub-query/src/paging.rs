@@ -7,7 +7,7 @@ use crate::ast::Collection;
 use crate::plan::{self, Constraint};
 use crate::{aggregate, CompiledQuery, QueryError};
 use serde::{Deserialize, Serialize};
-use serde_json::value::RawValue;
+use std::sync::Arc;
 use twinhub_core::DeviceRecord;
 
 /// Items per page when the client asks for none (`x-ms-max-item-count` absent).
@@ -34,8 +34,8 @@ impl ItemType {
 #[derive(Clone, Debug)]
 pub struct Page {
     /// Each item as JSON text: a twin's text is rendered once per record version and shared (see
-    /// `twinhub_core::record::RenderedTwin`), so a page is built by copying, not by re-serialising.
-    pub items: Vec<Box<RawValue>>,
+    /// `twinhub_core::record::RenderedTwin`), so a page of twins is built without serialising anything.
+    pub items: Vec<Arc<str>>,
     /// Present only when more results exist (the Node SDK loops while the header is there).
     pub continuation: Option<String>,
     pub item_type: ItemType,
@@ -46,14 +46,28 @@ impl Page {
     pub fn values(&self) -> Vec<serde_json::Value> {
         self.items
             .iter()
-            .map(|item| serde_json::from_str(item.get()).unwrap_or(serde_json::Value::Null))
+            .map(|item| serde_json::from_str(item).unwrap_or(serde_json::Value::Null))
             .collect()
+    }
+
+    /// The items as one JSON array, the body of a query response.
+    pub fn to_json_array(&self) -> String {
+        let mut body = String::with_capacity(2 + self.items.iter().map(|item| item.len() + 1).sum::<usize>());
+        body.push('[');
+        for (n, item) in self.items.iter().enumerate() {
+            if n > 0 {
+                body.push(',');
+            }
+            body.push_str(item);
+        }
+        body.push(']');
+        body
     }
 }
 
-/// A value as an item; a `serde_json::Value` always serialises, the default (null) is never reached.
-pub(crate) fn raw_json(value: &serde_json::Value) -> Box<RawValue> {
-    serde_json::value::to_raw_value(value).unwrap_or_default()
+/// A row or aggregate result as an item.
+pub(crate) fn json_text(value: &serde_json::Value) -> Arc<str> {
+    value.to_string().into()
 }
 
 /// A consistent view of the registry in device-id order (the hub's snapshot).
@@ -204,7 +218,7 @@ impl CompiledQuery {
             .encode()
         });
         Page {
-            items: page.iter().map(raw_json).collect(),
+            items: page.iter().map(json_text).collect(),
             continuation,
             item_type: ItemType::Raw,
         }

@@ -15,10 +15,7 @@ pub const PARALLEL_DECODE_MIN: usize = 4096;
 
 /// The stored form of `record`.
 pub fn encode(record: &DeviceRecord) -> Result<Vec<u8>, StoreError> {
-    let mut bytes = vec![FORMAT_V1];
-    let body = postcard::to_stdvec(record).map_err(|e| StoreError::Write(Box::new(e)))?;
-    bytes.extend_from_slice(&body);
-    Ok(bytes)
+    postcard::to_extend(record, vec![FORMAT_V1]).map_err(|e| StoreError::Write(Box::new(e)))
 }
 
 /// The record stored under `key`; `Corrupt` (never a panic) when the bytes are not a record of that key.

@@ -243,7 +243,7 @@ async fn engine_run(hub: &Hub, shape: &Shape) -> anyhow::Result<(Duration, usize
     let elapsed = started.elapsed();
     let items: Vec<Value> = items
         .iter()
-        .map(|item| serde_json::from_str(item.get()))
+        .map(|item| serde_json::from_str(item))
         .collect::<Result<_, _>>()?;
     Ok((elapsed, items.len(), summarize(&items, shape.aggregate)))
 }

@@ -74,7 +74,7 @@ pub async fn query(State(state): State<RestState>, headers: HeaderMap, body: Byt
     };
     let continuation = header_text(&headers, "x-ms-continuation").filter(|token| !token.is_empty());
     let page = state.hub.query(&text, page_size, continuation.as_deref()).await?;
-    let mut response = body::JsonBody(serde_json::to_vec(&page.items).unwrap_or_default()).into_response();
+    let mut response = body::JsonBody(page.to_json_array().into_bytes()).into_response();
     let response_headers = response.headers_mut();
     response_headers.insert("x-ms-item-type", HeaderValue::from_static(page.item_type.as_str()));
     if let Some(token) = page.continuation {
