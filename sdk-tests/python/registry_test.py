@@ -8,8 +8,8 @@ import base64
 import os
 import sys
 import time
-import traceback
 
+from checks import CheckFailed, check, check_equal, log, run
 from azure.iot.hub import IoTHubRegistryManager
 from azure.iot.hub.models import QuerySpecification, Twin, TwinProperties
 from msrest.exceptions import HttpOperationError
@@ -25,28 +25,6 @@ SUPPLIED_ID = "py-sup-" + RUN
 MISSING_ID = "py-missing-" + RUN
 SUPPLIED_PRIMARY = base64.b64encode(bytes([3] * 32)).decode()
 SUPPLIED_SECONDARY = base64.b64encode(bytes([4] * 32)).decode()
-
-step = ""
-
-
-class CheckFailed(Exception):
-    pass
-
-
-def log(message):
-    global step
-    step = message
-    print("- " + message, flush=True)
-
-
-def check(condition, message):
-    if not condition:
-        raise CheckFailed(message)
-
-
-def check_equal(actual, expected, what):
-    if actual != expected:
-        raise CheckFailed("{}: expected {!r}, got {!r}".format(what, expected, actual))
 
 
 def expect_http_error(operation, status, code):
@@ -201,14 +179,4 @@ def main():
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except Exception as error:  # noqa: BLE001 - every failure ends the script with its step
-        print('registry_test.py FAILED at step "{}":'.format(step), file=sys.stderr)
-        traceback.print_exc()
-        response = getattr(error, "response", None)
-        if response is not None:
-            print("response: {} {}".format(response.status_code, response.text), file=sys.stderr)
-        sys.exit(1)
-    print("registry_test.py: all checks passed")
-    sys.exit(0)
+    run("registry_test.py", main)

@@ -5,6 +5,7 @@
 //! change a twin except through [`twin::Twin::apply`] and friends, so that the rules hold everywhere.
 
 pub mod device;
+pub mod device_auth;
 pub mod etag;
 pub mod ids;
 pub mod json;

@@ -1,4 +1,4 @@
-//! The hub service: the one API every transport calls (REST today; MQTT and AMQP next).
+//! The hub service: the one API every transport calls (REST and MQTT today; AMQP next).
 //!
 //! Reads come from an immutable snapshot of every device record (an ordered persistent map swapped
 //! atomically), so they never wait for writes and a query pages over a consistent, sorted view.
@@ -26,7 +26,8 @@ use twinhub_store::Store;
 pub use bulk::{BulkError, BulkOperation, BulkOutcome, ImportMode};
 pub use error::HubError;
 pub use events::HubEvent;
-use writer::{WriteCommand, WriteOp, WriteOutcome};
+pub use writer::ACTIVITY_RESOLUTION;
+use writer::{PresenceEvent, WriteCommand, WriteOp, WriteOutcome};
 
 /// Every device record, ordered by device id. Cloning is O(1); the writer changes its own copy.
 pub type Registry = imbl::OrdMap<DeviceId, Arc<DeviceRecord>>;
@@ -78,9 +79,15 @@ impl Hub {
     /// Loads every record from the store and starts the writer. Must run inside a tokio runtime.
     pub async fn start(store: Arc<dyn Store>, config: HubConfig) -> Result<Arc<Hub>, HubError> {
         let records = store.load_all().await.map_err(HubError::Store)?;
+        let started = twinhub_core::Timestamp::now();
         let registry: Registry = records
             .into_iter()
-            .map(|record| (record.identity.device_id.clone(), Arc::new(record)))
+            .map(|record| {
+                (
+                    record.identity.device_id.clone(),
+                    Arc::new(without_stale_connection(record, started)),
+                )
+            })
             .collect();
         let snapshot = Arc::new(ArcSwap::from_pointee(Snapshot {
             devices: registry,
@@ -202,6 +209,26 @@ impl Hub {
         self.write(WriteOp::PatchReported { id, patch }).await?.record()
     }
 
+    /// A device connection was accepted (MQTT, AMQP): the twin shows `Connected` while the device has one.
+    /// Fails with `DeviceNotFound` when the device is gone.
+    pub async fn device_connected(&self, id: DeviceId) -> Result<Arc<DeviceRecord>, HubError> {
+        self.presence(id, PresenceEvent::Connected).await?.record()
+    }
+
+    /// A device connection closed; with the last one, the twin shows `Disconnected`.
+    pub async fn device_disconnected(&self, id: DeviceId) -> Result<(), HubError> {
+        self.presence(id, PresenceEvent::Disconnected).await.map(|_| ())
+    }
+
+    /// The device sent or received something: `lastActivityTime`, to [`ACTIVITY_RESOLUTION`].
+    pub async fn device_active(&self, id: DeviceId) -> Result<(), HubError> {
+        self.presence(id, PresenceEvent::Active).await.map(|_| ())
+    }
+
+    async fn presence(&self, id: DeviceId, event: PresenceEvent) -> Result<WriteOutcome, HubError> {
+        self.write(WriteOp::Presence { id, event }).await
+    }
+
     /// Bulk create/update/delete, at most [`BULK_DEVICES_MAX`], committed together.
     pub async fn bulk(&self, operations: Vec<BulkOperation>) -> Result<BulkOutcome, HubError> {
         bulk::check_request(&operations)?;
@@ -212,4 +239,14 @@ impl Hub {
             )),
         }
     }
+}
+
+/// No connection survives a restart: a record stored while its device was connected is loaded as
+/// disconnected since the start (in memory; the next write of the record stores it).
+fn without_stale_connection(mut record: DeviceRecord, started: twinhub_core::Timestamp) -> DeviceRecord {
+    if record.presence.connection_state == twinhub_core::ConnectionState::Connected {
+        record.presence.connection_state = twinhub_core::ConnectionState::Disconnected;
+        record.presence.connection_state_updated = Some(started);
+    }
+    record
 }

@@ -10,7 +10,7 @@ use twinhub_core::etag::IfMatch;
 use twinhub_core::json::DeviceDraft;
 use twinhub_core::record::Presence;
 use twinhub_core::twin::{ReportedPatch, TwinPatch, TwinReplacement};
-use twinhub_core::{DeviceId, DeviceRecord, Timestamp, Twin};
+use twinhub_core::{ConnectionState, DeviceId, DeviceRecord, Timestamp, Twin};
 use twinhub_store::{Store, StoreWrite};
 
 pub(crate) enum WriteOp {
@@ -37,9 +37,25 @@ pub(crate) enum WriteOp {
         patch: ReportedPatch,
     },
     Bulk(Vec<BulkOperation>),
+    /// A device connection opened, closed or showed activity (MQTT, AMQP).
+    Presence {
+        id: DeviceId,
+        event: PresenceEvent,
+    },
     /// Start indexing a path (built over the batch's final registry, then kept up to date).
     AddIndex(twinhub_query::document::FieldPath),
 }
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum PresenceEvent {
+    Connected,
+    Disconnected,
+    Active,
+}
+
+/// `lastActivityTime` is kept to this resolution: activity within it of the last recorded one writes nothing,
+/// so a busy device does not turn every telemetry message or twin read into a durable write.
+pub const ACTIVITY_RESOLUTION: std::time::Duration = std::time::Duration::from_secs(60);
 
 pub(crate) enum WriteOutcome {
     Record(Arc<DeviceRecord>),
@@ -71,6 +87,9 @@ pub(crate) struct Batch<'a> {
     /// Ids upserted or deleted, for index maintenance.
     touched: Vec<DeviceId>,
     new_indexes: Vec<twinhub_query::document::FieldPath>,
+    /// Open connections per device, across batches: a device is Connected while it has at least one (a
+    /// session takeover opens the new connection before the old one has closed).
+    connections: &'a mut std::collections::HashMap<DeviceId, u32>,
 }
 
 pub(crate) async fn run(
@@ -81,6 +100,7 @@ pub(crate) async fn run(
     config: HubConfig,
 ) {
     let mut commands = Vec::with_capacity(config.commit_batch_operations_max);
+    let mut connections = std::collections::HashMap::new();
     // recv_many waits for the first command, then takes whatever else is already queued: group commit
     // without a timer, so a lone write is not delayed and a busy queue fills the batch.
     while queue.recv_many(&mut commands, config.commit_batch_operations_max).await > 0 {
@@ -92,6 +112,7 @@ pub(crate) async fn run(
             config: &config,
             touched: Vec::new(),
             new_indexes: Vec::new(),
+            connections: &mut connections,
         };
         let mut replies = Vec::with_capacity(commands.len());
         for command in commands.drain(..) {
@@ -165,14 +186,62 @@ impl Batch<'_> {
             WriteOp::PatchReported { id, patch } => {
                 let current = self.existing(&id)?;
                 let twin = current.twin.with_reported(&patch, now, &self.config.rules)?;
-                Ok(WriteOutcome::Record(self.store_twin(&current, twin)))
+                // A reported patch is device activity: recorded in the same write, at no extra cost.
+                let presence = Presence {
+                    last_activity: Some(now),
+                    ..current.presence.clone()
+                };
+                let record = DeviceRecord::new(current.identity.clone(), twin, presence);
+                Ok(WriteOutcome::Record(self.upsert(Arc::new(record))))
             }
+            WriteOp::Presence { id, event } => self.presence(id, event, now),
             WriteOp::Bulk(operations) => Ok(WriteOutcome::Bulk(bulk::apply(self, operations, now))),
             WriteOp::AddIndex(path) => {
                 self.new_indexes.push(path);
                 Ok(WriteOutcome::Done)
             }
         }
+    }
+
+    fn presence(&mut self, id: DeviceId, event: PresenceEvent, now: Timestamp) -> Result<WriteOutcome, HubError> {
+        let count = self.connections.entry(id.clone()).or_insert(0);
+        match event {
+            PresenceEvent::Connected => *count += 1,
+            PresenceEvent::Disconnected => *count = count.saturating_sub(1),
+            PresenceEvent::Active => {}
+        }
+        let connected = *count > 0;
+        if !connected {
+            self.connections.remove(&id);
+        }
+        // A device deleted while connected: its connections still close and count down; nothing to write.
+        let Some(current) = self.registry.get(&id).cloned() else {
+            return match event {
+                PresenceEvent::Connected => Err(HubError::DeviceNotFound(id)),
+                _ => Ok(WriteOutcome::Done),
+            };
+        };
+        let mut presence = current.presence.clone();
+        let state = if connected {
+            ConnectionState::Connected
+        } else {
+            ConnectionState::Disconnected
+        };
+        if presence.connection_state != state {
+            presence.connection_state = state;
+            presence.connection_state_updated = Some(now);
+        }
+        let stale = presence
+            .last_activity
+            .is_none_or(|last| now.0.saturating_sub(last.0) >= ACTIVITY_RESOLUTION.as_nanos() as i64);
+        if event != PresenceEvent::Disconnected && stale {
+            presence.last_activity = Some(now);
+        }
+        if presence == current.presence {
+            return Ok(WriteOutcome::Record(current));
+        }
+        let record = DeviceRecord::new(current.identity.clone(), current.twin.clone(), presence);
+        Ok(WriteOutcome::Record(self.upsert(Arc::new(record))))
     }
 
     /// The indexes as of this batch: every touched record's old and new value followed, new paths built.

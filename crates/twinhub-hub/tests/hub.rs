@@ -337,3 +337,47 @@ async fn queries_on_large_registries_build_indexes_that_stay_exact_under_writes(
     let by_id = "SELECT * FROM devices WHERE deviceId IN ['dev00001', 'nope', 'dev00003'] AND tags.region = 'r1'";
     assert_eq!(query_ids(&hub, by_id).await, ["dev00001"]);
 }
+
+#[tokio::test]
+async fn a_device_is_connected_while_it_has_a_connection_and_not_after_a_restart() {
+    use twinhub_core::ConnectionState::{Connected, Disconnected};
+    let store = Arc::new(MemoryStore::default());
+    let hub = hub_with(Arc::clone(&store)).await;
+    hub.put_device(draft("d1"), IfMatch::Absent).await.unwrap();
+    assert_eq!(hub.device(&id("d1")).unwrap().presence.connection_state, Disconnected);
+
+    // A session takeover: the new connection opens before the old one closes.
+    let record = hub.device_connected(id("d1")).await.unwrap();
+    assert_eq!(record.presence.connection_state, Connected);
+    assert!(record.presence.last_activity.is_some());
+    let connected_at = record.presence.connection_state_updated;
+    hub.device_connected(id("d1")).await.unwrap();
+    hub.device_disconnected(id("d1")).await.unwrap();
+    let record = hub.device(&id("d1")).unwrap();
+    assert_eq!(record.presence.connection_state, Connected);
+    assert_eq!(record.presence.connection_state_updated, connected_at);
+    assert_eq!(hub.connected_devices(), 1);
+
+    // A reported patch records activity in the same write.
+    let before = hub.device(&id("d1")).unwrap().presence.last_activity.unwrap();
+    let patch = ReportedPatch::from_json(&serde_json::json!({"a": 1}), &TwinRules::default()).unwrap();
+    let record = hub.patch_reported(id("d1"), patch).await.unwrap();
+    assert!(record.presence.last_activity.unwrap() > before);
+
+    // Stored while connected (a crash): loaded as disconnected.
+    let restarted = hub_with(Arc::clone(&store)).await;
+    assert_eq!(
+        restarted.device(&id("d1")).unwrap().presence.connection_state,
+        Disconnected
+    );
+
+    hub.device_disconnected(id("d1")).await.unwrap();
+    let record = hub.device(&id("d1")).unwrap();
+    assert_eq!(record.presence.connection_state, Disconnected);
+    assert!(record.presence.connection_state_updated > connected_at);
+    assert_eq!(hub.connected_devices(), 0);
+    assert!(matches!(
+        hub.device_connected(id("nobody")).await,
+        Err(HubError::DeviceNotFound(_))
+    ));
+}

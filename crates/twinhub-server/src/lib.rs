@@ -5,9 +5,11 @@
 //! wire and `twinhub_hub::Hub` calls, and map `HubError` to the wire in one place per protocol.
 
 pub mod material;
+pub mod mqtt;
 pub mod rest;
 pub mod server;
 pub mod tls;
+pub mod websocket;
 
 pub use material::{HubMaterial, MaterialError};
 pub use server::{serve, RunningHub, ServeConfig, ServeError};

@@ -1,7 +1,9 @@
 //! Starting a hub: the data directory, the store, the hub service, and the listeners.
 
 use crate::material::{HubMaterial, MaterialError};
+use crate::mqtt::{MqttConfig, MqttService};
 use crate::rest;
+use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -24,6 +26,9 @@ pub struct ServeConfig {
     pub hub: HubConfig,
     /// Connections held at once on the HTTPS listener; more wait in the accept queue.
     pub https_connections_max: usize,
+    /// Device connections held at once on the MQTT/TLS listener; more wait in the accept queue.
+    pub mqtt_connections_max: usize,
+    pub mqtt: MqttConfig,
     /// The store to serve; `None`: the embedded store in `data_dir/store` (what `twinhub serve` uses).
     /// Benchmarks and tests pass their own.
     pub store: Option<Arc<dyn Store>>,
@@ -40,6 +45,8 @@ impl std::fmt::Debug for ServeConfig {
             .field("amqp_port", &self.amqp_port)
             .field("hub", &self.hub)
             .field("https_connections_max", &self.https_connections_max)
+            .field("mqtt_connections_max", &self.mqtt_connections_max)
+            .field("mqtt", &self.mqtt)
             .field("store", &self.store.as_ref().map(|_| "custom"))
             .finish()
     }
@@ -56,6 +63,8 @@ impl ServeConfig {
             amqp_port: 5671,
             hub: HubConfig::default(),
             https_connections_max: 10_000,
+            mqtt_connections_max: 200_000,
+            mqtt: MqttConfig::default(),
             store: None,
         }
     }
@@ -101,6 +110,7 @@ pub struct RunningHub {
     pub hub: Arc<Hub>,
     pub material: HubMaterial,
     pub https_address: SocketAddr,
+    pub mqtt_address: SocketAddr,
     shutdown: watch::Sender<bool>,
 }
 
@@ -123,53 +133,108 @@ async fn bind(address: SocketAddr, flag: &'static str) -> Result<TcpListener, Se
     })
 }
 
+fn local_address(listener: &TcpListener, flag: &'static str) -> Result<SocketAddr, ServeError> {
+    listener.local_addr().map_err(|error| ServeError::Bind {
+        address: SocketAddr::new(IpAddr::from([0, 0, 0, 0]), 0),
+        flag,
+        reason: error.to_string(),
+    })
+}
+
 pub async fn serve(config: ServeConfig) -> Result<RunningHub, ServeError> {
     let material = HubMaterial::open_or_create(&config.data_dir, &config.certificate_names())?;
     crate::material::write_hostname(&config.data_dir, &config.hostname)?;
     // Bind before loading the store, so a port problem is reported at once.
     let https_listener = bind(SocketAddr::new(config.bind, config.https_port), "--https-port").await?;
-    let https_address = https_listener.local_addr().map_err(|error| ServeError::Bind {
-        address: SocketAddr::new(config.bind, config.https_port),
-        flag: "--https-port",
-        reason: error.to_string(),
-    })?;
+    let https_address = local_address(&https_listener, "--https-port")?;
+    let mqtt_listener = bind(SocketAddr::new(config.bind, config.mqtt_port), "--mqtt-port").await?;
+    let mqtt_address = local_address(&mqtt_listener, "--mqtt-port")?;
     let store: Arc<dyn Store> = match &config.store {
         Some(store) => Arc::clone(store),
         None => Arc::new(EmbeddedStore::open(&config.data_dir.join("store"))?),
     };
     let hub = Hub::start(store, config.hub.clone()).await?;
-    let tls = crate::tls::server_config(&material.server_cert_pem, &material.server_key_pem, &[b"http/1.1"])?;
+    let mqtt = MqttService::start(
+        Arc::clone(&hub),
+        config.hostname.clone(),
+        material.policies.clone(),
+        config.mqtt.clone(),
+    );
     let router = rest::router(rest::RestState::new(
         Arc::clone(&hub),
         config.hostname.clone(),
         material.policies.clone(),
-    ));
+    ))
+    .merge(crate::websocket::router(Arc::clone(&mqtt)));
     let (shutdown, shutdown_signal) = watch::channel(false);
-    tokio::spawn(accept_https(
+
+    let https_tls = crate::tls::server_config(&material.server_cert_pem, &material.server_key_pem, &[b"http/1.1"])?;
+    tokio::spawn(accept_tls(
         https_listener,
-        TlsAcceptor::from(tls),
-        router,
+        TlsAcceptor::from(https_tls),
         Arc::new(Semaphore::new(config.https_connections_max)),
+        shutdown_signal.clone(),
+        move |tls, peer| serve_https(tls, peer, router.clone()),
+    ));
+    let mqtt_tls = crate::tls::server_config(&material.server_cert_pem, &material.server_key_pem, &[])?;
+    tokio::spawn(accept_tls(
+        mqtt_listener,
+        TlsAcceptor::from(mqtt_tls),
+        Arc::new(Semaphore::new(config.mqtt_connections_max)),
         shutdown_signal,
+        move |tls, peer| {
+            let mqtt = Arc::clone(&mqtt);
+            async move {
+                let (reader, writer) = tokio::io::split(tls);
+                mqtt.serve(reader, writer, peer, "mqtt").await
+            }
+        },
     ));
     Ok(RunningHub {
         hub,
         material,
         https_address,
+        mqtt_address,
         shutdown,
     })
+}
+
+type TlsStream = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+
+/// The client's address, for handlers that log it (the WebSocket transports).
+#[derive(Clone, Copy, Debug)]
+pub struct PeerAddress(pub SocketAddr);
+
+async fn serve_https(tls: TlsStream, peer: SocketAddr, router: axum::Router) {
+    let service = hyper::service::service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
+        request.extensions_mut().insert(PeerAddress(peer));
+        let mut router = router.clone();
+        async move { tower::Service::call(&mut router, request).await }
+    });
+    let connection = hyper::server::conn::http1::Builder::new()
+        .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+        .with_upgrades();
+    if let Err(error) = connection.await {
+        tracing::debug!(%peer, %error, "HTTPS connection ended with an error");
+    }
 }
 
 /// How long a client may take to finish the TLS handshake before the connection is dropped.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-async fn accept_https(
+/// Accepts TCP connections, completes TLS, and hands each to `handle` in a task of its own; at most as
+/// many at once as `permits` allows.
+async fn accept_tls<H, F>(
     listener: TcpListener,
     acceptor: TlsAcceptor,
-    router: axum::Router,
     permits: Arc<Semaphore>,
     mut shutdown: watch::Receiver<bool>,
-) {
+    handle: H,
+) where
+    H: Fn(TlsStream, SocketAddr) -> F + Send + Sync + 'static,
+    F: Future<Output = ()> + Send + 'static,
+{
+    let handle = Arc::new(handle);
     let mut backoff = Duration::from_millis(5);
     loop {
         let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {
@@ -194,7 +259,7 @@ async fn accept_https(
         };
         let _ = stream.set_nodelay(true);
         let acceptor = acceptor.clone();
-        let router = router.clone();
+        let handle = Arc::clone(&handle);
         tokio::spawn(async move {
             let _permit = permit;
             let tls = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
@@ -205,13 +270,7 @@ async fn accept_https(
                 }
                 Err(_) => return,
             };
-            let service = hyper_util::service::TowerToHyperService::new(router);
-            let connection = hyper::server::conn::http1::Builder::new()
-                .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
-                .with_upgrades();
-            if let Err(error) = connection.await {
-                tracing::debug!(%peer, %error, "HTTPS connection ended with an error");
-            }
+            handle(tls, peer).await;
         });
     }
 }

@@ -15,7 +15,7 @@ pub struct ServeArgs {
     /// The address to listen on.
     #[arg(long, default_value_t = crate::default_bind())]
     bind: IpAddr,
-    /// HTTPS (service REST API; later also MQTT and AMQP over WebSockets). The Node SDK always uses 443.
+    /// HTTPS: the service REST API, and MQTT over WebSockets. The SDKs always use 443 for WebSockets.
     #[arg(long, default_value_t = 443)]
     https_port: u16,
     /// MQTT over TLS (devices).
@@ -24,6 +24,13 @@ pub struct ServeArgs {
     /// AMQP over TLS (devices and back ends).
     #[arg(long, default_value_t = 5671)]
     amqp_port: u16,
+    /// Twin requests (GET, reported PATCH) per second per device connection, on average; more are answered
+    /// 429 (IoT Hub's throttling status).
+    #[arg(long, default_value_t = twinhub_server::mqtt::MqttConfig::default().twin_requests_per_second)]
+    device_twin_requests_per_second: u32,
+    /// Twin requests a device connection may send at once above that average.
+    #[arg(long, default_value_t = twinhub_server::mqtt::MqttConfig::default().twin_request_burst)]
+    device_twin_request_burst: u32,
     /// Allow arrays in tags and properties (off: IoT Hub's classic rule, as the product is specified).
     #[arg(long)]
     allow_arrays: bool,
@@ -35,6 +42,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     config.mqtt_port = args.mqtt_port;
     config.amqp_port = args.amqp_port;
     config.hub.rules.arrays_allowed = args.allow_arrays;
+    config.mqtt.twin_requests_per_second = args.device_twin_requests_per_second;
+    config.mqtt.twin_request_burst = args.device_twin_request_burst;
     let started = std::time::Instant::now();
     let running = twinhub_server::serve(config).await?;
     let owner = twinhub_server::HubMaterial::policy(&running.material.policies, "iothubowner")?;
@@ -44,6 +53,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         "twinhub is serving the IoT Hub service API on https://{} ({devices} devices loaded in {:.2?})",
         running.https_address,
         started.elapsed()
+    );
+    println!(
+        "devices: MQTT on mqtts://{} and wss://{}/$iothub/websocket",
+        running.mqtt_address, running.https_address
     );
     println!("data directory: {}", std::fs::canonicalize(&args.data_dir)?.display());
     println!("CA certificate: {}", ca.display());

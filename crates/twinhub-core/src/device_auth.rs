@@ -1,0 +1,219 @@
+//! Whether a SAS token lets a client act as a device: the rule every device transport (MQTT, AMQP, HTTPS)
+//! applies. Ref: device-mqtt-http notes §3.3.
+//!
+//! - Without `skn`, the token must be signed with one of the device's own keys.
+//! - With `skn`, it must be signed with a key of that shared access policy, and the policy must grant
+//!   DeviceConnect (the `device` policy does): a gateway or a device that holds no key of its own.
+//! - Either way the token must cover `<hub>/devices/<id>`, not be expired, and the device must exist and be
+//!   enabled.
+
+use crate::device::{DeviceIdentity, DeviceStatus};
+use crate::policy::{Permission, SharedAccessPolicy};
+use crate::sas::SasToken;
+
+/// Why a device was refused. Logged by the transport; the client only learns "not authorized".
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum DeviceAuthError {
+    #[error("no such device")]
+    UnknownDevice,
+    #[error("the device is disabled")]
+    Disabled,
+    #[error("the token is for another hub or device")]
+    WrongResource,
+    #[error("the token has expired")]
+    Expired,
+    #[error("the token names a policy that does not exist")]
+    UnknownPolicy,
+    #[error("the token's policy does not grant DeviceConnect")]
+    PolicyLacksDeviceConnect,
+    #[error("the device has no symmetric keys")]
+    NoSymmetricKey,
+    #[error("the signature does not match the key")]
+    BadSignature,
+}
+
+/// The resource a device's tokens must cover.
+pub fn device_resource(hostname: &str, device_id: &str) -> String {
+    format!("{hostname}/devices/{device_id}")
+}
+
+/// Checks `token` for the device `identity` (None: not registered) on hub `hostname` at `now_unix_seconds`.
+pub fn authorize_device(
+    token: &SasToken,
+    hostname: &str,
+    device_id: &str,
+    identity: Option<&DeviceIdentity>,
+    policies: &[SharedAccessPolicy],
+    now_unix_seconds: i64,
+) -> Result<(), DeviceAuthError> {
+    let signed = match token.key_name.as_deref() {
+        Some(name) => {
+            let policy = policies
+                .iter()
+                .find(|policy| policy.name == name)
+                .ok_or(DeviceAuthError::UnknownPolicy)?;
+            if !policy.allows(Permission::DeviceConnect) {
+                return Err(DeviceAuthError::PolicyLacksDeviceConnect);
+            }
+            token.is_signed_with(&policy.primary_key) | token.is_signed_with(&policy.secondary_key)
+        }
+        None => {
+            let keys = identity
+                .ok_or(DeviceAuthError::UnknownDevice)?
+                .symmetric_keys
+                .as_ref()
+                .ok_or(DeviceAuthError::NoSymmetricKey)?;
+            token.is_signed_with(&keys.primary) | token.is_signed_with(&keys.secondary)
+        }
+    };
+    // Signature first: a client without a key learns nothing about devices or expiry.
+    if !signed {
+        return Err(DeviceAuthError::BadSignature);
+    }
+    if !token.covers(&device_resource(hostname, device_id)) {
+        return Err(DeviceAuthError::WrongResource);
+    }
+    if token.is_expired(now_unix_seconds) {
+        return Err(DeviceAuthError::Expired);
+    }
+    let identity = identity.ok_or(DeviceAuthError::UnknownDevice)?;
+    if identity.status != DeviceStatus::Enabled {
+        return Err(DeviceAuthError::Disabled);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::device::{AuthenticationType, SymmetricKeys, X509Thumbprints};
+    use crate::policy::default_policies;
+    use crate::sas::sign;
+    use crate::DeviceId;
+
+    const HOST: &str = "hub.example";
+    const NOW: i64 = 1_800_000_000;
+
+    fn identity(status: DeviceStatus) -> DeviceIdentity {
+        DeviceIdentity {
+            device_id: DeviceId::new("d1").unwrap(),
+            generation_id: "1".into(),
+            etag_counter: 1,
+            status,
+            status_reason: None,
+            status_updated: None,
+            authentication_type: AuthenticationType::Sas,
+            symmetric_keys: Some(SymmetricKeys::generate()),
+            x509_thumbprints: X509Thumbprints::default(),
+            iot_edge: false,
+            device_scope: None,
+            parent_scopes: Vec::new(),
+            cloud_to_device_message_count: 0,
+        }
+    }
+
+    fn token(resource: &str, key: &str, key_name: Option<&str>, expiry: i64) -> SasToken {
+        SasToken::parse(&sign(resource, key, key_name, expiry as u64).unwrap()).unwrap()
+    }
+
+    fn check(token: &SasToken, identity: Option<&DeviceIdentity>) -> Result<(), DeviceAuthError> {
+        authorize_device(token, HOST, "d1", identity, &default_policies_fixed(), NOW)
+    }
+
+    fn default_policies_fixed() -> Vec<SharedAccessPolicy> {
+        static POLICIES: std::sync::OnceLock<Vec<SharedAccessPolicy>> = std::sync::OnceLock::new();
+        POLICIES.get_or_init(default_policies).clone()
+    }
+
+    fn policy_key(name: &str) -> String {
+        default_policies_fixed()
+            .into_iter()
+            .find(|policy| policy.name == name)
+            .unwrap()
+            .primary_key
+    }
+
+    #[test]
+    fn device_keys_and_device_connect_policies_are_accepted() {
+        let device = identity(DeviceStatus::Enabled);
+        let keys = device.symmetric_keys.clone().unwrap();
+        for key in [&keys.primary, &keys.secondary] {
+            assert_eq!(
+                check(&token("hub.example/devices/d1", key, None, NOW + 60), Some(&device)),
+                Ok(())
+            );
+        }
+        // Policy tokens may cover the whole hub.
+        let policy = token("hub.example", &policy_key("device"), Some("device"), NOW + 60);
+        assert_eq!(check(&policy, Some(&device)), Ok(()));
+        let owner = token(
+            "hub.example/devices/d1",
+            &policy_key("iothubowner"),
+            Some("iothubowner"),
+            NOW + 60,
+        );
+        assert_eq!(check(&owner, Some(&device)), Ok(()));
+    }
+
+    #[test]
+    fn every_other_token_is_refused_with_its_reason() {
+        let device = identity(DeviceStatus::Enabled);
+        let key = device.symmetric_keys.clone().unwrap().primary;
+        let cases = [
+            (
+                token("hub.example/devices/d1", &key, None, NOW - 1),
+                Some(&device),
+                DeviceAuthError::Expired,
+            ),
+            (
+                token("hub.example/devices/d2", &key, None, NOW + 60),
+                Some(&device),
+                DeviceAuthError::WrongResource,
+            ),
+            (
+                token("other.hub/devices/d1", &key, None, NOW + 60),
+                Some(&device),
+                DeviceAuthError::WrongResource,
+            ),
+            (
+                token(
+                    "hub.example/devices/d1",
+                    &SymmetricKeys::generate().primary,
+                    None,
+                    NOW + 60,
+                ),
+                Some(&device),
+                DeviceAuthError::BadSignature,
+            ),
+            (
+                token("hub.example/devices/d1", &key, None, NOW + 60),
+                None,
+                DeviceAuthError::UnknownDevice,
+            ),
+            (
+                token("hub.example", &policy_key("service"), Some("service"), NOW + 60),
+                Some(&device),
+                DeviceAuthError::PolicyLacksDeviceConnect,
+            ),
+            (
+                token("hub.example", &policy_key("device"), Some("nosuch"), NOW + 60),
+                Some(&device),
+                DeviceAuthError::UnknownPolicy,
+            ),
+            (
+                token("hub.example", &policy_key("device"), Some("device"), NOW + 60),
+                None,
+                DeviceAuthError::UnknownDevice,
+            ),
+        ];
+        for (token, identity, reason) in cases {
+            assert_eq!(check(&token, identity), Err(reason), "{token:?}");
+        }
+        let disabled = identity(DeviceStatus::Disabled);
+        let key = disabled.symmetric_keys.clone().unwrap().primary;
+        assert_eq!(
+            check(&token("hub.example/devices/d1", &key, None, NOW + 60), Some(&disabled)),
+            Err(DeviceAuthError::Disabled)
+        );
+    }
+}

@@ -1,0 +1,580 @@
+//! One device connection, from CONNECT to close: the session state machine and the twin over MQTT.
+//!
+//! One task per connection. It reads packets, answers twin GETs at once from the snapshot, hands reported
+//! patches to the hub and keeps up to `twin_requests_in_flight_max` of them pending (a device may pipeline
+//! them; replies go out as each commit lands), takes desired notifications from its session's mailbox, and
+//! writes everything it produced in one go before waiting again.
+
+use super::error::TwinFailure;
+use super::session::{ClientIdentity, Mail, Owner, Session};
+use super::topic::{self, Inbound, Subscription};
+use super::wire::{self, Codec, ConnectAckReason, DecodeError, Packet, PacketWriter, QoS, SubscribeReturnCode};
+use super::MqttService;
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+use futures_util::stream::FuturesUnordered;
+use futures_util::{FutureExt, StreamExt};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::num::NonZeroU16;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::{mpsc, Notify};
+use tokio_util::codec::FramedRead;
+use twinhub_core::twin::ReportedPatch;
+
+/// Desired notifications a connection may have queued before the router asks it for a full resync instead.
+const MAILBOX_CAPACITY: usize = 64;
+
+static NEXT_CONNECTION_ID: AtomicU64 = AtomicU64::new(1);
+
+/// Why a connection ended, for the log.
+#[derive(Debug, thiserror::Error)]
+enum End {
+    #[error("the client sent DISCONNECT")]
+    ClientDisconnected,
+    #[error("the client closed the connection")]
+    ClientClosed,
+    #[error("closed by the hub: a new connection took the session over, or the device was disabled or deleted")]
+    TakenOver,
+    #[error("no packet within 1.5 keep-alive periods")]
+    KeepAliveExpired,
+    #[error("the SAS token expired")]
+    TokenExpired,
+    #[error("malformed packet: {0}")]
+    Malformed(DecodeError),
+    #[error("protocol violation: {0}")]
+    ProtocolViolation(String),
+    #[error("not authorized: {0}")]
+    NotAuthorized(String),
+    #[error("I/O: {0}")]
+    Io(std::io::Error),
+}
+
+/// The reply to a twin request, ready to publish.
+struct TwinReply {
+    rid: String,
+    status: u16,
+    version: Option<u64>,
+    body: Bytes,
+}
+
+impl TwinReply {
+    fn failure(rid: &str, failure: &TwinFailure) -> TwinReply {
+        TwinReply {
+            rid: rid.to_owned(),
+            status: failure.status,
+            version: None,
+            body: Bytes::from(failure.body()),
+        }
+    }
+}
+
+/// A token bucket: `rate` requests per second on average, bursts up to `burst`.
+struct RequestRate {
+    tokens: f64,
+    refilled: Instant,
+    rate: f64,
+    burst: f64,
+}
+
+impl RequestRate {
+    fn new(rate: u32, burst: u32) -> Self {
+        RequestRate {
+            tokens: f64::from(burst),
+            refilled: Instant::now(),
+            rate: f64::from(rate),
+            burst: f64::from(burst),
+        }
+    }
+
+    fn allow(&mut self) -> bool {
+        let now = Instant::now();
+        let elapsed = now.duration_since(self.refilled).as_secs_f64();
+        self.refilled = now;
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// What the hub still waits on the client to acknowledge (QoS 1 publishes).
+enum Unacknowledged {
+    Desired(u64),
+    TwinReply,
+}
+
+struct Connection<W> {
+    service: Arc<MqttService>,
+    client: ClientIdentity,
+    session: Arc<Session>,
+    out: PacketWriter<W>,
+    unacknowledged: HashMap<u16, Unacknowledged>,
+    next_packet_id: u16,
+    pending: FuturesUnordered<BoxFuture<'static, TwinReply>>,
+    rate: RequestRate,
+    activity_recorded: Instant,
+}
+
+pub(crate) async fn serve<R, W>(
+    service: Arc<MqttService>,
+    reader: R,
+    writer: W,
+    peer: SocketAddr,
+    transport: &'static str,
+) where
+    R: AsyncRead + Unpin + Send,
+    W: AsyncWrite + Unpin + Send,
+{
+    let config = service.config.clone();
+    let mut packets = FramedRead::new(reader, Codec::new(config.packet_bytes_max));
+    let mut out = PacketWriter::new(writer);
+    let connect = match tokio::time::timeout(config.connect_timeout, packets.next()).await {
+        Ok(Some(Ok((Packet::Connect(connect), _)))) => connect,
+        Ok(Some(Err(DecodeError::UnsupportedProtocolLevel))) => {
+            // Only MQTT 3.1.1 (and 3.1) are spoken; the spec's answer to any other level is CONNACK 1.
+            tracing::info!(%peer, transport, "refused: unsupported MQTT protocol level");
+            if out
+                .push(wire::connect_ack(ConnectAckReason::UnacceptableProtocolVersion, false))
+                .is_ok()
+            {
+                out.close().await;
+            }
+            return;
+        }
+        Ok(Some(Ok((packet, _)))) => {
+            tracing::info!(%peer, transport, ?packet, "closed: the first packet was not CONNECT");
+            return;
+        }
+        Ok(Some(Err(error))) => {
+            tracing::info!(%peer, transport, %error, "closed: malformed CONNECT");
+            return;
+        }
+        Ok(None) => return,
+        Err(_) => {
+            tracing::info!(%peer, transport, "closed: no CONNECT within {:?}", config.connect_timeout);
+            return;
+        }
+    };
+    let authenticated = match service.authenticate(&connect) {
+        Ok(authenticated) => authenticated,
+        Err(refusal) => {
+            tracing::info!(%peer, transport, client_id = %connect.client_id, reason = %refusal.reason, code = ?refusal.code, "CONNECT refused");
+            if out.push(wire::connect_ack(refusal.code, false)).is_ok() {
+                out.close().await;
+            }
+            return;
+        }
+    };
+    let client = authenticated.client;
+    let device_id = client.device_id.clone();
+    if let Err(error) = service.hub.device_connected(device_id.clone()).await {
+        // Deleted between the check and now, or the hub is stopping: the client may retry later.
+        tracing::info!(%peer, client_id = %connect.client_id, %error, "CONNECT refused");
+        if out
+            .push(wire::connect_ack(ConnectAckReason::ServiceUnavailable, false))
+            .is_ok()
+        {
+            out.close().await;
+        }
+        let _ = service.hub.device_disconnected(device_id).await;
+        return;
+    }
+
+    let connection_id = NEXT_CONNECTION_ID.fetch_add(1, Ordering::Relaxed);
+    let (mailbox, mut mail) = mpsc::channel(MAILBOX_CAPACITY);
+    let close = Arc::new(Notify::new());
+    let owner = Owner {
+        connection_id,
+        mailbox,
+        close: Arc::clone(&close),
+    };
+    let (session, session_present) = service.sessions.attach(&client, connect.clean_session, owner);
+    tracing::info!(%peer, transport, client_id = %connect.client_id, clean_session = connect.clean_session, session_present, "device connected");
+
+    let mut connection = Connection {
+        service: Arc::clone(&service),
+        client,
+        session: Arc::clone(&session),
+        out,
+        unacknowledged: HashMap::new(),
+        next_packet_id: 1,
+        pending: FuturesUnordered::new(),
+        rate: RequestRate::new(config.twin_requests_per_second, config.twin_request_burst),
+        activity_recorded: Instant::now(),
+    };
+    let end = connection
+        .run(
+            &mut packets,
+            &mut mail,
+            &close,
+            connect.keep_alive,
+            session_present,
+            authenticated.token_expiry_unix_seconds,
+        )
+        .await;
+    let undelivered = connection
+        .unacknowledged
+        .values()
+        .filter_map(|unacknowledged| match unacknowledged {
+            Unacknowledged::Desired(version) => Some(*version),
+            Unacknowledged::TwinReply => None,
+        })
+        .min();
+    service
+        .sessions
+        .detach(&session, connection_id, connect.clean_session, undelivered);
+    match &end {
+        End::ClientDisconnected | End::ClientClosed | End::TakenOver => {
+            tracing::info!(%peer, transport, client_id = %connect.client_id, reason = %end, "device disconnected")
+        }
+        _ => tracing::warn!(%peer, transport, client_id = %connect.client_id, reason = %end, "device disconnected"),
+    }
+    connection.out.close().await;
+    // Twin requests still pending are dropped here; their writes stand (the hub owns them).
+    if let Err(error) = service.hub.device_disconnected(device_id).await {
+        tracing::debug!(%error, "could not record the disconnection");
+    }
+}
+
+impl<W: AsyncWrite + Unpin + Send> Connection<W> {
+    async fn run<R: AsyncRead + Unpin>(
+        &mut self,
+        packets: &mut FramedRead<R, Codec>,
+        mail: &mut mpsc::Receiver<Mail>,
+        close: &Notify,
+        keep_alive_seconds: u16,
+        session_present: bool,
+        token_expiry_unix_seconds: u64,
+    ) -> End {
+        if let Err(error) = self
+            .out
+            .push(wire::connect_ack(ConnectAckReason::ConnectionAccepted, session_present))
+        {
+            return End::Io(error);
+        }
+        if session_present {
+            // Back after being away: catch up on desired changes missed meanwhile, as one full document.
+            if let Err(end) = self.resync_desired() {
+                return end;
+            }
+        }
+        if let Err(error) = self.out.flush().await {
+            return End::Io(error);
+        }
+        // MQTT 3.1.1 §3.1.2.10: one and a half keep-alive periods without a packet and the client is gone.
+        let keep_alive = (keep_alive_seconds > 0).then(|| Duration::from_millis(u64::from(keep_alive_seconds) * 1500));
+        let far_future = Duration::from_secs(100 * 365 * 24 * 3600);
+        let idle = tokio::time::sleep(keep_alive.unwrap_or(far_future));
+        tokio::pin!(idle);
+        let token_left =
+            token_expiry_unix_seconds.saturating_sub(twinhub_core::Timestamp::now().unix_seconds().max(0) as u64);
+        let token_expiry = tokio::time::sleep(Duration::from_secs(token_left).min(far_future));
+        tokio::pin!(token_expiry);
+        let in_flight_max = self.service.config.twin_requests_in_flight_max;
+        loop {
+            let step = tokio::select! {
+                biased;
+                _ = close.notified() => Err(End::TakenOver),
+                _ = &mut token_expiry => Err(End::TokenExpired),
+                Some(reply) = self.pending.next(), if !self.pending.is_empty() => self.twin_reply(reply),
+                Some(mail) = mail.recv() => self.mail(mail),
+                _ = self.session.resync.notified() => self.resync_desired(),
+                packet = packets.next(), if self.pending.len() < in_flight_max => match packet {
+                    None => Err(End::ClientClosed),
+                    Some(Err(DecodeError::Io(error))) => Err(End::Io(std::io::Error::other(error.to_string()))),
+                    Some(Err(error)) => Err(End::Malformed(error)),
+                    Some(Ok((packet, _))) => {
+                        if let Some(keep_alive) = keep_alive {
+                            idle.as_mut().reset(tokio::time::Instant::now() + keep_alive);
+                        }
+                        self.packet(packet)
+                    }
+                },
+                _ = &mut idle => Err(End::KeepAliveExpired),
+            };
+            if let Err(end) = step {
+                return end;
+            }
+            // Whatever else is ready goes into the same write.
+            while let Some(Some(reply)) = self.pending.next().now_or_never() {
+                if let Err(end) = self.twin_reply(reply) {
+                    return end;
+                }
+            }
+            if let Err(error) = self.out.flush().await {
+                return End::Io(error);
+            }
+        }
+    }
+
+    fn packet(&mut self, packet: Packet) -> Result<(), End> {
+        match packet {
+            Packet::Publish(publish) => {
+                self.record_activity();
+                let qos = publish.qos;
+                if qos == QoS::ExactlyOnce {
+                    return Err(End::ProtocolViolation("QoS 2 is not supported".into()));
+                }
+                let inbound = topic::parse_publish(&publish.topic, &self.client)
+                    .map_err(|error| End::NotAuthorized(format!("PUBLISH on '{}': {error}", publish.topic)))?;
+                if let Some(packet_id) = publish.packet_id.filter(|_| qos == QoS::AtLeastOnce) {
+                    self.push(Packet::PublishAck { packet_id })?;
+                }
+                match inbound {
+                    Inbound::TwinGet { rid } => {
+                        let reply = self.twin_get(rid);
+                        self.twin_reply(reply)
+                    }
+                    Inbound::TwinPatchReported { rid } => self.twin_patch_reported(rid, &publish.payload),
+                    Inbound::TwinUnsupported { rid } => {
+                        let failure = TwinFailure::bad_request(format!(
+                            "'{}' is not a twin operation IoT Hub devices can use",
+                            publish.topic
+                        ));
+                        self.twin_reply(TwinReply::failure(rid, &failure))
+                    }
+                    // Accepted and acknowledged; routing telemetry and direct methods comes with their issues.
+                    Inbound::Telemetry | Inbound::MethodResponse => Ok(()),
+                }
+            }
+            Packet::PublishAck { packet_id } => {
+                self.unacknowledged.remove(&packet_id.get());
+                Ok(())
+            }
+            Packet::Subscribe {
+                packet_id,
+                topic_filters,
+            } => {
+                let status = topic_filters
+                    .iter()
+                    .map(|(filter, qos)| self.subscribe(filter, *qos))
+                    .collect();
+                self.push(Packet::SubscribeAck { packet_id, status })
+            }
+            Packet::Unsubscribe {
+                packet_id,
+                topic_filters,
+            } => {
+                for filter in &topic_filters {
+                    if let Some(subscription) = topic::parse_filter(filter, &self.client) {
+                        self.session.state().grant(subscription, None);
+                    }
+                }
+                self.push(Packet::UnsubscribeAck { packet_id })
+            }
+            Packet::PingRequest => {
+                self.record_activity();
+                self.push(Packet::PingResponse)
+            }
+            Packet::Disconnect => Err(End::ClientDisconnected),
+            Packet::Connect(_) => Err(End::ProtocolViolation("a second CONNECT".into())),
+            other => Err(End::ProtocolViolation(format!(
+                "unexpected packet from a client: {other:?}"
+            ))),
+        }
+    }
+
+    fn subscribe(&mut self, filter: &str, requested: QoS) -> SubscribeReturnCode {
+        let Some(subscription) = topic::parse_filter(filter, &self.client) else {
+            tracing::warn!(client_id = %self.client.client_id(), filter, "SUBSCRIBE refused: not one of the device's topics");
+            return SubscribeReturnCode::Failure;
+        };
+        let granted = wire::granted(requested);
+        let needs_version =
+            subscription == Subscription::DesiredPatches && self.session.state().delivered_desired.is_none();
+        // From now on the device hears of every desired change; what it knew before is the current version.
+        let current = needs_version
+            .then(|| self.service.hub.device(&self.client.device_id).ok())
+            .flatten()
+            .map(|record| record.twin.desired.version);
+        let mut state = self.session.state();
+        state.grant(subscription, Some(granted));
+        if state.delivered_desired.is_none() {
+            state.delivered_desired = current;
+        }
+        SubscribeReturnCode::Success(granted)
+    }
+
+    fn twin_get(&mut self, rid: &str) -> TwinReply {
+        if !self.rate.allow() {
+            return TwinReply::failure(rid, &TwinFailure::throttled());
+        }
+        match self.service.hub.device(&self.client.device_id) {
+            Ok(record) => {
+                let twin = &record.twin;
+                self.note_delivered(twin.desired.version);
+                let body = serde_json::json!({
+                    "desired": twin.desired.to_json_without_metadata(),
+                    "reported": twin.reported.to_json_without_metadata(),
+                });
+                TwinReply {
+                    rid: rid.to_owned(),
+                    status: 200,
+                    version: None,
+                    body: Bytes::from(body.to_string()),
+                }
+            }
+            Err(error) => TwinReply::failure(rid, &TwinFailure::from(&error)),
+        }
+    }
+
+    fn twin_patch_reported(&mut self, rid: &str, payload: &[u8]) -> Result<(), End> {
+        if !self.rate.allow() {
+            return self.twin_reply(TwinReply::failure(rid, &TwinFailure::throttled()));
+        }
+        let parsed = serde_json::from_slice::<serde_json::Value>(payload)
+            .map_err(|error| TwinFailure::bad_request(format!("the reported patch is not valid JSON: {error}")))
+            .and_then(|body| {
+                ReportedPatch::from_json(&body, self.service.hub.rules())
+                    .map_err(|error| TwinFailure::bad_request(error.to_string()))
+            });
+        let patch = match parsed {
+            Ok(patch) => patch,
+            Err(failure) => return self.twin_reply(TwinReply::failure(rid, &failure)),
+        };
+        let hub = Arc::clone(&self.service.hub);
+        let device_id = self.client.device_id.clone();
+        let rid = rid.to_owned();
+        self.pending.push(Box::pin(async move {
+            match hub.patch_reported(device_id, patch).await {
+                Ok(record) => TwinReply {
+                    rid,
+                    status: 204,
+                    version: Some(record.twin.reported.version),
+                    body: Bytes::new(),
+                },
+                Err(error) => TwinReply::failure(&rid, &TwinFailure::from(&error)),
+            }
+        }));
+        Ok(())
+    }
+
+    /// Publishes a twin reply. Also without a `$iothub/twin/res/#` subscription (at QoS 0 then): Python's
+    /// reconnect GET may come from a session that never subscribed, and both SDKs accept it.
+    fn twin_reply(&mut self, reply: TwinReply) -> Result<(), End> {
+        let qos = self
+            .session
+            .state()
+            .granted(Subscription::TwinResponses)
+            .unwrap_or(QoS::AtMostOnce);
+        let topic = topic::twin_response(reply.status, &reply.rid, reply.version);
+        self.publish(topic, reply.body, qos, Unacknowledged::TwinReply)
+    }
+
+    fn mail(&mut self, mail: Mail) -> Result<(), End> {
+        match mail {
+            Mail::Desired(change) => {
+                let Some(qos) = self.session.state().granted(Subscription::DesiredPatches) else {
+                    return Ok(());
+                };
+                // Already covered by a full document or a GET: notifications stay in version order.
+                if self
+                    .session
+                    .state()
+                    .delivered_desired
+                    .is_some_and(|delivered| delivered >= change.version)
+                {
+                    return Ok(());
+                }
+                let mut body = change.patch.clone();
+                body.insert("$version".into(), change.version.into());
+                let payload = Bytes::from(serde_json::Value::Object(body).to_string());
+                self.session.state().delivered_desired = Some(change.version);
+                self.publish(
+                    topic::desired_patch(change.version),
+                    payload,
+                    qos,
+                    Unacknowledged::Desired(change.version),
+                )
+            }
+        }
+    }
+
+    /// Beyond IoT Hub: when the desired version moved past the last one the device was given (it was away,
+    /// or notifications could not keep up), publish the whole desired document as one notification.
+    fn resync_desired(&mut self) -> Result<(), End> {
+        let (qos, delivered) = {
+            let state = self.session.state();
+            (state.granted(Subscription::DesiredPatches), state.delivered_desired)
+        };
+        let Some(qos) = qos else {
+            return Ok(());
+        };
+        let Ok(record) = self.service.hub.device(&self.client.device_id) else {
+            return Ok(());
+        };
+        let desired = &record.twin.desired;
+        if delivered.is_some_and(|delivered| delivered >= desired.version) {
+            return Ok(());
+        }
+        tracing::info!(client_id = %self.client.client_id(), from = ?delivered, to = desired.version, "sending the full desired document to a device that missed changes");
+        let payload = Bytes::from(desired.to_json_without_metadata().to_string());
+        self.session.state().delivered_desired = Some(desired.version);
+        self.publish(
+            topic::desired_patch(desired.version),
+            payload,
+            qos,
+            Unacknowledged::Desired(desired.version),
+        )
+    }
+
+    fn note_delivered(&self, version: u64) {
+        let mut state = self.session.state();
+        if state.delivered_desired.is_none_or(|delivered| delivered < version) {
+            state.delivered_desired = Some(version);
+        }
+    }
+
+    fn publish(&mut self, topic: String, payload: Bytes, qos: QoS, kind: Unacknowledged) -> Result<(), End> {
+        let packet_id = if qos == QoS::AtMostOnce {
+            None
+        } else {
+            if self.unacknowledged.len() >= self.service.config.unacknowledged_publishes_max {
+                return Err(End::ProtocolViolation(format!(
+                    "{} QoS 1 publishes left unacknowledged",
+                    self.unacknowledged.len()
+                )));
+            }
+            let id = self.next_free_packet_id();
+            self.unacknowledged.insert(id.get(), kind);
+            Some(id)
+        };
+        self.push(wire::publish(topic, payload, qos, packet_id))
+    }
+
+    fn next_free_packet_id(&mut self) -> NonZeroU16 {
+        loop {
+            let candidate = self.next_packet_id;
+            self.next_packet_id = self.next_packet_id.checked_add(1).unwrap_or(1);
+            if let Some(id) = NonZeroU16::new(candidate) {
+                if !self.unacknowledged.contains_key(&id.get()) {
+                    return id;
+                }
+            }
+        }
+    }
+
+    fn push(&mut self, packet: Packet) -> Result<(), End> {
+        self.out.push(packet).map_err(End::Io)
+    }
+
+    /// `lastActivityTime`, written at most once per [`twinhub_hub::ACTIVITY_RESOLUTION`] per connection.
+    fn record_activity(&mut self) {
+        if self.activity_recorded.elapsed() < twinhub_hub::ACTIVITY_RESOLUTION {
+            return;
+        }
+        self.activity_recorded = Instant::now();
+        let hub = Arc::clone(&self.service.hub);
+        let device_id = self.client.device_id.clone();
+        tokio::spawn(async move {
+            let _ = hub.device_active(device_id).await;
+        });
+    }
+}

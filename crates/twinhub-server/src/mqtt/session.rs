@@ -1,0 +1,309 @@
+//! MQTT sessions, kept per client id across connections (clean session 0), because the SDKs rely on it:
+//! token renewal is a full reconnect that subscribes to nothing again (device-mqtt-http notes §4.9).
+//!
+//! A session outlives its connections; at most one connection owns it at a time. A new CONNECT with the
+//! same client id takes the session over and closes the old connection. Sessions live in memory: a hub
+//! restart ends them (the twin's `connectionState` says so), as it ends every connection.
+
+use super::topic::Subscription;
+use super::wire::QoS;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use tokio::sync::{mpsc, Notify};
+use twinhub_core::twin::DesiredChange;
+use twinhub_core::DeviceId;
+
+/// Who a connection acts as: a device, or one of its modules (`deviceId/moduleId`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClientIdentity {
+    pub device_id: DeviceId,
+    pub module_id: Option<String>,
+}
+
+impl ClientIdentity {
+    /// The MQTT client id: `deviceId` or `deviceId/moduleId`.
+    pub fn parse(client_id: &str) -> Option<ClientIdentity> {
+        let (device, module) = match client_id.split_once('/') {
+            Some((device, module)) => (device, Some(module)),
+            None => (client_id, None),
+        };
+        let device_id = DeviceId::new(device).ok()?;
+        if let Some(module) = module {
+            // Module ids follow device id rules.
+            DeviceId::new(module).ok()?;
+        }
+        Some(ClientIdentity {
+            device_id,
+            module_id: module.map(str::to_owned),
+        })
+    }
+
+    pub fn client_id(&self) -> String {
+        match &self.module_id {
+            Some(module) => format!("{}/{module}", self.device_id),
+            None => self.device_id.to_string(),
+        }
+    }
+}
+
+/// What the hub hands a connection from outside (the event router).
+#[derive(Debug)]
+pub enum Mail {
+    Desired(Arc<DesiredChange>),
+}
+
+/// How the rest of the hub reaches the connection that owns a session.
+pub struct Owner {
+    pub connection_id: u64,
+    pub mailbox: mpsc::Sender<Mail>,
+    /// Told to close: taken over by a new connection, or the device was disabled or deleted.
+    pub close: Arc<Notify>,
+}
+
+#[derive(Default)]
+pub struct SessionState {
+    /// The QoS granted per subscription kind (index: `Subscription::index`).
+    granted: [Option<QoS>; Subscription::ALL.len()],
+    /// The last desired `$version` the device was given (GET, notification, or full document); what a
+    /// returning device is compared with to decide whether it missed changes.
+    pub delivered_desired: Option<u64>,
+    owner: Option<Owner>,
+}
+
+impl SessionState {
+    pub fn granted(&self, subscription: Subscription) -> Option<QoS> {
+        self.granted[subscription.index()]
+    }
+
+    pub fn grant(&mut self, subscription: Subscription, qos: Option<QoS>) {
+        self.granted[subscription.index()] = qos;
+    }
+}
+
+pub struct Session {
+    pub client: ClientIdentity,
+    state: Mutex<SessionState>,
+    /// Raised when a desired notification could not be queued (the connection is slow, or the router
+    /// lagged behind the hub's events): the owner then sends the full desired document instead.
+    pub resync: Notify,
+}
+
+impl Session {
+    pub fn state(&self) -> MutexGuard<'_, SessionState> {
+        // A panic while holding this lock leaves plain data behind; carry on with it.
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Hands a desired change to the owning connection, if the device subscribed to desired patches.
+    pub fn deliver_desired(&self, change: &Arc<DesiredChange>) {
+        let state = self.state();
+        if state.granted(Subscription::DesiredPatches).is_none() {
+            return;
+        }
+        if let Some(owner) = &state.owner {
+            if owner.mailbox.try_send(Mail::Desired(Arc::clone(change))).is_err() {
+                self.resync.notify_one();
+            }
+        }
+    }
+
+    pub fn request_resync(&self) {
+        if self.state().owner.is_some() {
+            self.resync.notify_one();
+        }
+    }
+
+    pub fn close_owner(&self) {
+        if let Some(owner) = &self.state().owner {
+            owner.close.notify_one();
+        }
+    }
+}
+
+#[derive(Default)]
+pub struct Sessions {
+    by_client_id: Mutex<HashMap<String, Arc<Session>>>,
+}
+
+impl Sessions {
+    fn map(&self) -> MutexGuard<'_, HashMap<String, Arc<Session>>> {
+        self.by_client_id
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Gives the client's session to a new connection, closing the one that held it. Returns the session
+    /// and whether it was present (CONNACK `sessionPresent`). A clean session starts empty.
+    pub fn attach(&self, client: &ClientIdentity, clean_session: bool, owner: Owner) -> (Arc<Session>, bool) {
+        let mut map = self.map();
+        let key = client.client_id();
+        let existing = map.get(&key).cloned();
+        let (session, present) = match existing {
+            Some(session) => {
+                let present = {
+                    let mut state = session.state();
+                    if let Some(previous) = state.owner.take() {
+                        previous.close.notify_one();
+                    }
+                    if clean_session {
+                        *state = SessionState::default();
+                    }
+                    !clean_session
+                };
+                (session, present)
+            }
+            None => {
+                let session = Arc::new(Session {
+                    client: client.clone(),
+                    state: Mutex::new(SessionState::default()),
+                    resync: Notify::new(),
+                });
+                map.insert(key, Arc::clone(&session));
+                (session, false)
+            }
+        };
+        session.state().owner = Some(owner);
+        (session, present)
+    }
+
+    /// The connection `connection_id` ended. A session it still owns becomes ownerless; a clean session is
+    /// dropped. `undelivered_desired`: the lowest desired version the device did not acknowledge.
+    pub fn detach(
+        &self,
+        session: &Arc<Session>,
+        connection_id: u64,
+        clean_session: bool,
+        undelivered_desired: Option<u64>,
+    ) {
+        let mut map = self.map();
+        let mut state = session.state();
+        if state.owner.as_ref().map(|owner| owner.connection_id) != Some(connection_id) {
+            // Taken over: the session belongs to the new connection now.
+            return;
+        }
+        state.owner = None;
+        if let Some(version) = undelivered_desired {
+            state.delivered_desired = Some(version.saturating_sub(1)).min(state.delivered_desired);
+        }
+        if clean_session {
+            let key = session.client.client_id();
+            if map.get(&key).is_some_and(|current| Arc::ptr_eq(current, session)) {
+                map.remove(&key);
+            }
+        }
+    }
+
+    pub fn get(&self, client_id: &str) -> Option<Arc<Session>> {
+        self.map().get(client_id).cloned()
+    }
+
+    /// Every session of a device: its own and its modules'.
+    pub fn of_device(&self, device_id: &DeviceId) -> Vec<Arc<Session>> {
+        self.map()
+            .values()
+            .filter(|session| &session.client.device_id == device_id)
+            .cloned()
+            .collect()
+    }
+
+    pub fn all(&self) -> Vec<Arc<Session>> {
+        self.map().values().cloned().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn owner(connection_id: u64) -> (Owner, mpsc::Receiver<Mail>, Arc<Notify>) {
+        let (mailbox, receiver) = mpsc::channel(1);
+        let close = Arc::new(Notify::new());
+        (
+            Owner {
+                connection_id,
+                mailbox,
+                close: Arc::clone(&close),
+            },
+            receiver,
+            close,
+        )
+    }
+
+    fn change(version: u64) -> Arc<DesiredChange> {
+        Arc::new(DesiredChange {
+            version,
+            patch: Default::default(),
+        })
+    }
+
+    #[test]
+    fn client_ids_name_a_device_or_a_module() {
+        let device = ClientIdentity::parse("d1").unwrap();
+        assert_eq!((device.device_id.as_str(), device.module_id.as_deref()), ("d1", None));
+        let module = ClientIdentity::parse("d1/m1").unwrap();
+        assert_eq!(module.client_id(), "d1/m1");
+        assert!(ClientIdentity::parse("").is_none());
+        assert!(ClientIdentity::parse("d1/").is_none());
+        assert!(ClientIdentity::parse("d1/m1/x").is_none());
+    }
+
+    #[tokio::test]
+    async fn a_persistent_session_keeps_subscriptions_and_a_takeover_closes_the_old_owner() {
+        let sessions = Sessions::default();
+        let client = ClientIdentity::parse("d1").unwrap();
+        let (first, _first_mail, first_close) = owner(1);
+        let (session, present) = sessions.attach(&client, false, first);
+        assert!(!present);
+        session
+            .state()
+            .grant(Subscription::DesiredPatches, Some(QoS::AtLeastOnce));
+
+        let (second, mut second_mail, _) = owner(2);
+        let (again, present) = sessions.attach(&client, false, second);
+        assert!(present && Arc::ptr_eq(&session, &again));
+        tokio::time::timeout(std::time::Duration::from_secs(1), first_close.notified())
+            .await
+            .expect("the old connection is told to close");
+        assert_eq!(
+            again.state().granted(Subscription::DesiredPatches),
+            Some(QoS::AtLeastOnce)
+        );
+
+        // The old connection's late detach does not take the session from the new owner.
+        sessions.detach(&session, 1, false, None);
+        again.deliver_desired(&change(2));
+        assert!(matches!(second_mail.try_recv(), Ok(Mail::Desired(c)) if c.version == 2));
+
+        // A full mailbox turns into a resync request rather than a lost notification.
+        again.deliver_desired(&change(3));
+        again.deliver_desired(&change(4));
+        tokio::time::timeout(std::time::Duration::from_secs(1), again.resync.notified())
+            .await
+            .expect("resync requested");
+    }
+
+    #[test]
+    fn a_clean_session_starts_empty_and_is_dropped_at_disconnect() {
+        let sessions = Sessions::default();
+        let client = ClientIdentity::parse("d1").unwrap();
+        let (first, _, _) = owner(1);
+        let (session, _) = sessions.attach(&client, false, first);
+        session
+            .state()
+            .grant(Subscription::TwinResponses, Some(QoS::AtMostOnce));
+        session.state().delivered_desired = Some(7);
+        sessions.detach(&session, 1, false, Some(5));
+        assert_eq!(
+            session.state().delivered_desired,
+            Some(4),
+            "unacknowledged notifications count as missed"
+        );
+
+        let (clean, _, _) = owner(2);
+        let (session, present) = sessions.attach(&client, true, clean);
+        assert!(!present);
+        assert_eq!(session.state().granted(Subscription::TwinResponses), None);
+        sessions.detach(&session, 2, true, None);
+        assert!(sessions.get("d1").is_none());
+    }
+}

@@ -1,0 +1,43 @@
+"""What every SDK test script here shares: numbered steps, checks that fail with a message, and a main
+that reports the step a failure happened in and exits non-zero."""
+
+import sys
+import traceback
+
+
+class CheckFailed(Exception):
+    pass
+
+
+_step = ""
+
+
+def log(message):
+    global _step
+    _step = message
+    print("- " + message, flush=True)
+
+
+def check(condition, message):
+    if not condition:
+        raise CheckFailed(message)
+
+
+def check_equal(actual, expected, what):
+    if actual != expected:
+        raise CheckFailed("{}: expected {!r}, got {!r}".format(what, expected, actual))
+
+
+def run(script, main):
+    """Runs `main`; any exception ends the script with the step it happened in and exit status 1."""
+    try:
+        main()
+    except Exception as error:  # noqa: BLE001 - every failure ends the script with its step
+        print('{} FAILED at step "{}":'.format(script, _step), file=sys.stderr)
+        traceback.print_exc()
+        response = getattr(error, "response", None)
+        if response is not None:
+            print("response: {} {}".format(response.status_code, response.text), file=sys.stderr)
+        sys.exit(1)
+    print("{}: all checks passed".format(script), flush=True)
+    sys.exit(0)
