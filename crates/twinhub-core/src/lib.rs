@@ -13,6 +13,7 @@ pub mod policy;
 pub mod record;
 pub mod rules;
 pub mod sas;
+pub mod session;
 pub mod time;
 pub mod twin;
 pub mod value;

@@ -19,6 +19,7 @@ use std::sync::Arc;
 use tokio::sync::{broadcast, mpsc, oneshot};
 use twinhub_core::etag::IfMatch;
 use twinhub_core::json::DeviceDraft;
+use twinhub_core::session::SessionRecord;
 use twinhub_core::twin::{ReportedPatch, TwinPatch, TwinReplacement};
 use twinhub_core::{DeviceId, DeviceRecord, DeviceStatus, TwinRules};
 use twinhub_store::Store;
@@ -63,6 +64,8 @@ pub const BULK_DEVICES_MAX: usize = 100;
 
 pub struct Hub {
     snapshot: Arc<ArcSwap<Snapshot>>,
+    /// The persistent sessions found at start, until a transport takes them.
+    stored_sessions: std::sync::Mutex<Vec<SessionRecord>>,
     writes: mpsc::Sender<WriteCommand>,
     events: broadcast::Sender<HubEvent>,
     config: HubConfig,
@@ -79,6 +82,7 @@ impl Hub {
     /// Loads every record from the store and starts the writer. Must run inside a tokio runtime.
     pub async fn start(store: Arc<dyn Store>, config: HubConfig) -> Result<Arc<Hub>, HubError> {
         let records = store.load_all().await.map_err(HubError::Store)?;
+        let stored_sessions = store.load_sessions().await.map_err(HubError::Store)?;
         let started = twinhub_core::Timestamp::now();
         let registry: Registry = records
             .into_iter()
@@ -104,6 +108,7 @@ impl Hub {
         ));
         Ok(Arc::new(Hub {
             snapshot,
+            stored_sessions: std::sync::Mutex::new(stored_sessions),
             writes,
             events,
             config,
@@ -227,6 +232,21 @@ impl Hub {
 
     async fn presence(&self, id: DeviceId, event: PresenceEvent) -> Result<WriteOutcome, HubError> {
         self.write(WriteOp::Presence { id, event }).await
+    }
+
+    /// The persistent sessions the store held at start (once: later calls get none).
+    pub fn take_stored_sessions(&self) -> Vec<SessionRecord> {
+        std::mem::take(
+            &mut *self
+                .stored_sessions
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()),
+        )
+    }
+
+    /// Makes a device's session durable (its subscriptions), or forgets it (`None`). Returns once durable.
+    pub async fn store_session(&self, client_id: String, session: Option<SessionRecord>) -> Result<(), HubError> {
+        self.write(WriteOp::Session { client_id, session }).await.map(|_| ())
     }
 
     /// Bulk create/update/delete, at most [`BULK_DEVICES_MAX`], committed together.

@@ -42,6 +42,11 @@ pub(crate) enum WriteOp {
         id: DeviceId,
         event: PresenceEvent,
     },
+    /// Store (Some) or forget (None) a device's persistent session, by client id.
+    Session {
+        client_id: String,
+        session: Option<twinhub_core::session::SessionRecord>,
+    },
     /// Start indexing a path (built over the batch's final registry, then kept up to date).
     AddIndex(twinhub_query::document::FieldPath),
 }
@@ -195,6 +200,13 @@ impl Batch<'_> {
                 Ok(WriteOutcome::Record(self.upsert(Arc::new(record))))
             }
             WriteOp::Presence { id, event } => self.presence(id, event, now),
+            WriteOp::Session { client_id, session } => {
+                self.writes.push(match session {
+                    Some(session) => StoreWrite::UpsertSession(session),
+                    None => StoreWrite::DeleteSession(client_id),
+                });
+                Ok(WriteOutcome::Done)
+            }
             WriteOp::Bulk(operations) => Ok(WriteOutcome::Bulk(bulk::apply(self, operations, now))),
             WriteOp::AddIndex(path) => {
                 self.new_indexes.push(path);

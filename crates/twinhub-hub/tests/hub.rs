@@ -38,6 +38,7 @@ impl Store for MemoryStore {
                 StoreWrite::Delete(id) => {
                     records.remove(&id);
                 }
+                StoreWrite::UpsertSession(_) | StoreWrite::DeleteSession(_) => {}
             }
         }
         Ok(())

@@ -5,6 +5,7 @@
 //! read next to this one without a migration.
 
 use crate::StoreError;
+use twinhub_core::session::SessionRecord;
 use twinhub_core::DeviceRecord;
 
 /// The first byte of every stored value.
@@ -76,4 +77,28 @@ where
         records.extend(part?);
     }
     Ok(records)
+}
+
+/// The stored form of a session: the same format byte, then postcard.
+pub fn encode_session(session: &SessionRecord) -> Result<Vec<u8>, StoreError> {
+    postcard::to_extend(session, vec![FORMAT_V1]).map_err(|e| StoreError::Write(Box::new(e)))
+}
+
+/// The session stored under `key`; `Corrupt` when the bytes are not a session of that client id.
+pub fn decode_session(key: &[u8], value: &[u8]) -> Result<SessionRecord, StoreError> {
+    let corrupt = |reason: String| StoreError::Corrupt {
+        key: format!("session {}", String::from_utf8_lossy(key)),
+        reason,
+    };
+    match value.split_first() {
+        Some((&FORMAT_V1, body)) => {
+            let session: SessionRecord = postcard::from_bytes(body).map_err(|e| corrupt(e.to_string()))?;
+            if session.client_id.as_bytes() != key {
+                return Err(corrupt(format!("the session holds client '{}'", session.client_id)));
+            }
+            Ok(session)
+        }
+        Some((format, _)) => Err(corrupt(format!("unknown format {format}"))),
+        None => Err(corrupt("the value is empty".to_owned())),
+    }
 }

@@ -1,18 +1,19 @@
 //! The embedded store: fjall (an LSM tree with a write-ahead journal) in `<data-dir>/store`.
 //!
-//! One keyspace, `devices`: key = the device id's UTF-8 bytes, value = the record as [`crate::codec`]
-//! encodes it.
+//! Two keyspaces: `devices` (key = the device id's UTF-8 bytes, value = the record as [`crate::codec`]
+//! encodes it) and `sessions` (key = the MQTT client id, value = the session's subscriptions).
 //!
 //! Durability: a commit is one fjall write batch (atomic in the journal) followed by an `fsync` of the
 //! journal (`PersistMode::SyncAll`) before `commit` returns, so the hub acknowledges nothing that a kill
 //! or a power cut could take back. The hub's writer groups concurrent writes into one batch, so the cost
 //! of the fsync is shared by every write in it.
 
-use crate::codec::{decode_all, encode};
+use crate::codec::{decode_all, decode_session, encode, encode_session};
 use crate::{Store, StoreError, StoreWrite};
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode, Slice};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use twinhub_core::session::SessionRecord;
 use twinhub_core::DeviceRecord;
 
 /// The most journal kept before memtables are flushed to tables.
@@ -25,6 +26,7 @@ pub struct EmbeddedStore {
 struct Inner {
     db: Database,
     devices: Keyspace,
+    sessions: Keyspace,
     path: PathBuf,
 }
 
@@ -47,10 +49,14 @@ impl EmbeddedStore {
         let devices = db
             .keyspace("devices", KeyspaceCreateOptions::default)
             .map_err(|e| open_error(Box::new(e)))?;
+        let sessions = db
+            .keyspace("sessions", KeyspaceCreateOptions::default)
+            .map_err(|e| open_error(Box::new(e)))?;
         Ok(EmbeddedStore {
             inner: Arc::new(Inner {
                 db,
                 devices,
+                sessions,
                 path: dir.to_path_buf(),
             }),
         })
@@ -71,6 +77,15 @@ impl Inner {
         decode_all(&raw)
     }
 
+    fn load_sessions(&self) -> Result<Vec<SessionRecord>, StoreError> {
+        let mut sessions = Vec::new();
+        for guard in self.sessions.iter() {
+            let (key, value) = guard.into_inner().map_err(|e| StoreError::Read(Box::new(e)))?;
+            sessions.push(decode_session(&key, &value)?);
+        }
+        Ok(sessions)
+    }
+
     fn commit(&self, batch: Vec<StoreWrite>) -> Result<(), StoreError> {
         if batch.is_empty() {
             return Ok(());
@@ -83,6 +98,11 @@ impl Inner {
                     writes.insert(&self.devices, key, encode(&record)?);
                 }
                 StoreWrite::Delete(id) => writes.remove(&self.devices, id.as_str().as_bytes().to_vec()),
+                StoreWrite::UpsertSession(session) => {
+                    let key = session.client_id.as_bytes().to_vec();
+                    writes.insert(&self.sessions, key, encode_session(&session)?);
+                }
+                StoreWrite::DeleteSession(client_id) => writes.remove(&self.sessions, client_id.into_bytes()),
             }
         }
         writes.commit().map_err(|e| StoreError::Write(Box::new(e)))
@@ -94,6 +114,13 @@ impl Store for EmbeddedStore {
     async fn load_all(&self) -> Result<Vec<DeviceRecord>, StoreError> {
         let inner = Arc::clone(&self.inner);
         tokio::task::spawn_blocking(move || inner.load_all())
+            .await
+            .map_err(|e| StoreError::Read(Box::new(e)))?
+    }
+
+    async fn load_sessions(&self) -> Result<Vec<SessionRecord>, StoreError> {
+        let inner = Arc::clone(&self.inner);
+        tokio::task::spawn_blocking(move || inner.load_sessions())
             .await
             .map_err(|e| StoreError::Read(Box::new(e)))?
     }

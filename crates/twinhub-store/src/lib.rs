@@ -4,6 +4,7 @@
 //! Architecture invariant: this is the only crate that touches disk (and, later, SQL).
 
 use std::sync::Arc;
+use twinhub_core::session::SessionRecord;
 use twinhub_core::{DeviceId, DeviceRecord};
 
 pub mod codec;
@@ -32,6 +33,9 @@ pub enum StoreError {
 pub enum StoreWrite {
     Upsert(Arc<DeviceRecord>),
     Delete(DeviceId),
+    /// A device's persistent session (its subscriptions), by client id.
+    UpsertSession(SessionRecord),
+    DeleteSession(String),
 }
 
 /// A durable home for device records.
@@ -43,6 +47,12 @@ pub enum StoreWrite {
 pub trait Store: Send + Sync + 'static {
     /// Every record, in no particular order. Called once at start, before any commit.
     async fn load_all(&self) -> Result<Vec<DeviceRecord>, StoreError>;
+
+    /// Every persistent session. Called once at start. A store that keeps none returns none: devices
+    /// then start fresh sessions after a restart.
+    async fn load_sessions(&self) -> Result<Vec<SessionRecord>, StoreError> {
+        Ok(Vec::new())
+    }
 
     /// Makes the batch durable. See the trait's contract.
     async fn commit(&self, batch: Vec<StoreWrite>) -> Result<(), StoreError>;

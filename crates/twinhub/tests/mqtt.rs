@@ -29,6 +29,12 @@ impl Fixture {
         Fixture { hub, api }
     }
 
+    /// kill -9 and start again; a new REST client, as the old one's pooled connections died with the hub.
+    fn restart(&mut self) {
+        self.hub.restart();
+        self.api = Service::new(&self.hub.owner_connection_string(), &self.hub.ca_path());
+    }
+
     /// Registers a device and returns its primary key.
     async fn device(&self, id: &str) -> String {
         let created = self
@@ -567,4 +573,63 @@ async fn twin_requests_over_the_rate_are_answered_429_and_pipelined_patches_all_
         statuses.push(status);
     }
     assert!(statuses.contains(&200) && statuses.contains(&429), "{statuses:?}");
+}
+
+#[tokio::test]
+async fn subscriptions_survive_a_hub_restart_and_die_with_the_device() {
+    // Scenario: the SDKs never subscribe again, so a persistent session's subscriptions are stored
+    // before they are acknowledged; after a crash (kill -9) the device reconnects, finds its session,
+    // gets the desired document it missed and live patches after it. Deleting the device forgets them.
+    let mut fx = Fixture::start(&[]);
+    let key = fx.device("dev1").await;
+    let mut device = fx.connected("dev1", &key).await;
+    device
+        .subscribe(&[(RESPONSES, QoS::AtLeastOnce), (DESIRED, QoS::AtLeastOnce)])
+        .await;
+    fx.restart();
+    drop(device);
+
+    fx.patch_desired("dev1", json!({"interval": 10})).await;
+    let (mut device, code, present) = fx.connect(&fx.credentials("dev1", &key)).await;
+    assert_eq!((code, present), (ConnectAckReason::ConnectionAccepted, true));
+    let (topic, body) = device.next_publish().await;
+    assert_eq!(topic, "$iothub/twin/PATCH/properties/desired/?$version=2");
+    assert_eq!(json_of(&body), json!({"interval": 10, "$version": 2}));
+    fx.patch_desired("dev1", json!({"interval": 20})).await;
+    let (topic, _) = device.next_publish().await;
+    assert_eq!(topic, "$iothub/twin/PATCH/properties/desired/?$version=3");
+    let (status, _, _) = device.twin("$iothub/twin/GET/?$rid=1", b" ").await;
+    assert_eq!(status, 200);
+
+    // Unsubscribing is stored too.
+    device
+        .send(Packet::Unsubscribe {
+            packet_id: std::num::NonZeroU16::new(99).unwrap(),
+            topic_filters: vec![DESIRED.into()],
+        })
+        .await;
+    assert!(matches!(device.receive().await, Some(Packet::UnsubscribeAck { .. })));
+    fx.restart();
+    fx.patch_desired("dev1", json!({"interval": 30})).await;
+    let (mut device, _, present) = fx.connect(&fx.credentials("dev1", &key)).await;
+    assert!(present);
+    let (status, _, body) = device.twin("$iothub/twin/GET/?$rid=2", b" ").await;
+    assert_eq!(
+        (status, json_of(&body)["desired"]["$version"].as_u64()),
+        (200, Some(4)),
+        "no desired notification: the device unsubscribed"
+    );
+    device.disconnect().await;
+
+    let deleted = fx.api.call(Method::DELETE, "/devices/dev1", None, Some("*")).await;
+    assert_eq!(deleted.status, 204);
+    let key = fx.device("dev1").await;
+    let (_, code, present) = fx.connect(&fx.credentials("dev1", &key)).await;
+    assert_eq!((code, present), (ConnectAckReason::ConnectionAccepted, false));
+    fx.restart();
+    let (_, _, present) = fx.connect(&fx.credentials("dev1", &key)).await;
+    assert!(
+        !present,
+        "the deleted device's session did not come back with the restart"
+    );
 }

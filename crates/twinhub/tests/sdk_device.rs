@@ -87,3 +87,24 @@ fn python_device_sdk_over_mqtt_websockets() {
         3,
     );
 }
+
+/// 200 Node SDK devices on one hub at once: all connected (the hub's own count, by query), each
+/// reporting 5 times, every acknowledged patch in the twins. The same script measures larger fleets
+/// (`node sdk-tests/node/fleet.js 5000 20`).
+#[test]
+fn node_device_sdk_fleet_of_200() {
+    if !sdk_tests_enabled() {
+        println!("node_device_sdk_fleet_of_200: skipped (TWINHUB_SKIP_SDK_TESTS=1)");
+        return;
+    }
+    let hub = TestHub::start();
+    let output = run_node(
+        "fleet.js",
+        &hub,
+        &[
+            ("TWINHUB_FLEET_DEVICES", "200".into()),
+            ("TWINHUB_FLEET_PATCHES", "5".into()),
+        ],
+    );
+    println!("{}", String::from_utf8_lossy(&output.stdout));
+}

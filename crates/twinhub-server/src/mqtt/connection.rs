@@ -110,9 +110,17 @@ enum Unacknowledged {
     TwinReply,
 }
 
+/// What handling a packet leaves to do that needs waiting.
+enum Step {
+    Done,
+    /// The session's subscriptions changed: make them durable, then send this acknowledgement.
+    PersistThenAck(Packet),
+}
+
 struct Connection<W> {
     service: Arc<MqttService>,
     client: ClientIdentity,
+    clean_session: bool,
     session: Arc<Session>,
     out: PacketWriter<W>,
     unacknowledged: HashMap<u16, Unacknowledged>,
@@ -196,11 +204,18 @@ pub(crate) async fn serve<R, W>(
         close: Arc::clone(&close),
     };
     let (session, session_present) = service.sessions.attach(&client, connect.clean_session, owner);
+    let forget_stored = connect.clean_session && std::mem::take(&mut session.state().stored);
+    if forget_stored {
+        if let Err(error) = service.hub.store_session(client.client_id(), None).await {
+            tracing::error!(%error, client_id = %connect.client_id, "could not forget the stored session");
+        }
+    }
     tracing::info!(%peer, transport, client_id = %connect.client_id, clean_session = connect.clean_session, session_present, "device connected");
 
     let mut connection = Connection {
         service: Arc::clone(&service),
         client,
+        clean_session: connect.clean_session,
         session: Arc::clone(&session),
         out,
         unacknowledged: HashMap::new(),
@@ -294,7 +309,14 @@ impl<W: AsyncWrite + Unpin + Send> Connection<W> {
                         if let Some(keep_alive) = keep_alive {
                             idle.as_mut().reset(tokio::time::Instant::now() + keep_alive);
                         }
-                        self.packet(packet)
+                        match self.packet(packet) {
+                            Ok(Step::Done) => Ok(()),
+                            Ok(Step::PersistThenAck(ack)) => {
+                                self.persist_session().await;
+                                self.push(ack)
+                            }
+                            Err(end) => Err(end),
+                        }
                     }
                 },
                 _ = &mut idle => Err(End::KeepAliveExpired),
@@ -314,7 +336,35 @@ impl<W: AsyncWrite + Unpin + Send> Connection<W> {
         }
     }
 
-    fn packet(&mut self, packet: Packet) -> Result<(), End> {
+    fn packet(&mut self, packet: Packet) -> Result<Step, End> {
+        match packet {
+            Packet::Subscribe {
+                packet_id,
+                topic_filters,
+            } => {
+                let status = topic_filters
+                    .iter()
+                    .map(|(filter, qos)| self.subscribe(filter, *qos))
+                    .collect();
+                Ok(Step::PersistThenAck(Packet::SubscribeAck { packet_id, status }))
+            }
+            Packet::Unsubscribe {
+                packet_id,
+                topic_filters,
+            } => {
+                for filter in &topic_filters {
+                    if let Some(subscription) = topic::parse_filter(filter, &self.client) {
+                        self.session.state().grant(subscription, None);
+                    }
+                }
+                Ok(Step::PersistThenAck(Packet::UnsubscribeAck { packet_id }))
+            }
+            other => self.packet_now(other).map(|()| Step::Done),
+        }
+    }
+
+    /// Packets handled without waiting.
+    fn packet_now(&mut self, packet: Packet) -> Result<(), End> {
         match packet {
             Packet::Publish(publish) => {
                 self.record_activity();
@@ -348,27 +398,6 @@ impl<W: AsyncWrite + Unpin + Send> Connection<W> {
                 self.unacknowledged.remove(&packet_id.get());
                 Ok(())
             }
-            Packet::Subscribe {
-                packet_id,
-                topic_filters,
-            } => {
-                let status = topic_filters
-                    .iter()
-                    .map(|(filter, qos)| self.subscribe(filter, *qos))
-                    .collect();
-                self.push(Packet::SubscribeAck { packet_id, status })
-            }
-            Packet::Unsubscribe {
-                packet_id,
-                topic_filters,
-            } => {
-                for filter in &topic_filters {
-                    if let Some(subscription) = topic::parse_filter(filter, &self.client) {
-                        self.session.state().grant(subscription, None);
-                    }
-                }
-                self.push(Packet::UnsubscribeAck { packet_id })
-            }
             Packet::PingRequest => {
                 self.record_activity();
                 self.push(Packet::PingResponse)
@@ -378,6 +407,30 @@ impl<W: AsyncWrite + Unpin + Send> Connection<W> {
             other => Err(End::ProtocolViolation(format!(
                 "unexpected packet from a client: {other:?}"
             ))),
+        }
+    }
+
+    /// A persistent session's subscriptions go to the store before they are acknowledged, so they
+    /// survive a hub restart (the SDKs never subscribe again). A store failure is logged; the
+    /// subscription still holds for as long as the hub runs.
+    async fn persist_session(&mut self) {
+        if self.clean_session {
+            return;
+        }
+        let (record, stored) = {
+            let state = self.session.state();
+            (state.record(&self.client), state.stored)
+        };
+        let keep = !record.subscriptions.is_empty();
+        if !keep && !stored {
+            return;
+        }
+        let client_id = record.client_id.clone();
+        match self.service.hub.store_session(client_id, keep.then_some(record)).await {
+            Ok(()) => self.session.state().stored = keep,
+            Err(error) => {
+                tracing::error!(%error, client_id = %self.client.client_id(), "could not store the session")
+            }
         }
     }
 

@@ -70,6 +70,17 @@ impl MqttService {
     /// Starts routing hub events to sessions. Must run inside a tokio runtime.
     pub fn start(hub: Arc<Hub>, hostname: String, policies: Vec<SharedAccessPolicy>, config: MqttConfig) -> Arc<Self> {
         let sessions = Arc::new(session::Sessions::default());
+        let stale = sessions.restore(hub.take_stored_sessions(), |id| hub.device(id).is_ok());
+        if !stale.is_empty() {
+            let hub = Arc::clone(&hub);
+            tokio::spawn(async move {
+                for client_id in stale {
+                    if let Err(error) = hub.store_session(client_id, None).await {
+                        tracing::warn!(%error, "could not forget the session of a deleted device");
+                    }
+                }
+            });
+        }
         tokio::spawn(router::run(
             hub.subscribe(),
             Arc::downgrade(&hub),

@@ -30,9 +30,15 @@ pub(crate) async fn run(mut events: broadcast::Receiver<HubEvent>, hub: Weak<Hub
                 }
             }
             Ok(HubEvent::DeviceDeleted { device_id }) => {
-                for session in sessions.of_device(&device_id) {
-                    tracing::info!(%device_id, "closing the connection of a deleted device");
-                    session.close_owner();
+                // Closes its connections and forgets its sessions: a device created again under the same
+                // id starts fresh.
+                let stored = sessions.remove_device(&device_id);
+                if let Some(hub) = hub.upgrade() {
+                    for client_id in stored {
+                        if let Err(error) = hub.store_session(client_id, None).await {
+                            tracing::warn!(%error, %device_id, "could not forget the session of a deleted device");
+                        }
+                    }
                 }
             }
             Err(RecvError::Lagged(missed)) => {

@@ -5,11 +5,12 @@
 //! same client id takes the session over and closes the old connection. Sessions live in memory: a hub
 //! restart ends them (the twin's `connectionState` says so), as it ends every connection.
 
-use super::topic::Subscription;
+use super::topic::{self, Subscription};
 use super::wire::QoS;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::{mpsc, Notify};
+use twinhub_core::session::{SessionRecord, StoredSubscription};
 use twinhub_core::twin::DesiredChange;
 use twinhub_core::DeviceId;
 
@@ -68,6 +69,8 @@ pub struct SessionState {
     /// returning device is compared with to decide whether it missed changes.
     pub delivered_desired: Option<u64>,
     owner: Option<Owner>,
+    /// Whether the store holds this session (it is persistent and has subscribed to something).
+    pub stored: bool,
 }
 
 impl SessionState {
@@ -77,6 +80,22 @@ impl SessionState {
 
     pub fn grant(&mut self, subscription: Subscription, qos: Option<QoS>) {
         self.granted[subscription.index()] = qos;
+    }
+
+    /// What the store keeps of the session: its subscriptions.
+    pub fn record(&self, client: &ClientIdentity) -> SessionRecord {
+        SessionRecord {
+            client_id: client.client_id(),
+            subscriptions: Subscription::ALL
+                .into_iter()
+                .filter_map(|subscription| {
+                    self.granted(subscription).map(|qos| StoredSubscription {
+                        filter: topic::filter_of(subscription, client),
+                        qos: u8::from(qos),
+                    })
+                })
+                .collect(),
+        }
     }
 }
 
@@ -146,7 +165,12 @@ impl Sessions {
                         previous.close.notify_one();
                     }
                     if clean_session {
-                        *state = SessionState::default();
+                        // The store's copy, if any, is the caller's to forget (it sees `stored`).
+                        let stored = state.stored;
+                        *state = SessionState {
+                            stored,
+                            ..SessionState::default()
+                        };
                     }
                     !clean_session
                 };
@@ -191,6 +215,56 @@ impl Sessions {
                 map.remove(&key);
             }
         }
+    }
+
+    /// Sessions the store kept across a restart: their subscriptions, no owner, and no desired version
+    /// delivered (so a device that comes back gets the full desired document once). Returns the client
+    /// ids of stored sessions that no longer apply (the device is gone), for the caller to forget.
+    pub fn restore(&self, records: Vec<SessionRecord>, device_exists: impl Fn(&DeviceId) -> bool) -> Vec<String> {
+        let mut stale = Vec::new();
+        let mut map = self.map();
+        for record in records {
+            let Some(client) = ClientIdentity::parse(&record.client_id).filter(|c| device_exists(&c.device_id)) else {
+                stale.push(record.client_id);
+                continue;
+            };
+            let mut state = SessionState {
+                stored: true,
+                ..SessionState::default()
+            };
+            for stored in &record.subscriptions {
+                if let (Some(subscription), Ok(qos)) =
+                    (topic::parse_filter(&stored.filter, &client), QoS::try_from(stored.qos))
+                {
+                    state.grant(subscription, Some(qos));
+                }
+            }
+            let session = Session {
+                client: client.clone(),
+                state: Mutex::new(state),
+                resync: Notify::new(),
+            };
+            map.insert(record.client_id, Arc::new(session));
+        }
+        stale
+    }
+
+    /// Forgets every session of a deleted device; returns those the store holds.
+    pub fn remove_device(&self, device_id: &DeviceId) -> Vec<String> {
+        let mut map = self.map();
+        let keys: Vec<String> = map
+            .iter()
+            .filter(|(_, session)| &session.client.device_id == device_id)
+            .map(|(key, _)| key.clone())
+            .collect();
+        keys.into_iter()
+            .filter_map(|key| {
+                let session = map.remove(&key)?;
+                session.close_owner();
+                let stored = session.state().stored;
+                stored.then_some(key)
+            })
+            .collect()
     }
 
     pub fn get(&self, client_id: &str) -> Option<Arc<Session>> {

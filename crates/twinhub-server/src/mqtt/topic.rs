@@ -131,6 +131,21 @@ pub fn parse_filter(filter: &str, client: &ClientIdentity) -> Option<Subscriptio
     }
 }
 
+/// The filter a device subscribes with for `subscription` (what `parse_filter` maps back).
+pub fn filter_of(subscription: Subscription, client: &ClientIdentity) -> String {
+    match subscription {
+        Subscription::TwinResponses => "$iothub/twin/res/#".to_owned(),
+        Subscription::DesiredPatches => "$iothub/twin/PATCH/properties/desired/#".to_owned(),
+        Subscription::Methods => "$iothub/methods/POST/#".to_owned(),
+        Subscription::CloudToDevice => format!("devices/{}/messages/devicebound/#", client.device_id),
+        Subscription::ModuleInputs => format!(
+            "devices/{}/modules/{}/inputs/#",
+            client.device_id,
+            client.module_id.as_deref().unwrap_or_default()
+        ),
+    }
+}
+
 /// `$iothub/twin/res/{status}/?$rid={rid}[&$version={n}]`: the slash before `?` is kept, Python reads the
 /// status as the fourth segment.
 pub fn twin_response(status: u16, rid: &str, version: Option<u64>) -> String {
@@ -261,6 +276,20 @@ mod tests {
             Some(Subscription::ModuleInputs)
         );
         assert_eq!(parse_filter("devices/d1/modules/m2/inputs/#", &m1), None);
+    }
+
+    #[test]
+    fn filters_map_back_to_their_subscription() {
+        for client in [device("d1"), module("d1", "m1")] {
+            for subscription in Subscription::ALL {
+                let filter = filter_of(subscription, &client);
+                let expected = match (subscription, &client.module_id) {
+                    (Subscription::CloudToDevice, Some(_)) | (Subscription::ModuleInputs, None) => None,
+                    _ => Some(subscription),
+                };
+                assert_eq!(parse_filter(&filter, &client), expected, "{filter}");
+            }
+        }
     }
 
     #[test]

@@ -4,6 +4,7 @@ use proptest::prelude::*;
 use std::collections::BTreeMap;
 use twinhub_core::json::DeviceDraft;
 use twinhub_core::record::Presence;
+use twinhub_core::session::SessionRecord;
 use twinhub_core::{DeviceId, Timestamp, Twin, TwinPatch, TwinRules};
 
 fn record(id: &str, tag: i64) -> DeviceRecord {
@@ -96,6 +97,62 @@ fn a_corrupt_record_is_an_error_naming_its_key_not_a_panic() {
         .insert("misplaced", std::mem::take(&mut moved))
         .expect("raw insert");
     assert!(matches!(block_on(store.load_all()), Err(StoreError::Corrupt { key, .. }) if key == "misplaced"));
+}
+
+fn session(client_id: &str, filters: &[&str]) -> SessionRecord {
+    SessionRecord {
+        client_id: client_id.to_owned(),
+        subscriptions: filters
+            .iter()
+            .map(|filter| twinhub_core::session::StoredSubscription {
+                filter: (*filter).to_owned(),
+                qos: 1,
+            })
+            .collect(),
+    }
+}
+
+#[test]
+fn sessions_are_kept_apart_from_devices_and_survive_reopening() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let store = EmbeddedStore::open(dir.path()).expect("open");
+        block_on(store.commit(vec![
+            StoreWrite::Upsert(Arc::new(record("d1", 1))),
+            StoreWrite::UpsertSession(session("d1", &["$iothub/twin/res/#"])),
+            StoreWrite::UpsertSession(session("d2", &["$iothub/methods/POST/#"])),
+        ]))
+        .expect("commit");
+        block_on(store.commit(vec![
+            StoreWrite::UpsertSession(session(
+                "d1",
+                &["$iothub/twin/res/#", "$iothub/twin/PATCH/properties/desired/#"],
+            )),
+            StoreWrite::DeleteSession("d2".into()),
+        ]))
+        .expect("commit");
+    }
+    let store = EmbeddedStore::open(dir.path()).expect("reopen");
+    assert_eq!(load_sorted(&store).len(), 1);
+    let sessions = block_on(store.load_sessions()).expect("load sessions");
+    assert_eq!(
+        sessions,
+        vec![session(
+            "d1",
+            &["$iothub/twin/res/#", "$iothub/twin/PATCH/properties/desired/#"]
+        )]
+    );
+    // A corrupt or misplaced session is an error naming it, not a panic.
+    store
+        .inner
+        .sessions
+        .insert("d3", [FORMAT_V1, 0xff])
+        .expect("raw insert");
+    assert!(matches!(block_on(store.load_sessions()), Err(StoreError::Corrupt { key, .. }) if key == "session d3"));
+    store.inner.sessions.remove("d3").expect("raw remove");
+    let moved = crate::codec::encode_session(&session("d4", &[])).expect("encode");
+    store.inner.sessions.insert("d5", moved).expect("raw insert");
+    assert!(matches!(block_on(store.load_sessions()), Err(StoreError::Corrupt { key, .. }) if key == "session d5"));
 }
 
 #[test]
