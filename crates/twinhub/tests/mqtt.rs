@@ -633,3 +633,29 @@ async fn subscriptions_survive_a_hub_restart_and_die_with_the_device() {
         "the deleted device's session did not come back with the restart"
     );
 }
+
+#[tokio::test]
+async fn the_websocket_endpoint_speaks_mqtt_and_refuses_other_subprotocols() {
+    // The SDKs' WebSocket transports are covered by the SDK tests; here the upgrade itself: the
+    // subprotocol `mqtt` is echoed, anything else is refused before upgrading.
+    let fx = Fixture::start(&[]);
+    let url = format!("https://{}/$iothub/websocket", fx.hub.host());
+    let upgrade = |protocol: &'static str| {
+        fx.api
+            .http
+            .get(&url)
+            .header("connection", "Upgrade")
+            .header("upgrade", "websocket")
+            .header("sec-websocket-version", "13")
+            .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+            .header("sec-websocket-protocol", protocol)
+            .send()
+    };
+    let accepted = upgrade("mqtt").await.unwrap();
+    assert_eq!(accepted.status(), 101);
+    assert_eq!(accepted.headers()["sec-websocket-protocol"], "mqtt");
+    let refused = upgrade("chat").await.unwrap();
+    assert_eq!(refused.status(), 400);
+    let plain = fx.api.http.get(&url).send().await.unwrap();
+    assert!(plain.status().is_client_error(), "{}", plain.status());
+}

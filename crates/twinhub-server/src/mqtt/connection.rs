@@ -37,6 +37,9 @@ enum End {
     ClientDisconnected,
     #[error("the client closed the connection")]
     ClientClosed,
+    /// Reading failed: the network dropped, or the client went away without closing TLS.
+    #[error("the connection was lost: {0}")]
+    ConnectionLost(String),
     #[error("closed by the hub: a new connection took the session over, or the device was disabled or deleted")]
     TakenOver,
     #[error("no packet within 1.5 keep-alive periods")]
@@ -246,7 +249,7 @@ pub(crate) async fn serve<R, W>(
         .sessions
         .detach(&session, connection_id, connect.clean_session, undelivered);
     match &end {
-        End::ClientDisconnected | End::ClientClosed | End::TakenOver => {
+        End::ClientDisconnected | End::ClientClosed | End::ConnectionLost(_) | End::TakenOver => {
             tracing::info!(%peer, transport, client_id = %connect.client_id, reason = %end, "device disconnected")
         }
         _ => tracing::warn!(%peer, transport, client_id = %connect.client_id, reason = %end, "device disconnected"),
@@ -303,7 +306,7 @@ impl<W: AsyncWrite + Unpin + Send> Connection<W> {
                 _ = self.session.resync.notified() => self.resync_desired(),
                 packet = packets.next(), if self.pending.len() < in_flight_max => match packet {
                     None => Err(End::ClientClosed),
-                    Some(Err(DecodeError::Io(error))) => Err(End::Io(std::io::Error::other(error.to_string()))),
+                    Some(Err(DecodeError::Io(error))) => Err(End::ConnectionLost(error.to_string())),
                     Some(Err(error)) => Err(End::Malformed(error)),
                     Some(Ok((packet, _))) => {
                         if let Some(keep_alive) = keep_alive {
