@@ -15,28 +15,10 @@ const API_VERSION: &str = "2021-04-12";
 
 impl ServiceClient {
     pub fn new(access: &HubAccess) -> anyhow::Result<Self> {
-        let (connection_string, data_dir_ca) = match (&access.connection_string, &access.data_dir) {
-            (Some(text), _) => (
-                text.clone(),
-                access
-                    .data_dir
-                    .as_ref()
-                    .map(|dir| dir.join(twinhub_server::material::CA_CERT_FILE)),
-            ),
-            (None, Some(dir)) => {
-                let policies = twinhub_server::HubMaterial::policies_in(dir, false)?;
-                let owner = twinhub_server::HubMaterial::policy(&policies, "iothubowner")?;
-                let hostname = twinhub_server::material::read_hostname(dir)?;
-                (
-                    twinhub_core::policy::service_connection_string(&hostname, owner),
-                    Some(dir.join(twinhub_server::material::CA_CERT_FILE)),
-                )
-            }
-            (None, None) => bail!("say which hub: --connection-string (or TWINHUB_CONNECTION_STRING) or --data-dir"),
-        };
+        let (connection_string, ca) = connection_and_ca(access)?;
         let connection = ServiceConnectionString::parse(&connection_string).context("invalid connection string")?;
         let mut builder = reqwest::Client::builder().use_rustls_tls();
-        if let Some(ca) = access.ca_cert.clone().or(data_dir_ca) {
+        if let Some(ca) = ca {
             let pem = std::fs::read(&ca).with_context(|| format!("cannot read the CA certificate {}", ca.display()))?;
             builder = builder.add_root_certificate(reqwest::Certificate::from_pem(&pem)?);
         }
@@ -134,6 +116,30 @@ impl ServiceClient {
         }
         Err(anyhow!("{} {}", status.as_u16(), error_message(&text)))
     }
+}
+
+/// The service connection string and the CA to trust: given, or the owner policy and CA of a data directory.
+pub fn connection_and_ca(access: &HubAccess) -> anyhow::Result<(String, Option<std::path::PathBuf>)> {
+    let (connection_string, data_dir_ca) = match (&access.connection_string, &access.data_dir) {
+        (Some(text), _) => (
+            text.clone(),
+            access
+                .data_dir
+                .as_ref()
+                .map(|dir| dir.join(twinhub_server::material::CA_CERT_FILE)),
+        ),
+        (None, Some(dir)) => {
+            let policies = twinhub_server::HubMaterial::policies_in(dir, false)?;
+            let owner = twinhub_server::HubMaterial::policy(&policies, "iothubowner")?;
+            let hostname = twinhub_server::material::read_hostname(dir)?;
+            (
+                twinhub_core::policy::service_connection_string(&hostname, owner),
+                Some(dir.join(twinhub_server::material::CA_CERT_FILE)),
+            )
+        }
+        (None, None) => bail!("say which hub: --connection-string (or TWINHUB_CONNECTION_STRING) or --data-dir"),
+    };
+    Ok((connection_string, access.ca_cert.clone().or(data_dir_ca)))
 }
 
 /// IoT Hub's `ErrorCode:<Name>;<text>` as "<Name>: <text>".

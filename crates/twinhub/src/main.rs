@@ -1,5 +1,6 @@
 //! `twinhub`: run a hub, and talk to one (the CLI for people, in the spirit of `az iot hub`).
 
+mod bench;
 mod client;
 mod commands;
 mod query;
@@ -75,6 +76,9 @@ enum Command {
         #[command(flatten)]
         access: HubAccess,
     },
+    /// Load a running hub (or, with --broker, a plain MQTT broker) with simulated devices and back ends,
+    /// and print what it sustained.
+    Bench(bench::BenchArgs),
     /// Device twins.
     Twin {
         #[command(subcommand)]
@@ -128,6 +132,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}", std::fs::canonicalize(&path)?.display());
             Ok(())
         }
+        Command::Bench(args) => bench::run(args).await,
         Command::Device { command, access } => commands::device(command, &access).await,
         Command::Twin { command, access } => commands::twin(command, &access).await,
         Command::Query {

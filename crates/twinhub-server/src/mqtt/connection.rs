@@ -28,6 +28,9 @@ use twinhub_core::twin::ReportedPatch;
 /// Desired notifications a connection may have queued before the router asks it for a full resync instead.
 const MAILBOX_CAPACITY: usize = 64;
 
+/// Initial read buffer of a connection.
+const READ_BUFFER_BYTES: usize = 512;
+
 static NEXT_CONNECTION_ID: AtomicU64 = AtomicU64::new(1);
 
 /// Why a connection ended, for the log.
@@ -144,7 +147,9 @@ pub(crate) async fn serve<R, W>(
     W: AsyncWrite + Unpin + Send,
 {
     let config = service.config.clone();
-    let mut packets = FramedRead::new(reader, Codec::new(config.packet_bytes_max));
+    // A small read buffer to start with (it grows for large packets): most of what devices send is
+    // small, and tens of thousands of idle connections should not hold 8 KiB each.
+    let mut packets = FramedRead::with_capacity(reader, Codec::new(config.packet_bytes_max), READ_BUFFER_BYTES);
     let mut out = PacketWriter::new(writer);
     let connect = match tokio::time::timeout(config.connect_timeout, packets.next()).await {
         Ok(Some(Ok((Packet::Connect(connect), _)))) => connect,

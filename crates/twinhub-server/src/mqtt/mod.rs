@@ -16,7 +16,7 @@ mod error;
 mod router;
 mod session;
 mod topic;
-mod wire;
+pub mod wire;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

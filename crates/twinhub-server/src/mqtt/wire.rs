@@ -54,7 +54,7 @@ impl<W: AsyncWrite + Unpin> PacketWriter<W> {
     pub fn new(io: W) -> Self {
         PacketWriter {
             io,
-            buffer: BytesMut::with_capacity(1024),
+            buffer: BytesMut::new(),
             codec: Codec::default(),
         }
     }
@@ -79,7 +79,7 @@ impl<W: AsyncWrite + Unpin> PacketWriter<W> {
         self.buffer.clear();
         // A burst can grow the buffer; do not keep a large one for an idle connection.
         if self.buffer.capacity() > 64 * 1024 {
-            self.buffer = BytesMut::with_capacity(1024);
+            self.buffer = BytesMut::new();
         }
         Ok(())
     }

@@ -1,0 +1,125 @@
+#!/usr/bin/env bash
+# twinhub and Mosquitto on this machine, in one run, driven by the same client code (`twinhub bench`):
+# connection setup and QoS 1 publish-to-PUBACK round trips with the same devices and in-flight window,
+# then the hub's own scenarios (reported patches, twin GET over MQTT, REST, desired notifications).
+# Prints one table with the ratios; every figure also lands in $OUT/*.json.
+#
+#   bench/compare.sh                       # defaults below
+#   DEVICES=1000 IN_FLIGHT=8 SECONDS=10 CONNECTIONS=10000 bench/compare.sh
+#
+# Mosquitto is Debian's package (installed here when missing), with TLS on a loopback port and the
+# certificate the hub made, signed by the hub's CA. Needs root for the hub's standard ports.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DEVICES=${DEVICES:-1000}
+IN_FLIGHT=${IN_FLIGHT:-8}
+SECONDS_RUN=${SECONDS:-10}
+CONNECTIONS=${CONNECTIONS:-10000}
+DESIRED_RATE=${DESIRED_RATE:-1000}
+REST_CLIENTS=${REST_CLIENTS:-64}
+HOST=${HOST:-127.77.0.1}
+BROKER=${BROKER:-127.0.0.1:18883}
+OUT=${OUT:-$(mktemp -d /tmp/twinhub-compare.XXXXXX)}
+
+if ! command -v mosquitto >/dev/null 2>&1 && [ ! -x /usr/sbin/mosquitto ]; then
+  echo "installing mosquitto (Debian package)"
+  apt-get update -qq && apt-get install -y -qq mosquitto >/dev/null
+fi
+MOSQUITTO=$(command -v mosquitto || echo /usr/sbin/mosquitto)
+
+cargo build --release -p twinhub
+BIN=target/release/twinhub
+# Both servers and the bench hold one descriptor per connection.
+ulimit -n "$(ulimit -Hn)" || true
+
+mkdir -p "$OUT/hub"
+"$BIN" serve --data-dir "$OUT/hub" --hostname "$HOST" --bind "$HOST" >"$OUT/hub.log" 2>&1 &
+HUB_PID=$!
+cleanup() {
+  kill "$HUB_PID" 2>/dev/null || true
+  [ -n "${MOSQUITTO_PID:-}" ] && kill "$MOSQUITTO_PID" 2>/dev/null || true
+}
+trap cleanup EXIT
+for _ in $(seq 1 200); do
+  [ -f "$OUT/hub/server.pem" ] && (exec 3<>"/dev/tcp/$HOST/443") 2>/dev/null && break
+  sleep 0.1
+done
+
+# As root, Mosquitto drops to the user `mosquitto`, who cannot read the hub's private key; the bench
+# keeps it as the user running the script.
+cat >"$OUT/mosquitto.conf" <<EOF
+user $(id -un)
+per_listener_settings false
+allow_anonymous true
+persistence false
+max_inflight_messages 0
+max_queued_messages 100000
+log_dest file $OUT/mosquitto.log
+log_type error
+listener ${BROKER##*:} ${BROKER%:*}
+cafile $OUT/hub/ca.pem
+certfile $OUT/hub/server.pem
+keyfile $OUT/hub/server.key.pem
+EOF
+"$MOSQUITTO" -c "$OUT/mosquitto.conf" &
+MOSQUITTO_PID=$!
+sleep 1
+
+hub() { "$BIN" bench "$@" --data-dir "$OUT/hub"; }
+broker() { "$BIN" bench "$@" --broker "$BROKER" --ca-cert "$OUT/hub/ca.pem"; }
+
+echo "== connect: $CONNECTIONS TLS connections"
+hub connect --devices "$CONNECTIONS" --server-pid "$HUB_PID" --json "$OUT/hub-connect.json"
+broker connect --devices "$CONNECTIONS" --server-pid "$MOSQUITTO_PID" --json "$OUT/mosquitto-connect.json"
+echo "== QoS 1 publish round trips: $DEVICES devices x $IN_FLIGHT in flight, $SECONDS_RUN s"
+broker telemetry --devices "$DEVICES" --in-flight "$IN_FLIGHT" --seconds "$SECONDS_RUN" --json "$OUT/mosquitto-publish.json"
+hub telemetry --devices "$DEVICES" --in-flight "$IN_FLIGHT" --seconds "$SECONDS_RUN" --json "$OUT/hub-telemetry.json"
+echo "== reported patches (durable), saturated, then at half that rate"
+hub reported --devices "$DEVICES" --in-flight "$IN_FLIGHT" --seconds "$SECONDS_RUN" --json "$OUT/hub-reported.json"
+HALF=$(python3 -c "import json; print(int(json.load(open('$OUT/hub-reported.json'))['per_second'] / 2))")
+hub reported --devices "$DEVICES" --in-flight "$IN_FLIGHT" --seconds "$SECONDS_RUN" --rate "$HALF" --json "$OUT/hub-reported-half.json"
+echo "== twin GET over MQTT"
+hub twin-get --devices "$DEVICES" --in-flight "$IN_FLIGHT" --seconds "$SECONDS_RUN" --json "$OUT/hub-twin-get.json"
+echo "== REST: twin GET, then PATCH, $REST_CLIENTS clients"
+hub rest --devices "$DEVICES" --clients "$REST_CLIENTS" --seconds "$SECONDS_RUN" --json "$OUT/hub-rest.json"
+echo "== desired notifications at $DESIRED_RATE PATCH/s"
+hub desired --devices "$DEVICES" --rate "$DESIRED_RATE" --seconds "$SECONDS_RUN" --json "$OUT/hub-desired.json"
+
+python3 - "$OUT" <<'PY'
+import json, os, sys
+out = sys.argv[1]
+load = lambda name: json.load(open(os.path.join(out, name + ".json")))
+hc, mc = load("hub-connect"), load("mosquitto-connect")
+mp, ht = load("mosquitto-publish"), load("hub-telemetry")
+hr, hh = load("hub-reported"), load("hub-reported-half")
+hg, rest, hd = load("hub-twin-get"), load("hub-rest"), load("hub-desired")
+
+def row(what, value, unit, p50=None, p99=None, ratio=None, target=""):
+    lat = "" if p50 is None else "{:>8.2f} {:>8.2f}".format(p50, p99)
+    print("{:<44} {:>12,.0f} {:<8} {:>17} {:>8} {}".format(
+        what, value, unit, lat, "" if ratio is None else "{:.2f}".format(ratio), target))
+
+print()
+print("{:<44} {:>12} {:<8} {:>8} {:>8} {:>8} {}".format("", "figure", "", "p50 ms", "p99 ms", "ratio", "target"))
+row("mosquitto: connections/s", mc["per_second"], "/s")
+row("twinhub:   connections/s", hc["per_second"], "/s", ratio=hc["per_second"] / mc["per_second"])
+if mc.get("bytes_per_connection") is not None and hc.get("bytes_per_connection") is not None:
+    row("mosquitto: memory per connection", mc["bytes_per_connection"] / 1024, "KB")
+    row("twinhub:   memory per connection", hc["bytes_per_connection"] / 1024, "KB",
+        ratio=hc["bytes_per_connection"] / max(mc["bytes_per_connection"], 1), target="< 20 KB")
+l = lambda r: (r["latency"]["p50_ms"], r["latency"]["p99_ms"])
+row("mosquitto: QoS 1 publishes/s", mp["per_second"], "/s", *l(mp))
+row("twinhub:   telemetry QoS 1 publishes/s", ht["per_second"], "/s", *l(ht),
+    ratio=ht["per_second"] / mp["per_second"], target=">= 1.0x mosquitto")
+row("twinhub:   reported patches/s (durable)", hr["per_second"], "/s", *l(hr),
+    ratio=hr["per_second"] / mp["per_second"], target=">= 50,000/s, >= 0.5x mosquitto")
+row("twinhub:   reported at half that rate", hh["per_second"], "/s", *l(hh), target="p99 < 10 ms")
+row("twinhub:   twin GET over MQTT/s", hg["per_second"], "/s", *l(hg), target=">= 100,000/s")
+row("twinhub:   twin GET over REST/s", rest["per_second"], "/s", *l(rest), target=">= 50,000/s")
+row("twinhub:   twin PATCH over REST/s", rest["patch_per_second"], "/s",
+    rest["patch_latency"]["p50_ms"], rest["patch_latency"]["p99_ms"])
+row("twinhub:   desired PATCH -> notification", hd["per_second"], "/s", *l(hd), target="p99 < 5 ms at 1,000/s")
+print()
+print("ratio: twinhub / mosquitto (memory: lower is better). Figures: " + out)
+PY

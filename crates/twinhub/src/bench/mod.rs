@@ -1,0 +1,703 @@
+//! `twinhub bench`: a load generator for a running hub, over the real protocols (TLS, SAS), in the
+//! spirit of redis-benchmark and pgbench. Simulated devices speak MQTT; the back end speaks the service
+//! REST API. A progress line runs on stderr; a table goes to stdout and, with `--json FILE`, every figure.
+//!
+//! `--broker` points the MQTT scenarios that a plain broker can serve (`connect`, `telemetry`) at a peer
+//! such as Mosquitto, with the same client code, so the figures compare like with like
+//! (`bench/compare.sh`).
+
+mod http;
+mod mqtt;
+mod stats;
+
+use crate::HubAccess;
+use anyhow::{bail, Context};
+use bytes::Bytes;
+use mqtt::{Endpoint, Login};
+use serde::Serialize;
+use stats::{thousands, Latencies, LatencySummary, Progress};
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::Semaphore;
+use twinhub_core::policy::ServiceConnectionString;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Scenario {
+    /// Open N device connections; connections/s and the server's memory per connection.
+    Connect,
+    /// N devices, each keeping W reported patches in flight for S seconds: patches/s and round trips.
+    Reported,
+    /// The same with twin GETs over MQTT.
+    TwinGet,
+    /// The back end PATCHes desired properties over REST at --rate; devices time the notification from
+    /// the PATCH's acknowledgement.
+    Desired,
+    /// Twin GET and PATCH over HTTPS with K concurrent clients.
+    Rest,
+    /// QoS 1 publishes on devices/{id}/messages/events/: publishes/s and PUBLISH-to-PUBACK round trips.
+    Telemetry,
+}
+
+#[derive(clap::Args)]
+pub struct BenchArgs {
+    #[arg(value_enum)]
+    scenario: Scenario,
+    /// Simulated devices (default: 10,000 for connect, 1,000 otherwise).
+    #[arg(long)]
+    devices: Option<usize>,
+    /// Requests each device keeps in flight.
+    #[arg(long, default_value_t = 8)]
+    in_flight: usize,
+    /// How long the measured part runs.
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    /// Desired PATCHes per second (desired; default 1,000); for reported and twin-get, a total rate to
+    /// hold instead of saturating (each device sends at rate/devices per second).
+    #[arg(long)]
+    rate: Option<u64>,
+    /// Concurrent HTTPS clients (rest).
+    #[arg(long, default_value_t = 64)]
+    clients: usize,
+    /// Connections opened at once (connect, and setting up the others).
+    #[arg(long, default_value_t = 256)]
+    connect_concurrency: usize,
+    /// Loopback source addresses to connect from (127.0.0.1, .2, ...); default: one per 20,000 devices.
+    #[arg(long)]
+    source_addresses: Option<usize>,
+    /// The MQTT port of the hub.
+    #[arg(long, default_value_t = 8883)]
+    mqtt_port: u16,
+    /// Drive a plain MQTT broker at this address (host:port, TLS, anonymous) instead of the hub's MQTT
+    /// port: connect and telemetry only.
+    #[arg(long)]
+    broker: Option<SocketAddr>,
+    /// The process whose resident memory `connect` reports (the hub's or the broker's pid).
+    #[arg(long)]
+    server_pid: Option<u32>,
+    /// Name of what is measured, for the table and the JSON (default: twinhub, or mosquitto with --broker).
+    #[arg(long)]
+    label: Option<String>,
+    /// Write every figure as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    #[command(flatten)]
+    access: HubAccess,
+}
+
+/// Everything one run measured.
+#[derive(Serialize, Default)]
+pub struct Report {
+    pub label: String,
+    pub scenario: Option<Scenario>,
+    pub devices: usize,
+    pub in_flight: usize,
+    pub seconds: f64,
+    pub operations: u64,
+    pub per_second: f64,
+    pub latency: LatencySummary,
+    /// `rest`: the PATCH phase (the headline figures are the GET phase's).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub patch_per_second: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub patch_latency: Option<LatencySummary>,
+    /// `connect`: the server's resident memory per connection, bytes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bytes_per_connection: Option<f64>,
+    /// `reported`: acknowledged patches checked afterwards through the REST API.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub verified_devices: Option<usize>,
+}
+
+struct Setup {
+    label: String,
+    endpoint: Endpoint,
+    service: Option<Service>,
+    devices: Vec<String>,
+}
+
+/// The back end: the REST API with one token for the whole run.
+#[derive(Clone)]
+struct Service {
+    http: reqwest::Client,
+    base: String,
+    authorization: String,
+    connection: ServiceConnectionString,
+    https_port: u16,
+}
+
+const TOKEN_SECONDS: u64 = 24 * 3600;
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_secs())
+}
+
+impl Service {
+    fn new(access: &HubAccess) -> anyhow::Result<(Service, Option<PathBuf>)> {
+        let (connection_string, ca) = crate::client::connection_and_ca(access)?;
+        let connection = ServiceConnectionString::parse(&connection_string).context("invalid connection string")?;
+        let mut builder = reqwest::Client::builder()
+            .use_rustls_tls()
+            .http1_only()
+            .pool_max_idle_per_host(1024);
+        if let Some(ca) = &ca {
+            let pem = std::fs::read(ca).with_context(|| format!("cannot read {}", ca.display()))?;
+            builder = builder.add_root_certificate(reqwest::Certificate::from_pem(&pem)?);
+        }
+        let authorization = twinhub_core::sas::sign(
+            &connection.host_name,
+            &connection.key,
+            Some(&connection.key_name),
+            unix_now() + TOKEN_SECONDS,
+        )?;
+        Ok((
+            Service {
+                http: builder.build()?,
+                base: format!("https://{}", connection.host_name),
+                authorization,
+                connection,
+                https_port: 443,
+            },
+            ca,
+        ))
+    }
+
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&serde_json::Value>,
+    ) -> anyhow::Result<Bytes> {
+        let mut request = self
+            .http
+            .request(method, format!("{}{path}?api-version=2021-04-12", self.base))
+            .header("Authorization", &self.authorization);
+        if let Some(body) = body {
+            request = request.header("If-Match", "*").json(body);
+        }
+        let response = request.send().await?;
+        let status = response.status();
+        let bytes = response.bytes().await?;
+        if !status.is_success() {
+            bail!("{path}: {status}: {}", String::from_utf8_lossy(&bytes));
+        }
+        Ok(bytes)
+    }
+
+    async fn call_json(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&serde_json::Value>,
+    ) -> anyhow::Result<serde_json::Value> {
+        let bytes = self.call(method, path, body).await?;
+        serde_json::from_slice(&bytes).with_context(|| format!("{path}: the answer is not JSON"))
+    }
+
+    /// A device token signed with the service policy's key (`skn`): a policy with DeviceConnect
+    /// (iothubowner has it) authenticates any registered device.
+    fn device_login(&self, device_id: &str) -> anyhow::Result<Login> {
+        let host = &self.connection.host_name;
+        Ok(Login {
+            username: format!("{host}/{device_id}/?api-version=2021-04-12&DeviceClientType=twinhub-bench"),
+            password: twinhub_core::sas::sign(
+                &format!("{host}/devices/{device_id}"),
+                &self.connection.key,
+                Some(&self.connection.key_name),
+                unix_now() + TOKEN_SECONDS,
+            )?,
+        })
+    }
+
+    /// Registers `ids` (100 per request); ids that exist already are fine.
+    async fn register(&self, ids: &[String]) -> anyhow::Result<()> {
+        for chunk in ids.chunks(twinhub_hub::BULK_DEVICES_MAX) {
+            let body: Vec<serde_json::Value> = chunk
+                .iter()
+                .map(|id| serde_json::json!({"id": id, "importMode": "create"}))
+                .collect();
+            let response = self
+                .http
+                .post(format!("{}/devices?api-version=2021-04-12", self.base))
+                .header("Authorization", &self.authorization)
+                .json(&body)
+                .send()
+                .await?;
+            let status = response.status();
+            if !status.is_success() && status.as_u16() != 400 {
+                bail!("registering bench devices: {status}: {}", response.text().await?);
+            }
+        }
+        Ok(())
+    }
+}
+
+fn tls_config(ca: Option<&PathBuf>) -> anyhow::Result<Arc<rustls::ClientConfig>> {
+    let mut roots = rustls::RootCertStore::empty();
+    if let Some(ca) = ca {
+        let pem = std::fs::read(ca).with_context(|| format!("cannot read {}", ca.display()))?;
+        for certificate in rustls_pemfile::certs(&mut pem.as_slice()) {
+            roots.add(certificate?)?;
+        }
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
+fn server_name(host: &str) -> anyhow::Result<rustls::pki_types::ServerName<'static>> {
+    Ok(match host.parse::<IpAddr>() {
+        Ok(ip) => rustls::pki_types::ServerName::IpAddress(ip.into()),
+        Err(_) => rustls::pki_types::ServerName::try_from(host.to_owned())?,
+    })
+}
+
+async fn setup(args: &BenchArgs, device_count: usize) -> anyhow::Result<Setup> {
+    let sources = args.source_addresses.unwrap_or(device_count.div_ceil(20_000)).max(1);
+    let sources: Vec<IpAddr> = (1..=sources)
+        .map(|n| IpAddr::from([127, 0, (n / 250) as u8, (n % 250) as u8]))
+        .collect();
+    if let Some(broker) = args.broker {
+        if !matches!(args.scenario, Scenario::Connect | Scenario::Telemetry) {
+            bail!("--broker serves connect and telemetry only: a broker has no twins");
+        }
+        let ca = match &args.access.ca_cert {
+            Some(ca) => Some(ca.clone()),
+            None => crate::client::connection_and_ca(&args.access)?.1,
+        };
+        return Ok(Setup {
+            label: args.label.clone().unwrap_or_else(|| "mosquitto".into()),
+            endpoint: Endpoint {
+                address: broker,
+                server_name: server_name(&broker.ip().to_string())?,
+                tls: tls_config(ca.as_ref())?,
+                sources,
+            },
+            service: None,
+            devices: (0..device_count).map(|n| format!("bench-{n}")).collect(),
+        });
+    }
+    let (service, ca) = Service::new(&args.access)?;
+    let host = service.connection.host_name.clone();
+    let ip: IpAddr = tokio::net::lookup_host((host.as_str(), args.mqtt_port))
+        .await?
+        .next()
+        .with_context(|| format!("cannot resolve {host}"))?
+        .ip();
+    let devices: Vec<String> = (0..device_count).map(|n| format!("bench-{n}")).collect();
+    eprintln!("registering {} bench devices ...", thousands(device_count as u64));
+    service.register(&devices).await?;
+    Ok(Setup {
+        label: args.label.clone().unwrap_or_else(|| "twinhub".into()),
+        endpoint: Endpoint {
+            address: SocketAddr::new(ip, args.mqtt_port),
+            server_name: server_name(&host)?,
+            tls: tls_config(ca.as_ref())?,
+            sources,
+        },
+        service: Some(service),
+        devices,
+    })
+}
+
+/// Opens a connection per device, `concurrency` at a time. Returns them in device order.
+async fn connect_all(setup: &Setup, concurrency: usize, progress: &Progress) -> anyhow::Result<Vec<mqtt::Connection>> {
+    let permits = Arc::new(Semaphore::new(concurrency.max(1)));
+    let mut tasks = Vec::with_capacity(setup.devices.len());
+    for (index, device_id) in setup.devices.iter().enumerate() {
+        let login = match &setup.service {
+            Some(service) => Some(service.device_login(device_id)?),
+            None => None,
+        };
+        let endpoint = setup.endpoint.clone();
+        let device_id = device_id.clone();
+        let permits = Arc::clone(&permits);
+        let progress = progress.clone();
+        tasks.push(tokio::spawn(async move {
+            let _permit = permits.acquire_owned().await?;
+            let connection = endpoint.connect(index, &device_id, login.as_ref()).await?;
+            progress.add(1);
+            anyhow::Ok(connection)
+        }));
+    }
+    let mut connections = Vec::with_capacity(tasks.len());
+    for task in tasks {
+        connections.push(task.await??);
+    }
+    Ok(connections)
+}
+
+pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    let device_count = args.devices.unwrap_or(if args.scenario == Scenario::Connect {
+        10_000
+    } else {
+        1_000
+    });
+    let setup = setup(&args, device_count).await?;
+    let report = match args.scenario {
+        Scenario::Connect => connect(&args, &setup).await?,
+        Scenario::Reported | Scenario::TwinGet => twin_requests(&args, &setup).await?,
+        Scenario::Telemetry => telemetry(&args, &setup).await?,
+        Scenario::Desired => desired(&args, &setup).await?,
+        Scenario::Rest => rest(&args, &setup).await?,
+    };
+    eprintln!();
+    print_table(&report);
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_vec_pretty(&report)?)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    Ok(())
+}
+
+fn report(args: &BenchArgs, setup: &Setup, elapsed: Duration, latencies: Latencies) -> Report {
+    let operations = latencies.len() as u64;
+    Report {
+        label: setup.label.clone(),
+        scenario: Some(args.scenario),
+        devices: setup.devices.len(),
+        in_flight: args.in_flight,
+        seconds: elapsed.as_secs_f64(),
+        operations,
+        per_second: operations as f64 / elapsed.as_secs_f64().max(1e-9),
+        latency: latencies.summary(),
+        ..Report::default()
+    }
+}
+
+async fn connect(args: &BenchArgs, setup: &Setup) -> anyhow::Result<Report> {
+    let before = args.server_pid.and_then(stats::resident_bytes);
+    let (progress, printer) = Progress::start(format!("{} connect", setup.label));
+    let started = Instant::now();
+    let connections = connect_all(setup, args.connect_concurrency, &progress).await?;
+    let elapsed = started.elapsed();
+    printer.abort();
+    // Let the server settle (buffers shrink after the handshake) before reading its memory.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = args.server_pid.and_then(stats::resident_bytes);
+    let count = connections.len();
+    for connection in connections {
+        connection.disconnect().await;
+    }
+    Ok(Report {
+        label: setup.label.clone(),
+        scenario: Some(Scenario::Connect),
+        devices: count,
+        seconds: elapsed.as_secs_f64(),
+        operations: count as u64,
+        per_second: count as f64 / elapsed.as_secs_f64().max(1e-9),
+        bytes_per_connection: before
+            .zip(after)
+            .map(|(before, after)| after.saturating_sub(before) as f64 / count.max(1) as f64),
+        ..Report::default()
+    })
+}
+
+async fn twin_requests(args: &BenchArgs, setup: &Setup) -> anyhow::Result<Report> {
+    let service = setup.service.clone().context("twin scenarios need a hub")?;
+    let (progress, printer) = Progress::start(format!("{} connecting", setup.label));
+    let mut connections = connect_all(setup, args.connect_concurrency, &progress).await?;
+    printer.abort();
+    for connection in &mut connections {
+        connection.subscribe(&["$iothub/twin/res/#"]).await?;
+    }
+    let (progress, printer) = Progress::start(format!("\n{} {:?}", setup.label, args.scenario));
+    let started = Instant::now();
+    let until = started + Duration::from_secs(args.seconds);
+    let reported = args.scenario == Scenario::Reported;
+    let pacing = args
+        .rate
+        .map(|rate| Duration::from_secs_f64(setup.devices.len() as f64 / rate.max(1) as f64));
+    let mut tasks = Vec::with_capacity(connections.len());
+    for (index, mut connection) in connections.into_iter().enumerate() {
+        let progress = progress.clone();
+        let in_flight = args.in_flight;
+        let interval = pacing;
+        tasks.push(tokio::spawn(async move {
+            let request = |rid: u64| {
+                if reported {
+                    (
+                        format!("$iothub/twin/PATCH/properties/reported/?$rid={rid}"),
+                        Bytes::from(format!(r#"{{"bench":{{"seq":{rid},"device":{index}}}}}"#)),
+                    )
+                } else {
+                    (format!("$iothub/twin/GET/?$rid={rid}"), Bytes::from_static(b" "))
+                }
+            };
+            let (latencies, last) = connection
+                .twin_requests(in_flight, interval, until, &progress, request)
+                .await?;
+            connection.disconnect().await;
+            anyhow::Ok((latencies, last))
+        }));
+    }
+    let mut latencies = Latencies::default();
+    let mut last_sequence = Vec::with_capacity(tasks.len());
+    for task in tasks {
+        let (device_latencies, last) = task.await??;
+        latencies.merge(device_latencies);
+        last_sequence.push(last);
+    }
+    let elapsed = started.elapsed();
+    printer.abort();
+    let mut report = report(args, setup, elapsed, latencies);
+    if reported {
+        // Acknowledged means stored: the last acknowledged patch of a sample of devices is in their twins.
+        let step = (setup.devices.len() / 50).max(1);
+        let mut verified = 0;
+        for index in (0..setup.devices.len()).step_by(step) {
+            let twin = service
+                .call_json(reqwest::Method::GET, &format!("/twins/{}", setup.devices[index]), None)
+                .await?;
+            let stored = twin["properties"]["reported"]["bench"]["seq"].as_u64().unwrap_or(0);
+            if stored != last_sequence[index] {
+                bail!(
+                    "{}: the last acknowledged patch was {}, the twin holds {stored}",
+                    setup.devices[index],
+                    last_sequence[index]
+                );
+            }
+            verified += 1;
+        }
+        report.verified_devices = Some(verified);
+    }
+    Ok(report)
+}
+
+async fn telemetry(args: &BenchArgs, setup: &Setup) -> anyhow::Result<Report> {
+    let (progress, printer) = Progress::start(format!("{} connecting", setup.label));
+    let connections = connect_all(setup, args.connect_concurrency, &progress).await?;
+    printer.abort();
+    let (progress, printer) = Progress::start(format!("\n{} telemetry", setup.label));
+    let started = Instant::now();
+    let until = started + Duration::from_secs(args.seconds);
+    let payload = Bytes::from_static(br#"{"temperature":21.5,"humidity":40}"#);
+    let mut tasks = Vec::with_capacity(connections.len());
+    for (device_id, mut connection) in setup.devices.iter().zip(connections) {
+        // The hub's telemetry topic; a plain broker gets a topic of the same length and shape.
+        let topic = match setup.service {
+            Some(_) => format!("devices/{device_id}/messages/events/"),
+            None => format!("bench/{device_id}/messages/events/"),
+        };
+        let progress = progress.clone();
+        let payload = payload.clone();
+        let in_flight = args.in_flight;
+        tasks.push(tokio::spawn(async move {
+            let latencies = connection
+                .publishes(&topic, payload, in_flight, until, &progress)
+                .await?;
+            connection.disconnect().await;
+            anyhow::Ok(latencies)
+        }));
+    }
+    let mut latencies = Latencies::default();
+    for task in tasks {
+        latencies.merge(task.await??);
+    }
+    let elapsed = started.elapsed();
+    printer.abort();
+    Ok(report(args, setup, elapsed, latencies))
+}
+
+async fn desired(args: &BenchArgs, setup: &Setup) -> anyhow::Result<Report> {
+    let service = setup.service.clone().context("desired needs a hub")?;
+    let (progress, printer) = Progress::start(format!("{} connecting", setup.label));
+    let mut connections = connect_all(setup, args.connect_concurrency, &progress).await?;
+    printer.abort();
+    for connection in &mut connections {
+        connection
+            .subscribe(&["$iothub/twin/PATCH/properties/desired/#"])
+            .await?;
+    }
+    let (progress, printer) = Progress::start(format!("\n{} desired", setup.label));
+    let started = Instant::now();
+    let until = started + Duration::from_secs(args.seconds);
+    // Devices listen a little longer than the back end writes, for the last notifications.
+    let listen_until = until + Duration::from_secs(2);
+    let listeners: Vec<_> = connections
+        .into_iter()
+        .map(|mut connection| {
+            tokio::spawn(async move {
+                let arrivals = connection.desired_notifications(listen_until).await?;
+                connection.disconnect().await;
+                anyhow::Ok(arrivals)
+            })
+        })
+        .collect();
+    // The back end: PATCHes at `rate`, round robin over the devices, at most 256 in flight.
+    let permits = Arc::new(Semaphore::new(256));
+    let rate = args.rate.unwrap_or(1000).max(1);
+    let mut ticker = tokio::time::interval(Duration::from_secs_f64(1.0 / rate as f64));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let mut patches = Vec::new();
+    let mut sequence = 0usize;
+    while Instant::now() < until {
+        ticker.tick().await;
+        let permit = Arc::clone(&permits).acquire_owned().await?;
+        let device = sequence % setup.devices.len();
+        let path = format!("/twins/{}", setup.devices[device]);
+        let service = service.clone();
+        let body = serde_json::json!({"properties": {"desired": {"bench": sequence}}});
+        sequence += 1;
+        patches.push(tokio::spawn(async move {
+            let _permit = permit;
+            let twin = service.call_json(reqwest::Method::PATCH, &path, Some(&body)).await?;
+            let acknowledged = Instant::now();
+            let version = twin["properties"]["desired"]["$version"]
+                .as_u64()
+                .context("the PATCH answer has no desired $version")?;
+            anyhow::Ok((device, version, acknowledged))
+        }));
+    }
+    let mut acknowledged = std::collections::HashMap::new();
+    for patch in patches {
+        let (device, version, at) = patch.await??;
+        acknowledged.insert((device, version), at);
+    }
+    let mut latencies = Latencies::default();
+    let mut missing = acknowledged.len();
+    for (device, listener) in listeners.into_iter().enumerate() {
+        for (version, arrived) in listener.await?? {
+            if let Some(at) = acknowledged.get(&(device, version)) {
+                // A notification may beat the HTTP answer to the bench: that is zero, not negative.
+                latencies.record(arrived.saturating_duration_since(*at));
+                progress.add(1);
+                missing -= 1;
+            }
+        }
+    }
+    printer.abort();
+    if missing > 0 {
+        bail!("{missing} acknowledged desired changes never reached their device");
+    }
+    Ok(report(args, setup, until - started, latencies))
+}
+
+/// K clients doing one kind of twin request for `seconds`: (latencies, elapsed).
+async fn rest_phase(
+    setup: &Setup,
+    clients: usize,
+    seconds: u64,
+    method: hyper::Method,
+    progress: &Progress,
+) -> anyhow::Result<(Latencies, Duration)> {
+    let service = setup.service.as_ref().context("rest needs a hub")?;
+    let https = SocketAddr::new(setup.endpoint.address.ip(), service.https_port);
+    let authorization: Arc<str> = Arc::from(service.authorization.as_str());
+    let mut connections = Vec::with_capacity(clients);
+    for _ in 0..clients {
+        connections.push(
+            http::HttpConnection::open(
+                https,
+                &setup.endpoint,
+                &service.connection.host_name,
+                Arc::clone(&authorization),
+            )
+            .await?,
+        );
+    }
+    let devices = Arc::new(setup.devices.clone());
+    let started = Instant::now();
+    let until = started + Duration::from_secs(seconds);
+    let mut tasks = Vec::new();
+    for (client, mut connection) in connections.into_iter().enumerate() {
+        let progress = progress.clone();
+        let devices = Arc::clone(&devices);
+        let method = method.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Latencies::default();
+            let mut n = client;
+            while Instant::now() < until {
+                let path = format!("/twins/{}", devices[n % devices.len()]);
+                let body =
+                    (method == hyper::Method::PATCH).then(|| Bytes::from(format!(r#"{{"tags":{{"bench":{n}}}}}"#)));
+                let sent = Instant::now();
+                connection.call(method.clone(), &path, body).await?;
+                latencies.record(sent.elapsed());
+                progress.add(1);
+                n += REST_DEVICE_STRIDE;
+            }
+            anyhow::Ok(latencies)
+        }));
+    }
+    let mut latencies = Latencies::default();
+    for task in tasks {
+        latencies.merge(task.await??);
+    }
+    Ok((latencies, started.elapsed()))
+}
+
+/// GETs for `seconds`, then PATCHes (tags) for `seconds`, each with K clients.
+async fn rest(args: &BenchArgs, setup: &Setup) -> anyhow::Result<Report> {
+    let (progress, printer) = Progress::start(format!("{} rest GET", setup.label));
+    let (gets, get_elapsed) = rest_phase(setup, args.clients, args.seconds, hyper::Method::GET, &progress).await?;
+    printer.abort();
+    let (progress, printer) = Progress::start(format!("\n{} rest PATCH", setup.label));
+    let (patches, patch_elapsed) =
+        rest_phase(setup, args.clients, args.seconds, hyper::Method::PATCH, &progress).await?;
+    printer.abort();
+    let get_count = gets.len() as u64;
+    let patch_count = patches.len() as u64;
+    Ok(Report {
+        label: setup.label.clone(),
+        scenario: Some(Scenario::Rest),
+        devices: setup.devices.len(),
+        in_flight: args.clients,
+        seconds: get_elapsed.as_secs_f64(),
+        operations: get_count,
+        // The headline figures are the GETs'; the PATCHes' are beside them.
+        per_second: get_count as f64 / get_elapsed.as_secs_f64().max(1e-9),
+        latency: gets.summary(),
+        patch_per_second: Some(patch_count as f64 / patch_elapsed.as_secs_f64().max(1e-9)),
+        patch_latency: Some(patches.summary()),
+        ..Report::default()
+    })
+}
+
+/// Each REST client walks the devices with a prime stride, so clients spread over different twins.
+const REST_DEVICE_STRIDE: usize = 7919;
+
+fn print_table(report: &Report) {
+    println!(
+        "{:<10} {:<10} {:>8} {:>6} {:>8} {:>12} {:>12} {:>9} {:>9} {:>9}",
+        "server", "scenario", "devices", "W", "seconds", "operations", "per second", "p50 ms", "p99 ms", "p999 ms"
+    );
+    let scenario = report
+        .scenario
+        .map(|scenario| format!("{scenario:?}").to_lowercase())
+        .unwrap_or_default();
+    println!(
+        "{:<10} {:<10} {:>8} {:>6} {:>8.1} {:>12} {:>12} {:>9.2} {:>9.2} {:>9.2}",
+        report.label,
+        scenario,
+        report.devices,
+        report.in_flight,
+        report.seconds,
+        thousands(report.operations),
+        thousands(report.per_second as u64),
+        report.latency.p50_ms,
+        report.latency.p99_ms,
+        report.latency.p999_ms
+    );
+    if let (Some(rate), Some(patch)) = (report.patch_per_second, report.patch_latency) {
+        println!(
+            "  (the row above is GET) PATCH: {}/s, p50 {:.2} ms, p99 {:.2} ms, p999 {:.2} ms",
+            thousands(rate as u64),
+            patch.p50_ms,
+            patch.p99_ms,
+            patch.p999_ms
+        );
+    }
+    if let Some(bytes) = report.bytes_per_connection {
+        println!("  server memory per connection: {:.1} KB", bytes / 1024.0);
+    }
+    if let Some(verified) = report.verified_devices {
+        println!("  verified: the last acknowledged patch of {verified} sampled devices is in their twins");
+    }
+}

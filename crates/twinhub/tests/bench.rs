@@ -1,0 +1,62 @@
+//! `twinhub bench` against a real hub, every scenario at a small size: the load generator keeps working
+//! and its checks hold (every acknowledged reported patch readable, every desired change delivered).
+//! Figures come from `bench/compare.sh`, never from here.
+
+mod support;
+
+use std::process::Command;
+use support::TestHub;
+
+fn bench(hub: &TestHub, args: &[&str]) -> serde_json::Value {
+    let json = hub.data_dir().join(format!("bench-{}.json", args[0]));
+    let output = Command::new(env!("CARGO_BIN_EXE_twinhub"))
+        .arg("bench")
+        .args(args)
+        .arg("--data-dir")
+        .arg(hub.data_dir())
+        .arg("--json")
+        .arg(&json)
+        .output()
+        .expect("run twinhub bench");
+    assert!(
+        output.status.success(),
+        "twinhub bench {args:?} failed:\n{}\n{}\n--- hub log\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr),
+        hub.log()
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains("per second"), "the table is printed: {stdout}");
+    serde_json::from_slice(&std::fs::read(&json).expect("the JSON report")).expect("JSON")
+}
+
+#[test]
+fn every_scenario_runs_and_checks_what_it_measured() {
+    let hub = TestHub::start();
+    let connect = bench(&hub, &["connect", "--devices", "20"]);
+    assert_eq!(connect["operations"], 20);
+
+    let reported = bench(
+        &hub,
+        &["reported", "--devices", "5", "--in-flight", "4", "--seconds", "1"],
+    );
+    assert!(reported["operations"].as_u64().unwrap() > 0, "{reported}");
+    assert_eq!(reported["verified_devices"], 5, "{reported}");
+    let paced = bench(&hub, &["reported", "--devices", "5", "--seconds", "1", "--rate", "100"]);
+    let rate = paced["per_second"].as_f64().unwrap();
+    assert!((50.0..150.0).contains(&rate), "paced at 100/s: {paced}");
+
+    for scenario in ["twin-get", "telemetry"] {
+        let report = bench(&hub, &[scenario, "--devices", "5", "--seconds", "1"]);
+        assert!(report["operations"].as_u64().unwrap() > 0, "{scenario}: {report}");
+        assert!(
+            report["latency"]["p99_ms"].as_f64().unwrap() > 0.0,
+            "{scenario}: {report}"
+        );
+    }
+    // Every acknowledged desired PATCH must reach its device, or the bench fails.
+    let desired = bench(&hub, &["desired", "--devices", "5", "--rate", "50", "--seconds", "1"]);
+    assert!(desired["operations"].as_u64().unwrap() >= 40, "{desired}");
+    let rest = bench(&hub, &["rest", "--devices", "5", "--clients", "2", "--seconds", "1"]);
+    assert!(rest["operations"].as_u64().unwrap() > 0 && rest["patch_per_second"].as_f64().unwrap() > 0.0);
+}
