@@ -6,7 +6,6 @@ use crate::device::{AuthenticationType, DeviceIdentity, DeviceStatus, SymmetricK
 use crate::ids::{DeviceId, InvalidId};
 use crate::record::DeviceRecord;
 use crate::time::iso8601_or_never;
-use crate::value::Value;
 use serde_json::{json, Map};
 
 /// The device as `GET /devices/{id}` returns it.
@@ -47,6 +46,19 @@ pub fn twin_json_text(record: &DeviceRecord) -> std::sync::Arc<str> {
     record.rendered_twin.get_or_render(|| twin_json(record).to_string())
 }
 
+/// The twin as a device reads it (MQTT and AMQP GET): `{"desired":{..,"$version":n},"reported":{..,"$version":m}}`,
+/// no tags and no metadata. Rendered once per record and then shared: devices GET their twin after every
+/// reconnect, and a busy hub serves a six-figure number of GETs a second.
+pub fn device_twin_text(record: &DeviceRecord) -> std::sync::Arc<str> {
+    record.rendered_device_twin.get_or_render(|| {
+        json!({
+            "desired": record.twin.desired.to_json_without_metadata(),
+            "reported": record.twin.reported.to_json_without_metadata(),
+        })
+        .to_string()
+    })
+}
+
 /// The twin as `GET /twins/{id}` and `SELECT *` return it. Ref: service-rest notes §6.3.
 pub fn twin_json(record: &DeviceRecord) -> serde_json::Value {
     let identity = &record.identity;
@@ -81,7 +93,7 @@ pub fn twin_json(record: &DeviceRecord) -> serde_json::Value {
     document.insert("x509Thumbprint".into(), thumbprints_json(&identity.x509_thumbprints));
     document.insert("modelId".into(), "".into());
     document.insert("version".into(), twin.version.into());
-    document.insert("tags".into(), Value::Object(twin.tags.clone()).to_json());
+    document.insert("tags".into(), serde_json::Value::Object(twin.tags.to_json()));
     document.insert("properties".into(), twin.properties_json());
     document.insert("capabilities".into(), json!({"iotEdge": identity.iot_edge}));
     if let Some(scope) = &identity.device_scope {

@@ -27,21 +27,26 @@ impl Default for Presence {
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct DeviceRecord {
-    pub identity: DeviceIdentity,
+    /// Shared between the versions of a record: twin writes, the most frequent, leave it unchanged.
+    pub identity: std::sync::Arc<DeviceIdentity>,
     pub twin: Twin,
     pub presence: Presence,
     /// The twin's JSON text, rendered on first use (`json::twin_json_text`). Not stored.
     #[serde(skip)]
     pub rendered_twin: RenderedTwin,
+    /// The device's view of the twin as JSON text (`json::device_twin_text`). Not stored.
+    #[serde(skip)]
+    pub rendered_device_twin: RenderedTwin,
 }
 
 impl DeviceRecord {
-    pub fn new(identity: DeviceIdentity, twin: Twin, presence: Presence) -> DeviceRecord {
+    pub fn new(identity: impl Into<std::sync::Arc<DeviceIdentity>>, twin: Twin, presence: Presence) -> DeviceRecord {
         DeviceRecord {
-            identity,
+            identity: identity.into(),
             twin,
             presence,
             rendered_twin: RenderedTwin::default(),
+            rendered_device_twin: RenderedTwin::default(),
         }
     }
 }

@@ -12,6 +12,7 @@ use crate::time::Timestamp;
 use crate::value::{Object, Value};
 use serde::{Deserialize, Serialize};
 use serde_json::Map;
+use std::sync::Arc;
 
 type JsonMap = Map<String, serde_json::Value>;
 
@@ -49,11 +50,13 @@ pub struct Section {
     pub version: u64,
 }
 
+/// The sections are shared (`Arc`) between the versions of a twin: a reported patch copies the reported
+/// section only, not the tags and desired properties beside it (the writer builds a new twin per write).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Twin {
-    pub tags: Object,
-    pub desired: Section,
-    pub reported: Section,
+    pub tags: Arc<Object>,
+    pub desired: Arc<Section>,
+    pub reported: Arc<Section>,
     /// Rises on any change of the twin.
     pub version: u64,
     /// Rises on each change of tags or desired; rendered as the twin `etag`.
@@ -321,9 +324,9 @@ impl Twin {
     /// The twin a new device starts with: empty sections at version 1.
     pub fn new(now: Timestamp) -> Twin {
         Twin {
-            tags: Object::default(),
-            desired: Section::new(now),
-            reported: Section::new(now),
+            tags: Arc::new(Object::default()),
+            desired: Arc::new(Section::new(now)),
+            reported: Arc::new(Section::new(now)),
             version: 1,
             etag_counter: 1,
         }
@@ -346,8 +349,8 @@ impl Twin {
         let mut twin = self.clone();
         if let Some(tags) = &patch.tags {
             let tags_patch = Object::from_json(tags);
-            twin.tags.merge(&tags_patch);
-            rules.check_size(SectionName::Tags, value_size(&Value::Object(twin.tags.clone())))?;
+            Arc::make_mut(&mut twin.tags).merge(&tags_patch);
+            rules.check_size(SectionName::Tags, value_size(&Value::Object((*twin.tags).clone())))?;
         }
         let mut change = None;
         if let Some(desired) = &patch.desired {
@@ -356,10 +359,11 @@ impl Twin {
                 last_updated: now,
                 last_updated_version: version,
             };
-            twin.desired.members.merge(desired, meta);
-            twin.desired.meta = meta;
-            twin.desired.version = version;
-            rules.check_size(SectionName::Desired, twin.desired.size())?;
+            let section = Arc::make_mut(&mut twin.desired);
+            section.members.merge(desired, meta);
+            section.meta = meta;
+            section.version = version;
+            rules.check_size(SectionName::Desired, section.size())?;
             change = Some(DesiredChange {
                 version,
                 patch: desired.clone(),
@@ -378,17 +382,18 @@ impl Twin {
         rules: &TwinRules,
     ) -> Result<(Twin, DesiredChange), TwinRuleViolation> {
         let mut twin = self.clone();
-        twin.tags = Object::from_json(&replacement.tags).without_nulls();
-        rules.check_size(SectionName::Tags, value_size(&Value::Object(twin.tags.clone())))?;
+        twin.tags = Arc::new(Object::from_json(&replacement.tags).without_nulls());
+        rules.check_size(SectionName::Tags, value_size(&Value::Object((*twin.tags).clone())))?;
         let version = twin.desired.version + 1;
         let meta = Meta {
             last_updated: now,
             last_updated_version: version,
         };
-        twin.desired.members = Members::from_json(&replacement.desired, meta);
-        twin.desired.meta = meta;
-        twin.desired.version = version;
-        rules.check_size(SectionName::Desired, twin.desired.size())?;
+        let section = Arc::make_mut(&mut twin.desired);
+        section.members = Members::from_json(&replacement.desired, meta);
+        section.meta = meta;
+        section.version = version;
+        rules.check_size(SectionName::Desired, section.size())?;
         twin.etag_counter += 1;
         twin.version += 1;
         let document = twin.desired.members.to_json();
@@ -414,10 +419,11 @@ impl Twin {
             last_updated: now,
             last_updated_version: version,
         };
-        twin.reported.members.merge(&patch.0, meta);
-        twin.reported.meta = meta;
-        twin.reported.version = version;
-        rules.check_size(SectionName::Reported, twin.reported.size())?;
+        let section = Arc::make_mut(&mut twin.reported);
+        section.members.merge(&patch.0, meta);
+        section.meta = meta;
+        section.version = version;
+        rules.check_size(SectionName::Reported, section.size())?;
         twin.version += 1;
         Ok(twin)
     }
@@ -475,7 +481,7 @@ mod tests {
         assert_eq!(twin.etag_counter, 2);
         assert_eq!(twin.desired.version, 1);
         assert_eq!(
-            Value::Object(twin.tags).to_json(),
+            Value::Object((*twin.tags).clone()).to_json(),
             json!({"location": {"region": "US", "plant": "Redmond43"}})
         );
     }
@@ -563,7 +569,7 @@ mod tests {
         )
         .unwrap();
         let (twin, change) = twin.replaced(&replacement, T1, &rules()).unwrap();
-        assert_eq!(Value::Object(twin.tags.clone()).to_json(), json!({"c": 3}));
+        assert_eq!(Value::Object((*twin.tags).clone()).to_json(), json!({"c": 3}));
         assert_eq!(twin.desired.to_json_without_metadata(), json!({"z": 9, "$version": 3}));
         assert_eq!(
             change,

@@ -426,7 +426,7 @@ fn writes_between_pages_never_repeat_a_twin() {
     fixture.0.insert("d1".into(), rewritten);
     fixture.0.remove("d6");
     let mut added = fixture.0["d2"].clone();
-    added.identity.device_id = twinhub_core::DeviceId::new("d5").unwrap();
+    std::sync::Arc::make_mut(&mut added.identity).device_id = twinhub_core::DeviceId::new("d5").unwrap();
     fixture.0.insert("d5".into(), added);
     let mut token = first.continuation;
     while let Some(current) = token {
@@ -591,9 +591,10 @@ fn aggregates_over_many_twins_are_exact_and_keep_group_order() {
     let mut twins = BTreeMap::new();
     for n in 0..count {
         let mut twin = template.clone();
-        twin.identity.device_id = twinhub_core::DeviceId::new(&format!("t{n:06}")).unwrap();
+        std::sync::Arc::make_mut(&mut twin.identity).device_id =
+            twinhub_core::DeviceId::new(&format!("t{n:06}")).unwrap();
         let tags = json!({"g": format!("g{}", n % 3), "n": n});
-        twin.twin.tags = twinhub_core::Object::from_json(tags.as_object().unwrap());
+        twin.twin.tags = twinhub_core::Object::from_json(tags.as_object().unwrap()).into();
         twins.insert(twin.identity.device_id.as_str().to_owned(), twin);
     }
     let fixture = Fixture(twins);

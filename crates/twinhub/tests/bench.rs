@@ -32,7 +32,13 @@ fn bench(hub: &TestHub, args: &[&str]) -> serde_json::Value {
 
 #[test]
 fn every_scenario_runs_and_checks_what_it_measured() {
-    let hub = TestHub::start();
+    // A handful of devices at full speed exceed the default per-connection twin request rate.
+    let hub = TestHub::start_with(&[
+        "--device-twin-requests-per-second",
+        "1000000",
+        "--device-twin-request-burst",
+        "1000000",
+    ]);
     let connect = bench(&hub, &["connect", "--devices", "20"]);
     assert_eq!(connect["operations"], 20);
 

@@ -99,7 +99,7 @@ pub fn authenticate(
         &token,
         hostname,
         client.device_id.as_str(),
-        record.as_ref().map(|record| &record.identity),
+        record.as_ref().map(|record| &*record.identity),
         policies,
         Timestamp::now().unix_seconds(),
     )

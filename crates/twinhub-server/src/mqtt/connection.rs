@@ -78,6 +78,15 @@ impl TwinReply {
     }
 }
 
+/// Cached JSON text as a message payload.
+struct SharedText(Arc<str>);
+
+impl AsRef<[u8]> for SharedText {
+    fn as_ref(&self) -> &[u8] {
+        self.0.as_bytes()
+    }
+}
+
 /// A token bucket: `rate` requests per second on average, bursts up to `burst`.
 struct RequestRate {
     tokens: f64,
@@ -469,17 +478,14 @@ impl<W: AsyncWrite + Unpin + Send> Connection<W> {
         }
         match self.service.hub.device(&self.client.device_id) {
             Ok(record) => {
-                let twin = &record.twin;
-                self.note_delivered(twin.desired.version);
-                let body = serde_json::json!({
-                    "desired": twin.desired.to_json_without_metadata(),
-                    "reported": twin.reported.to_json_without_metadata(),
-                });
+                self.note_delivered(record.twin.desired.version);
+                // The cached text itself goes out: no rendering, no copy.
+                let body = Bytes::from_owner(SharedText(twinhub_core::json::device_twin_text(&record)));
                 TwinReply {
                     rid: rid.to_owned(),
                     status: 200,
                     version: None,
-                    body: Bytes::from(body.to_string()),
+                    body,
                 }
             }
             Err(error) => TwinReply::failure(rid, &TwinFailure::from(&error)),

@@ -309,6 +309,12 @@ impl<F: FnMut(u64) -> (String, Bytes)> TwinLoad<F> {
         let Some(started) = self.sent.remove(&rid) else {
             return Ok(false);
         };
+        if status == 429 {
+            bail!(
+                "the hub throttled a device (429): each connection may send --device-twin-requests-per-second \
+                 (burst --device-twin-request-burst) twin requests; use more devices, or start the hub with higher limits"
+            );
+        }
         if !(200..300).contains(&status) {
             bail!(
                 "twin request answered {status}: {}",
