@@ -60,6 +60,9 @@ pub(crate) enum PresenceEvent {
 
 /// `lastActivityTime` is kept to this resolution: activity within it of the last recorded one writes nothing,
 /// so a busy device does not turn every telemetry message or twin read into a durable write.
+/// A commit slower than this is logged: it is what every write of its batch waited for.
+const SLOW_COMMIT: std::time::Duration = std::time::Duration::from_millis(20);
+
 pub const ACTIVITY_RESOLUTION: std::time::Duration = std::time::Duration::from_secs(60);
 
 pub(crate) enum WriteOutcome {
@@ -125,7 +128,14 @@ pub(crate) async fn run(
             replies.push((command.reply, result));
         }
         if !batch.writes.is_empty() {
-            if let Err(error) = store.commit(std::mem::take(&mut batch.writes)).await {
+            let writes = batch.writes.len();
+            let started = std::time::Instant::now();
+            let committed = store.commit(std::mem::take(&mut batch.writes)).await;
+            let took = started.elapsed();
+            if took >= SLOW_COMMIT {
+                tracing::warn!(writes, ?took, "slow commit: every write in the batch waited for it");
+            }
+            if let Err(error) = committed {
                 tracing::error!(%error, "commit failed; the batch is refused and the snapshot left as it was");
                 let message = error.to_string();
                 for (reply, result) in replies {
