@@ -659,3 +659,51 @@ async fn the_websocket_endpoint_speaks_mqtt_and_refuses_other_subprotocols() {
     let plain = fx.api.http.get(&url).send().await.unwrap();
     assert!(plain.status().is_client_error(), "{}", plain.status());
 }
+
+#[tokio::test]
+async fn a_burst_of_desired_changes_arrives_in_version_order_ending_at_the_last() {
+    // 16 back-end clients change one device's desired properties 200 times at once. The device may
+    // receive patches, or (if it fell behind) the full document, but versions only rise and the last
+    // one it gets is the twin's final desired version, with the final content.
+    let fx = Fixture::start(&[]);
+    let key = fx.device("dev1").await;
+    let mut device = fx.connected("dev1", &key).await;
+    device.subscribe(&[(DESIRED, QoS::AtLeastOnce)]).await;
+    let mut writers = Vec::new();
+    for writer in 0..16 {
+        let api = Service::new(&fx.hub.owner_connection_string(), &fx.hub.ca_path());
+        writers.push(tokio::spawn(async move {
+            for n in 0..13 {
+                let body = json!({"properties": {"desired": {format!("w{writer}"): n}}});
+                let reply = api.call(Method::PATCH, "/twins/dev1", Some(body), Some("*")).await;
+                assert_eq!(reply.status, 200, "{}", reply.body);
+            }
+        }));
+    }
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    let twin = fx.twin("dev1").await;
+    let final_version = twin["properties"]["desired"]["$version"].as_u64().unwrap();
+    assert_eq!(final_version, 1 + 16 * 13);
+    let mut seen = serde_json::Map::new();
+    let mut last = 1;
+    while last < final_version {
+        let (topic, body) = device.next_publish().await;
+        let version: u64 = topic.rsplit('=').next().unwrap().parse().unwrap();
+        assert!(version > last, "version {version} after {last}");
+        let patch = json_of(&body);
+        assert_eq!(patch["$version"].as_u64(), Some(version));
+        for (key, value) in patch.as_object().unwrap() {
+            seen.insert(key.clone(), value.clone());
+        }
+        last = version;
+    }
+    for writer in 0..16 {
+        assert_eq!(
+            seen[&format!("w{writer}")],
+            12,
+            "the device ends with every writer's last value"
+        );
+    }
+}
