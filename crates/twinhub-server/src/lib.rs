@@ -4,6 +4,7 @@
 //! Architecture invariant: no twin rule, version or etag is decided here; handlers translate between the
 //! wire and `twinhub_hub::Hub` calls, and map `HubError` to the wire in one place per protocol.
 
+pub mod amqp;
 pub mod material;
 pub mod mqtt;
 pub mod rest;

@@ -149,6 +149,7 @@ pub async fn serve(config: ServeConfig) -> Result<RunningHub, ServeError> {
     let https_address = local_address(&https_listener, "--https-port")?;
     let mqtt_listener = bind(SocketAddr::new(config.bind, config.mqtt_port), "--mqtt-port").await?;
     let mqtt_address = local_address(&mqtt_listener, "--mqtt-port")?;
+    let amqp_listener = bind(SocketAddr::new(config.bind, config.amqp_port), "--amqp-port").await?;
     let store: Arc<dyn Store> = match &config.store {
         Some(store) => Arc::clone(store),
         None => Arc::new(EmbeddedStore::open(&config.data_dir.join("store"))?),
@@ -175,6 +176,18 @@ pub async fn serve(config: ServeConfig) -> Result<RunningHub, ServeError> {
         Arc::new(Semaphore::new(config.https_connections_max)),
         shutdown_signal.clone(),
         move |tls, peer| serve_https(tls, peer, router.clone()),
+    ));
+    let amqp = crate::amqp::AmqpService::new(Arc::clone(&hub), config.hostname.clone(), material.policies.clone());
+    let amqp_tls = crate::tls::server_config(&material.server_cert_pem, &material.server_key_pem, &[])?;
+    tokio::spawn(accept_tls(
+        amqp_listener,
+        TlsAcceptor::from(amqp_tls),
+        Arc::new(Semaphore::new(config.mqtt_connections_max)),
+        shutdown_signal.clone(),
+        move |tls, peer| {
+            let amqp = Arc::clone(&amqp);
+            async move { amqp.serve(tls, peer, "amqp").await }
+        },
     ));
     let mqtt_tls = crate::tls::server_config(&material.server_cert_pem, &material.server_key_pem, &[])?;
     tokio::spawn(accept_tls(

@@ -108,3 +108,15 @@ fn node_device_sdk_fleet_of_200() {
     );
     println!("{}", String::from_utf8_lossy(&output.stdout));
 }
+
+/// Over AMQP a token renewal is a CBS put-token on the same connection, not a reconnect.
+#[test]
+fn node_device_sdk_over_amqp() {
+    run_device_script(
+        "node_amqp",
+        run_node,
+        "device.test.js",
+        &[("TWINHUB_TRANSPORT", "Amqp")],
+        0,
+    );
+}

@@ -12,7 +12,7 @@
 
 mod auth;
 mod connection;
-mod error;
+pub(crate) mod error;
 mod router;
 mod session;
 mod topic;

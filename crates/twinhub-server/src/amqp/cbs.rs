@@ -1,0 +1,173 @@
+//! CBS (claims-based security): `put-token` on `$cbs` authorizes a device on this connection until its
+//! token expires; a later put-token renews it. Ref: amqp notes §2.
+//!
+//! The request names the audience (`name`: the device's resource, URL-encoded by Node, with or without
+//! `amqps://`) and carries the SAS token as an amqp-value string body. The response must echo the
+//! request's message-id as correlation-id *with its AMQP type*, and `status-code` must be an AMQP int.
+
+use super::AmqpService;
+use fe2o3_amqp_types::messaging::{ApplicationProperties, Body, Message, Properties};
+use fe2o3_amqp_types::primitives::{SimpleValue, Value};
+use std::collections::HashMap;
+use twinhub_core::device_auth::authorize_device;
+use twinhub_core::sas::SasToken;
+use twinhub_core::{DeviceId, Timestamp};
+
+/// Devices this connection holds a valid token for, with the token's expiry (Unix seconds).
+#[derive(Debug, Default)]
+pub struct Authorizations {
+    expiry_by_device: HashMap<DeviceId, u64>,
+}
+
+impl Authorizations {
+    /// Every device a token was accepted for on this connection (expired or not): they are connected
+    /// until the connection closes.
+    pub fn devices(&self) -> impl Iterator<Item = &DeviceId> {
+        self.expiry_by_device.keys()
+    }
+
+    pub fn covers(&self, device_id: &DeviceId) -> bool {
+        let now = Timestamp::now().unix_seconds().max(0) as u64;
+        self.expiry_by_device.get(device_id).is_some_and(|expiry| *expiry > now)
+    }
+}
+
+/// The device an audience names: `<host>/devices/<id>` after URL-decoding, with or without a scheme.
+fn audience_device(audience: &str) -> Result<DeviceId, String> {
+    let decoded = percent_encoding::percent_decode_str(audience)
+        .decode_utf8()
+        .map_err(|_| "the audience is not UTF-8".to_owned())?;
+    let path = decoded.trim_start_matches("amqps://").trim_start_matches("https://");
+    let (_host, rest) = path
+        .split_once("/devices/")
+        .ok_or_else(|| format!("'{decoded}' names no device: only device tokens are accepted over AMQP yet"))?;
+    if rest.contains("/modules/") {
+        return Err("module identities are not supported yet".into());
+    }
+    DeviceId::new(rest.trim_end_matches('/')).map_err(|error| error.to_string())
+}
+
+fn application_string(message: &Message<Body<Value>>, key: &str) -> Option<String> {
+    match message.application_properties.as_ref()?.0.get(key)? {
+        SimpleValue::String(text) => Some(text.clone()),
+        SimpleValue::Symbol(symbol) => Some(symbol.as_str().to_owned()),
+        _ => None,
+    }
+}
+
+fn body_string(message: &Message<Body<Value>>) -> Option<String> {
+    match &message.body {
+        Body::Value(value) => match &value.0 {
+            Value::String(text) => Some(text.clone()),
+            _ => None,
+        },
+        Body::Data(batch) => batch
+            .iter()
+            .next()
+            .and_then(|data| String::from_utf8(data.0.to_vec()).ok()),
+        _ => None,
+    }
+}
+
+/// What a put-token did.
+pub struct PutTokenOutcome {
+    pub status: i32,
+    pub description: String,
+    /// The device this connection was authorized for the first time: it is now connected.
+    pub newly_connected: Option<DeviceId>,
+}
+
+fn refused(status: i32, description: impl Into<String>) -> PutTokenOutcome {
+    PutTokenOutcome {
+        status,
+        description: description.into(),
+        newly_connected: None,
+    }
+}
+
+/// Handles one CBS request.
+pub fn put_token(
+    service: &AmqpService,
+    authorizations: &mut Authorizations,
+    request: &Message<Body<Value>>,
+) -> PutTokenOutcome {
+    if application_string(request, "operation").as_deref() != Some("put-token") {
+        return refused(400, "only put-token is supported on $cbs");
+    }
+    let Some(audience) = application_string(request, "name") else {
+        return refused(400, "put-token without 'name'");
+    };
+    let device_id = match audience_device(&audience) {
+        Ok(device_id) => device_id,
+        Err(reason) => return refused(401, reason),
+    };
+    let Some(token_text) = body_string(request) else {
+        return refused(400, "put-token without a token in its body");
+    };
+    let Ok(token) = SasToken::parse(&token_text) else {
+        return refused(401, "the token is not a shared access signature");
+    };
+    let record = service.hub.device(&device_id).ok();
+    match authorize_device(
+        &token,
+        &service.hostname,
+        device_id.as_str(),
+        record.as_ref().map(|record| &*record.identity),
+        &service.policies,
+        Timestamp::now().unix_seconds(),
+    ) {
+        Ok(()) => {
+            let first = authorizations
+                .expiry_by_device
+                .insert(device_id.clone(), token.expiry_unix_seconds)
+                .is_none();
+            PutTokenOutcome {
+                status: 200,
+                description: "OK".into(),
+                newly_connected: first.then_some(device_id),
+            }
+        }
+        Err(error) => {
+            tracing::info!(%device_id, %error, "CBS put-token refused");
+            refused(401, "Unauthorized")
+        }
+    }
+}
+
+/// The response to `request`: correlation-id = its message-id (same AMQP type), `to` = its reply-to.
+pub fn response(request: &Message<Body<Value>>, status: i32, description: String) -> Message<Body<Value>> {
+    let request_properties = request.properties.as_ref();
+    let properties = Properties {
+        correlation_id: request_properties.and_then(|p| p.message_id.clone()),
+        to: request_properties.and_then(|p| p.reply_to.clone()),
+        ..Properties::default()
+    };
+    let application_properties = ApplicationProperties::builder()
+        .insert("status-code", SimpleValue::Int(status))
+        .insert("status-description", SimpleValue::String(description))
+        .build();
+    Message::builder()
+        .properties(properties)
+        .application_properties(application_properties)
+        .body(Body::<Value>::Empty)
+        .build()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn audiences_of_every_sdk_name_the_device() {
+        for audience in [
+            "hub.example%2Fdevices%2Fdev1",
+            "hub.example/devices/dev1",
+            "amqps://hub.example/devices/dev1",
+            "hub.example%3A5671%2Fdevices%2Fdev1",
+        ] {
+            assert_eq!(audience_device(audience).unwrap().as_str(), "dev1", "{audience}");
+        }
+        assert!(audience_device("hub.example").is_err());
+        assert!(audience_device("hub.example%2Fdevices%2Fdev1%2Fmodules%2Fm1").is_err());
+    }
+}

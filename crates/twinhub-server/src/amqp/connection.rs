@@ -1,0 +1,432 @@
+//! One AMQP connection: the header decides SASL or not, then each session runs in a task of its own that
+//! accepts links by address and serves CBS and the twin. A link for a device no valid token covers is
+//! accepted and detached at once with `amqp:unauthorized-access` (AMQP has no "refuse attach").
+
+use super::cbs::{self, Authorizations};
+use super::header::{self, Protocol};
+use super::sasl::IotHubSasl;
+use super::twin;
+use super::AmqpService;
+use fe2o3_amqp::acceptor::{
+    ConnectionAcceptor, LinkAcceptor, LinkEndpoint, ListenerConnectionHandle, ListenerSessionHandle, SessionAcceptor,
+};
+use fe2o3_amqp::link::{Receiver, Sender};
+use fe2o3_amqp::types::definitions::{AmqpError, Error as AmqpErrorBody, ErrorCondition};
+use fe2o3_amqp::types::messaging::Body;
+use fe2o3_amqp::types::primitives::Value;
+use fe2o3_amqp::Sendable;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::{broadcast, Mutex};
+use twinhub_core::DeviceId;
+use twinhub_hub::HubEvent;
+
+/// IoT Edge's idle timeout, advertised so clients send empty frames at half of it.
+const IDLE_TIMEOUT_MS: u32 = 240_000;
+const MAX_FRAME_BYTES: u32 = 65_536;
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub(crate) async fn serve<Io>(service: Arc<AmqpService>, io: Io, peer: SocketAddr, transport: &'static str)
+where
+    Io: AsyncRead + AsyncWrite + std::fmt::Debug + Send + Unpin + 'static,
+{
+    let (prefix, stream) = match tokio::time::timeout(HEADER_TIMEOUT, header::read_header(io)).await {
+        Ok(Ok(read)) => read,
+        _ => return,
+    };
+    let builder = ConnectionAcceptor::builder()
+        .container_id("twinhub")
+        .max_frame_size(MAX_FRAME_BYTES)
+        .idle_time_out(IDLE_TIMEOUT_MS);
+    let connection = match header::protocol(&prefix) {
+        Some(Protocol::Amqp) => builder.build().accept(stream).await,
+        Some(Protocol::Sasl) => builder.sasl_acceptor(IotHubSasl).build().accept(stream).await,
+        None => {
+            tracing::info!(%peer, transport, "closed: not an AMQP 1.0 protocol header");
+            return;
+        }
+    };
+    let mut connection = match connection {
+        Ok(connection) => connection,
+        Err(error) => {
+            tracing::info!(%peer, transport, %error, "AMQP open failed");
+            return;
+        }
+    };
+    tracing::info!(%peer, transport, "AMQP connection opened");
+    let authorizations = Arc::new(Mutex::new(Authorizations::default()));
+    run_sessions(&service, &mut connection, &authorizations).await;
+    let _ = connection.close().await;
+    let devices: Vec<DeviceId> = authorizations.lock().await.devices().cloned().collect();
+    for device_id in devices {
+        if let Err(error) = service.hub.device_disconnected(device_id).await {
+            tracing::debug!(%error, "could not record the disconnection");
+        }
+    }
+    tracing::info!(%peer, transport, "AMQP connection closed");
+}
+
+async fn run_sessions(
+    service: &Arc<AmqpService>,
+    connection: &mut ListenerConnectionHandle,
+    authorizations: &Arc<Mutex<Authorizations>>,
+) {
+    let acceptor = SessionAcceptor::new();
+    while let Some(incoming) = connection.next_incoming_session().await {
+        let session = match acceptor.accept_incoming_session(incoming, connection).await {
+            Ok(session) => session,
+            Err(error) => {
+                tracing::info!(%error, "AMQP session refused");
+                continue;
+            }
+        };
+        let service = Arc::clone(service);
+        let authorizations = Arc::clone(authorizations);
+        tokio::spawn(async move {
+            let mut state = SessionState::new(service);
+            state.run(session, authorizations).await;
+        });
+    }
+}
+
+/// The links of one session and what they serve.
+struct SessionState {
+    service: Arc<AmqpService>,
+    cbs_requests: Option<Receiver>,
+    cbs_responses: Option<Sender>,
+    twin: Option<TwinLinks>,
+    /// The client's twin sender (our receiver), apart from `twin` so both can be awaited at once.
+    twin_requests: Option<Receiver>,
+    /// Links kept open without behaviour yet (telemetry, C2D, methods): a later issue serves them.
+    idle: Vec<LinkEndpoint>,
+}
+
+struct TwinLinks {
+    device_id: DeviceId,
+    responses: Option<Sender>,
+    subscribed: bool,
+    events: broadcast::Receiver<HubEvent>,
+}
+
+enum Incoming {
+    Attach(fe2o3_amqp::types::performatives::Attach),
+    SessionEnded,
+    Cbs(Result<fe2o3_amqp::link::delivery::Delivery<Body<Value>>, fe2o3_amqp::link::RecvError>),
+    Twin(Result<fe2o3_amqp::link::delivery::Delivery<Body<Value>>, fe2o3_amqp::link::RecvError>),
+    Desired(Result<HubEvent, broadcast::error::RecvError>),
+}
+
+async fn recv_on(
+    link: &mut Option<Receiver>,
+) -> Result<fe2o3_amqp::link::delivery::Delivery<Body<Value>>, fe2o3_amqp::link::RecvError> {
+    match link {
+        Some(receiver) => receiver.recv::<Body<Value>>().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// fe2o3's link acceptor with its default (no) dynamic-terminus handlers.
+type DefaultLinkAcceptor = LinkAcceptor<
+    fn(fe2o3_amqp::types::messaging::Source) -> Option<fe2o3_amqp::types::messaging::Source>,
+    fn(fe2o3_amqp::types::messaging::Target) -> Option<fe2o3_amqp::types::messaging::Target>,
+>;
+
+fn link_acceptor() -> DefaultLinkAcceptor {
+    // uAMQP senders ask for receiver settle mode `second` and hang if it is granted (amqp notes §1.4).
+    LinkAcceptor::builder()
+        .supported_receiver_settle_modes(fe2o3_amqp::acceptor::SupportedReceiverSettleModes::First)
+        .fallback_receiver_settle_mode(fe2o3_amqp::types::definitions::ReceiverSettleMode::First)
+        .build()
+}
+
+/// What a link's address names.
+#[derive(Debug, PartialEq, Eq)]
+enum Address {
+    Cbs,
+    Twin(String),
+    /// Telemetry, C2D, methods and the like, for this device.
+    DeviceOther(String),
+    Unknown,
+}
+
+fn classify(address: &str) -> Address {
+    if address == "$cbs" {
+        return Address::Cbs;
+    }
+    let lower = address.to_ascii_lowercase();
+    let Some(rest) = lower.strip_prefix("/devices/").map(|_| &address["/devices/".len()..]) else {
+        return Address::Unknown;
+    };
+    let (device, tail) = rest.split_once('/').unwrap_or((rest, ""));
+    let device = percent_encoding::percent_decode_str(device)
+        .decode_utf8()
+        .map(|d| d.into_owned())
+        .unwrap_or_default();
+    if tail.eq_ignore_ascii_case("twin") {
+        Address::Twin(device)
+    } else {
+        Address::DeviceOther(device)
+    }
+}
+
+fn attach_address(attach: &fe2o3_amqp::types::performatives::Attach) -> Option<String> {
+    use fe2o3_amqp::types::definitions::Role;
+    // The client's role: a client sender names the target, a client receiver the source.
+    match attach.role {
+        Role::Sender => match attach.target.as_deref()? {
+            fe2o3_amqp::types::messaging::TargetArchetype::Target(target) => target.address.clone(),
+            #[allow(unreachable_patterns)]
+            _ => None,
+        },
+        Role::Receiver => attach.source.as_ref()?.address.clone(),
+    }
+}
+
+impl SessionState {
+    fn new(service: Arc<AmqpService>) -> Self {
+        SessionState {
+            service,
+            cbs_requests: None,
+            cbs_responses: None,
+            twin: None,
+            twin_requests: None,
+            idle: Vec::new(),
+        }
+    }
+
+    async fn run(&mut self, mut session: ListenerSessionHandle, authorizations: Arc<Mutex<Authorizations>>) {
+        loop {
+            let incoming = {
+                tokio::select! {
+                    attach = session.next_incoming_attach() => match attach {
+                        Some(attach) => Incoming::Attach(attach),
+                        None => Incoming::SessionEnded,
+                    },
+                    delivery = recv_on(&mut self.cbs_requests) => Incoming::Cbs(delivery),
+                    delivery = recv_on(&mut self.twin_requests) => Incoming::Twin(delivery),
+                    event = async {
+                        match self.twin.as_mut() {
+                            Some(twin) if twin.subscribed => twin.events.recv().await,
+                            _ => std::future::pending().await,
+                        }
+                    } => Incoming::Desired(event),
+                }
+            };
+            match incoming {
+                Incoming::SessionEnded => break,
+                Incoming::Attach(attach) => self.attach(attach, &mut session, &authorizations).await,
+                Incoming::Cbs(Ok(delivery)) => {
+                    if let Some(receiver) = self.cbs_requests.as_mut() {
+                        let _ = receiver.accept(&delivery).await;
+                    }
+                    let request = delivery.into_message();
+                    let outcome = {
+                        let mut authorizations = authorizations.lock().await;
+                        cbs::put_token(&self.service, &mut authorizations, &request)
+                    };
+                    if let Some(device_id) = outcome.newly_connected {
+                        if let Err(error) = self.service.hub.device_connected(device_id).await {
+                            tracing::info!(%error, "could not record the connection");
+                        }
+                    }
+                    if let Some(sender) = self.cbs_responses.as_mut() {
+                        let response = cbs::response(&request, outcome.status, outcome.description);
+                        let _ = sender
+                            .send(Sendable::builder().message(response).settled(true).build())
+                            .await;
+                    }
+                }
+                Incoming::Cbs(Err(error)) => {
+                    tracing::debug!(%error, "CBS link ended");
+                    self.cbs_requests = None;
+                }
+                Incoming::Twin(Ok(delivery)) => self.twin_request(delivery, &authorizations).await,
+                Incoming::Twin(Err(error)) => {
+                    tracing::debug!(%error, "twin request link ended");
+                    self.twin_requests = None;
+                }
+                Incoming::Desired(event) => self.desired(event).await,
+            }
+        }
+        let _ = session.end().await;
+    }
+
+    async fn attach(
+        &mut self,
+        attach: fe2o3_amqp::types::performatives::Attach,
+        session: &mut ListenerSessionHandle,
+        authorizations: &Arc<Mutex<Authorizations>>,
+    ) {
+        let address = attach_address(&attach).unwrap_or_default();
+        let kind = classify(&address);
+        let device = match &kind {
+            Address::Twin(device) | Address::DeviceOther(device) => Some(device.clone()),
+            _ => None,
+        };
+        let link = match link_acceptor().accept_incoming_attach(attach, session).await {
+            Ok(link) => link,
+            Err(error) => {
+                tracing::info!(%address, %error, "AMQP link refused");
+                return;
+            }
+        };
+        let authorized = match &device {
+            Some(device) => match DeviceId::new(device) {
+                Ok(id) => authorizations.lock().await.covers(&id),
+                Err(_) => false,
+            },
+            None => kind == Address::Cbs,
+        };
+        if !authorized {
+            let condition = if kind == Address::Unknown {
+                ErrorCondition::AmqpError(AmqpError::NotFound)
+            } else {
+                ErrorCondition::AmqpError(AmqpError::UnauthorizedAccess)
+            };
+            tracing::info!(%address, "AMQP link detached: no valid token covers it, or unknown address");
+            detach(link, condition).await;
+            return;
+        }
+        match (kind, link) {
+            (Address::Cbs, LinkEndpoint::Receiver(receiver)) => self.cbs_requests = Some(receiver),
+            (Address::Cbs, LinkEndpoint::Sender(sender)) => self.cbs_responses = Some(sender),
+            (Address::Twin(device), link) => {
+                let Ok(device_id) = DeviceId::new(&device) else { return };
+                let twin = self.twin.get_or_insert_with(|| TwinLinks {
+                    device_id: device_id.clone(),
+                    responses: None,
+                    subscribed: false,
+                    events: self.service.hub.subscribe(),
+                });
+                if twin.device_id != device_id {
+                    // One device's twin per session, as every SDK does it.
+                    detach(link, ErrorCondition::AmqpError(AmqpError::NotAllowed)).await;
+                    return;
+                }
+                match link {
+                    LinkEndpoint::Receiver(receiver) => self.twin_requests = Some(receiver),
+                    LinkEndpoint::Sender(sender) => twin.responses = Some(sender),
+                }
+            }
+            (_, link) => self.idle.push(link),
+        }
+    }
+
+    async fn twin_request(
+        &mut self,
+        delivery: fe2o3_amqp::link::delivery::Delivery<Body<Value>>,
+        authorizations: &Arc<Mutex<Authorizations>>,
+    ) {
+        let Some(twin) = self.twin.as_mut() else { return };
+        if let Some(receiver) = self.twin_requests.as_mut() {
+            let _ = receiver.accept(&delivery).await;
+        }
+        if !authorizations.lock().await.covers(&twin.device_id) {
+            tracing::info!(device_id = %twin.device_id, "twin request after the token expired: detaching");
+            if let Some(receiver) = self.twin_requests.take() {
+                let _ = receiver
+                    .close_with_error(AmqpErrorBody::new(
+                        ErrorCondition::AmqpError(AmqpError::UnauthorizedAccess),
+                        Some("the token expired".into()),
+                        None,
+                    ))
+                    .await;
+            }
+            return;
+        }
+        let request = delivery.into_message();
+        let was_subscribed = twin.subscribed;
+        let answer = twin::answer(&self.service, &twin.device_id, &request, &mut twin.subscribed).await;
+        let device_id = twin.device_id.clone();
+        let newly_subscribed = twin.subscribed && !was_subscribed;
+        if let Some(sender) = twin.responses.as_mut() {
+            let _ = sender
+                .send(Sendable::builder().message(answer).settled(true).build())
+                .await;
+            if newly_subscribed {
+                // Beyond IoT Hub, as over MQTT: a device that missed desired changes gets the whole document.
+                if let Ok(record) = self.service.hub.device(&device_id) {
+                    let missed = self
+                        .service
+                        .delivered(&device_id)
+                        .is_some_and(|delivered| delivered < record.twin.desired.version);
+                    if missed {
+                        self.service.note_delivered(&device_id, record.twin.desired.version);
+                        let _ = sender
+                            .send(
+                                Sendable::builder()
+                                    .message(twin::full_desired(&record))
+                                    .settled(true)
+                                    .build(),
+                            )
+                            .await;
+                    } else {
+                        self.service.note_delivered(&device_id, record.twin.desired.version);
+                    }
+                }
+            }
+        }
+    }
+
+    async fn desired(&mut self, event: Result<HubEvent, broadcast::error::RecvError>) {
+        let Some(twin) = self.twin.as_mut() else { return };
+        let message = match event {
+            Ok(HubEvent::DesiredChanged { device_id, change }) if device_id == twin.device_id => {
+                if self.service.delivered(&device_id).is_some_and(|d| d >= change.version) {
+                    return;
+                }
+                self.service.note_delivered(&device_id, change.version);
+                twin::desired_notification(&change)
+            }
+            Ok(_) => return,
+            Err(broadcast::error::RecvError::Lagged(_)) => match self.service.hub.device(&twin.device_id) {
+                Ok(record) => {
+                    self.service
+                        .note_delivered(&twin.device_id, record.twin.desired.version);
+                    twin::full_desired(&record)
+                }
+                Err(_) => return,
+            },
+            Err(broadcast::error::RecvError::Closed) => {
+                twin.subscribed = false;
+                return;
+            }
+        };
+        if let Some(sender) = twin.responses.as_mut() {
+            let _ = sender
+                .send(Sendable::builder().message(message).settled(true).build())
+                .await;
+        }
+    }
+}
+
+async fn detach(link: LinkEndpoint, condition: ErrorCondition) {
+    let error = AmqpErrorBody::new(condition, None, None);
+    match link {
+        LinkEndpoint::Sender(sender) => {
+            let _ = sender.close_with_error(error).await;
+        }
+        LinkEndpoint::Receiver(receiver) => {
+            let _ = receiver.close_with_error(error).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_name_cbs_twin_or_other_device_links() {
+        assert_eq!(classify("$cbs"), Address::Cbs);
+        assert_eq!(classify("/devices/dev1/twin"), Address::Twin("dev1".into()));
+        assert_eq!(classify("/devices/dev%201/twin/"), Address::DeviceOther("dev 1".into()));
+        assert_eq!(
+            classify("/devices/dev1/messages/events"),
+            Address::DeviceOther("dev1".into())
+        );
+        assert_eq!(classify("/messages/devicebound"), Address::Unknown);
+    }
+}
