@@ -135,6 +135,10 @@ async function main() {
   log('device app: reporting still works after renewals');
   await report(twin, { firmware: '1.0.1' });
 
+  log('device app: send a telemetry message (accepted; routing comes later)');
+  const { Message } = require('azure-iot-device');
+  await client.sendEvent(new Message(JSON.stringify({ temperature: 21.5 })));
+
   if (transportName.startsWith('Mqtt')) {
     // Over MQTT the session outlives the connection, so a device that was closed converges on reopening.
     // Over AMQP subscriptions belong to links: Node subscribes again only after a dropped connection,

@@ -161,12 +161,16 @@ pub async fn serve(config: ServeConfig) -> Result<RunningHub, ServeError> {
         material.policies.clone(),
         config.mqtt.clone(),
     );
+    let amqp = crate::amqp::AmqpService::new(Arc::clone(&hub), config.hostname.clone(), material.policies.clone());
     let router = rest::router(rest::RestState::new(
         Arc::clone(&hub),
         config.hostname.clone(),
         material.policies.clone(),
     ))
-    .merge(crate::websocket::router(Arc::clone(&mqtt)));
+    .merge(crate::websocket::router(crate::websocket::DeviceTransports {
+        mqtt: Arc::clone(&mqtt),
+        amqp: Arc::clone(&amqp),
+    }));
     let (shutdown, shutdown_signal) = watch::channel(false);
 
     let https_tls = crate::tls::server_config(&material.server_cert_pem, &material.server_key_pem, &[b"http/1.1"])?;

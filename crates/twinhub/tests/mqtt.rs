@@ -656,6 +656,9 @@ async fn the_websocket_endpoint_speaks_mqtt_and_refuses_other_subprotocols() {
     assert_eq!(accepted.headers()["sec-websocket-protocol"], "mqtt");
     let refused = upgrade("chat").await.unwrap();
     assert_eq!(refused.status(), 400);
+    let amqp = upgrade("AMQPWSB10").await.unwrap();
+    assert_eq!(amqp.status(), 101);
+    assert_eq!(amqp.headers()["sec-websocket-protocol"], "AMQPWSB10");
     let plain = fx.api.http.get(&url).send().await.unwrap();
     assert!(plain.status().is_client_error(), "{}", plain.status());
 }

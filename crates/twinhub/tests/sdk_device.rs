@@ -120,3 +120,14 @@ fn node_device_sdk_over_amqp() {
         0,
     );
 }
+
+#[test]
+fn node_device_sdk_over_amqp_websockets() {
+    run_device_script(
+        "node_amqp_ws",
+        run_node,
+        "device.test.js",
+        &[("TWINHUB_TRANSPORT", "AmqpWs")],
+        0,
+    );
+}

@@ -310,6 +310,11 @@ impl SessionState {
                     LinkEndpoint::Sender(sender) => twin.responses = Some(sender),
                 }
             }
+            (Address::DeviceOther(_), LinkEndpoint::Receiver(receiver)) => {
+                // A client sender (telemetry, method responses): each message is accepted, so the
+                // SDK's send completes; routing telemetry comes with its issue.
+                tokio::spawn(accept_everything(receiver));
+            }
             (_, link) => self.idle.push(link),
         }
     }
@@ -398,6 +403,14 @@ impl SessionState {
             let _ = sender
                 .send(Sendable::builder().message(message).settled(true).build())
                 .await;
+        }
+    }
+}
+
+async fn accept_everything(mut receiver: Receiver) {
+    while let Ok(delivery) = receiver.recv::<Body<Value>>().await {
+        if receiver.accept(&delivery).await.is_err() {
+            break;
         }
     }
 }
