@@ -37,20 +37,7 @@ impl Fixture {
 
     /// Registers a device and returns its primary key.
     async fn device(&self, id: &str) -> String {
-        let created = self
-            .api
-            .call(
-                Method::PUT,
-                &format!("/devices/{id}"),
-                Some(json!({"deviceId": id})),
-                None,
-            )
-            .await;
-        assert_eq!(created.status, 200, "{}", created.body);
-        created.body["authentication"]["symmetricKey"]["primaryKey"]
-            .as_str()
-            .unwrap()
-            .to_owned()
+        self.api.register_device(id).await
     }
 
     fn credentials(&self, id: &str, key: &str) -> Credentials {

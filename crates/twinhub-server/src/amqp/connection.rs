@@ -27,6 +27,8 @@ use twinhub_hub::HubEvent;
 const IDLE_TIMEOUT_MS: u32 = 240_000;
 const MAX_FRAME_BYTES: u32 = 65_536;
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// From the protocol header to a completed Open (and SASL): a client that sends anything else is dropped.
+const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub(crate) async fn serve<Io>(service: Arc<AmqpService>, io: Io, peer: SocketAddr, transport: &'static str)
 where
@@ -40,18 +42,25 @@ where
         .container_id("twinhub")
         .max_frame_size(MAX_FRAME_BYTES)
         .idle_time_out(IDLE_TIMEOUT_MS);
-    let connection = match header::protocol(&prefix) {
-        Some(Protocol::Amqp) => builder.build().accept(stream).await,
-        Some(Protocol::Sasl) => builder.sasl_acceptor(IotHubSasl).build().accept(stream).await,
-        None => {
+    let opening = async {
+        match header::protocol(&prefix) {
+            Some(Protocol::Amqp) => Some(builder.build().accept(stream).await),
+            Some(Protocol::Sasl) => Some(builder.sasl_acceptor(IotHubSasl).build().accept(stream).await),
+            None => None,
+        }
+    };
+    let mut connection = match tokio::time::timeout(OPEN_TIMEOUT, opening).await {
+        Ok(Some(Ok(connection))) => connection,
+        Ok(Some(Err(error))) => {
+            tracing::info!(%peer, transport, %error, "AMQP open failed");
+            return;
+        }
+        Ok(None) => {
             tracing::info!(%peer, transport, "closed: not an AMQP 1.0 protocol header");
             return;
         }
-    };
-    let mut connection = match connection {
-        Ok(connection) => connection,
-        Err(error) => {
-            tracing::info!(%peer, transport, %error, "AMQP open failed");
+        Err(_) => {
+            tracing::info!(%peer, transport, "closed: no valid AMQP open within {OPEN_TIMEOUT:?}");
             return;
         }
     };

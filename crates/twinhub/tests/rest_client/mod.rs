@@ -122,6 +122,23 @@ impl Service {
 
 impl Service {
     /// `POST /devices/query` with optional paging headers, as the SDKs send it.
+    /// Registers a device with generated keys; returns its primary key.
+    pub async fn register_device(&self, id: &str) -> String {
+        let created = self
+            .call(
+                Method::PUT,
+                &format!("/devices/{id}"),
+                Some(serde_json::json!({"deviceId": id})),
+                None,
+            )
+            .await;
+        assert_eq!(created.status, 200, "{}", created.body);
+        created.body["authentication"]["symmetricKey"]["primaryKey"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+
     pub async fn query(&self, sql: &str, page_size: Option<&str>, continuation: Option<&str>) -> Reply {
         let url = format!(
             "https://{}/devices/query?api-version=2021-04-12",
