@@ -131,3 +131,32 @@ fn node_device_sdk_over_amqp_websockets() {
         0,
     );
 }
+
+/// uAMQP (the Python service SDK's AMQP client): SASL MSSBCBS and a CBS put-token with a service token.
+#[test]
+fn python_service_sdk_authenticates_over_amqp() {
+    if !sdk_tests_enabled() {
+        println!("python_service_sdk_authenticates_over_amqp: skipped (TWINHUB_SKIP_SDK_TESTS=1)");
+        return;
+    }
+    let hub = TestHub::start_with_log("info,twinhub_server::amqp=debug");
+    let output = run_python("amqp_service_test.py", &hub, &[]);
+    println!("{}", String::from_utf8_lossy(&output.stdout));
+    let log = hub.log();
+    assert!(
+        log.contains("CBS put-token accepted for a back end"),
+        "the right key passed CBS:\n{log}"
+    );
+    assert!(
+        log.contains("CBS put-token for the hub refused"),
+        "the wrong key was refused by CBS:\n{log}"
+    );
+    assert!(
+        log.contains("message refused"),
+        "the message itself was refused:\n{log}"
+    );
+    assert!(
+        log.contains("mechanism=MSSBCBS"),
+        "uAMQP came in through SASL MSSBCBS:\n{log}"
+    );
+}

@@ -17,6 +17,8 @@ use twinhub_core::{DeviceId, Timestamp};
 #[derive(Debug, Default)]
 pub struct Authorizations {
     expiry_by_device: HashMap<DeviceId, u64>,
+    /// A back end's token (a policy with ServiceConnect for the whole hub), and its expiry.
+    service_expiry: Option<u64>,
 }
 
 impl Authorizations {
@@ -26,9 +28,43 @@ impl Authorizations {
         self.expiry_by_device.keys()
     }
 
+    pub fn covers_service(&self) -> bool {
+        let now = Timestamp::now().unix_seconds().max(0) as u64;
+        self.service_expiry.is_some_and(|expiry| expiry > now)
+    }
+
     pub fn covers(&self, device_id: &DeviceId) -> bool {
         let now = Timestamp::now().unix_seconds().max(0) as u64;
         self.expiry_by_device.get(device_id).is_some_and(|expiry| *expiry > now)
+    }
+}
+
+/// What a put-token's audience names.
+#[derive(Debug, PartialEq, Eq)]
+enum Audience {
+    Device(DeviceId),
+    /// The hub itself (`https://<host>` from uAMQP, `<host>` from Node's service client): a back end.
+    Hub,
+}
+
+fn audience(text: &str, hostname: &str) -> Result<Audience, String> {
+    let decoded = percent_encoding::percent_decode_str(text)
+        .decode_utf8()
+        .map_err(|_| "the audience is not UTF-8".to_owned())?;
+    if decoded.contains("/devices/") {
+        return audience_device(text).map(Audience::Device);
+    }
+    let host = decoded
+        .trim_start_matches("amqps://")
+        .trim_start_matches("https://")
+        .trim_end_matches('/');
+    let bare = |host: &str| host.split(':').next().unwrap_or(host).to_ascii_lowercase();
+    if bare(host) == bare(hostname) {
+        Ok(Audience::Hub)
+    } else {
+        Err(format!(
+            "the audience '{decoded}' is neither this hub nor one of its devices"
+        ))
     }
 }
 
@@ -94,18 +130,19 @@ pub fn put_token(
     if application_string(request, "operation").as_deref() != Some("put-token") {
         return refused(400, "only put-token is supported on $cbs");
     }
-    let Some(audience) = application_string(request, "name") else {
+    let Some(audience_text) = application_string(request, "name") else {
         return refused(400, "put-token without 'name'");
-    };
-    let device_id = match audience_device(&audience) {
-        Ok(device_id) => device_id,
-        Err(reason) => return refused(401, reason),
     };
     let Some(token_text) = body_string(request) else {
         return refused(400, "put-token without a token in its body");
     };
     let Ok(token) = SasToken::parse(&token_text) else {
         return refused(401, "the token is not a shared access signature");
+    };
+    let device_id = match audience(&audience_text, &service.hostname) {
+        Ok(Audience::Device(device_id)) => device_id,
+        Ok(Audience::Hub) => return service_token(service, authorizations, &token),
+        Err(reason) => return refused(401, reason),
     };
     let record = service.hub.device(&device_id).ok();
     match authorize_device(
@@ -131,6 +168,31 @@ pub fn put_token(
             tracing::info!(%device_id, %error, "CBS put-token refused");
             refused(401, "Unauthorized")
         }
+    }
+}
+
+/// A back end's token: signed with a policy that grants ServiceConnect, covering the hub.
+fn service_token(service: &AmqpService, authorizations: &mut Authorizations, token: &SasToken) -> PutTokenOutcome {
+    use twinhub_core::policy::Permission;
+    let policy = token
+        .key_name
+        .as_deref()
+        .and_then(|name| service.policies.iter().find(|policy| policy.name == name));
+    let valid = policy.is_some_and(|policy| {
+        policy.allows(Permission::ServiceConnect)
+            && (token.is_signed_with(&policy.primary_key) | token.is_signed_with(&policy.secondary_key))
+    }) && token.covers(&service.hostname)
+        && !token.is_expired(Timestamp::now().unix_seconds());
+    if !valid {
+        tracing::info!("CBS put-token for the hub refused");
+        return refused(401, "Unauthorized");
+    }
+    authorizations.service_expiry = Some(token.expiry_unix_seconds);
+    tracing::info!(policy = ?token.key_name, "CBS put-token accepted for a back end");
+    PutTokenOutcome {
+        status: 200,
+        description: "OK".into(),
+        newly_connected: None,
     }
 }
 
@@ -168,6 +230,9 @@ mod tests {
             assert_eq!(audience_device(audience).unwrap().as_str(), "dev1", "{audience}");
         }
         assert!(audience_device("hub.example").is_err());
+        assert_eq!(audience("https://HUB.example", "hub.example"), Ok(Audience::Hub));
+        assert_eq!(audience("hub.example", "hub.example"), Ok(Audience::Hub));
+        assert!(audience("https://other.example", "hub.example").is_err());
         assert!(audience_device("hub.example%2Fdevices%2Fdev1%2Fmodules%2Fm1").is_err());
     }
 }

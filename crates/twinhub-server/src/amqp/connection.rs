@@ -12,7 +12,7 @@ use fe2o3_amqp::acceptor::{
 };
 use fe2o3_amqp::link::{Receiver, Sender};
 use fe2o3_amqp::types::definitions::{AmqpError, Error as AmqpErrorBody, ErrorCondition};
-use fe2o3_amqp::types::messaging::Body;
+use fe2o3_amqp::types::messaging::{Body, Message};
 use fe2o3_amqp::types::primitives::Value;
 use fe2o3_amqp::Sendable;
 use std::net::SocketAddr;
@@ -105,6 +105,9 @@ struct SessionState {
     service: Arc<AmqpService>,
     cbs_requests: Option<Receiver>,
     cbs_responses: Option<Sender>,
+    /// CBS answers to requests that came before the client's CBS receiver link was attached (uAMQP sends
+    /// put-token as soon as its sender link is up): sent once it is.
+    cbs_unsent: Vec<Message<Body<Value>>>,
     twin: Option<TwinLinks>,
     /// The client's twin sender (our receiver), apart from `twin` so both can be awaited at once.
     twin_requests: Option<Receiver>,
@@ -115,6 +118,7 @@ struct SessionState {
 struct TwinLinks {
     device_id: DeviceId,
     responses: Option<Sender>,
+    unsent: Vec<Message<Body<Value>>>,
     subscribed: bool,
     events: broadcast::Receiver<HubEvent>,
 }
@@ -157,12 +161,25 @@ enum Address {
     Twin(String),
     /// Telemetry, C2D, methods and the like, for this device.
     DeviceOther(String),
+    /// A back end sending cloud-to-device messages (`/messages/devicebound`).
+    ServiceCloudToDevice,
     Unknown,
 }
 
 fn classify(address: &str) -> Address {
     if address == "$cbs" {
         return Address::Cbs;
+    }
+    // uAMQP names targets with the scheme and host: `amqps://<host>/messages/devicebound`.
+    let address = match address.strip_prefix("amqps://") {
+        Some(rest) => rest.find('/').map_or("", |slash| &rest[slash..]),
+        None => address,
+    };
+    if address
+        .trim_end_matches('/')
+        .eq_ignore_ascii_case("/messages/devicebound")
+    {
+        return Address::ServiceCloudToDevice;
     }
     let lower = address.to_ascii_lowercase();
     let Some(rest) = lower.strip_prefix("/devices/").map(|_| &address["/devices/".len()..]) else {
@@ -199,6 +216,7 @@ impl SessionState {
             service,
             cbs_requests: None,
             cbs_responses: None,
+            cbs_unsent: Vec::new(),
             twin: None,
             twin_requests: None,
             idle: Vec::new(),
@@ -240,11 +258,10 @@ impl SessionState {
                             tracing::info!(%error, "could not record the connection");
                         }
                     }
-                    if let Some(sender) = self.cbs_responses.as_mut() {
-                        let response = cbs::response(&request, outcome.status, outcome.description);
-                        let _ = sender
-                            .send(Sendable::builder().message(response).settled(true).build())
-                            .await;
+                    let response = cbs::response(&request, outcome.status, outcome.description);
+                    match self.cbs_responses.as_mut() {
+                        Some(sender) => send_settled(sender, response).await,
+                        None => self.cbs_unsent.push(response),
                     }
                 }
                 Incoming::Cbs(Err(error)) => {
@@ -286,7 +303,11 @@ impl SessionState {
                 Ok(id) => authorizations.lock().await.covers(&id),
                 Err(_) => false,
             },
-            None => kind == Address::Cbs,
+            None => match kind {
+                Address::Cbs => true,
+                Address::ServiceCloudToDevice => authorizations.lock().await.covers_service(),
+                _ => false,
+            },
         };
         if !authorized {
             let condition = if kind == Address::Unknown {
@@ -300,12 +321,18 @@ impl SessionState {
         }
         match (kind, link) {
             (Address::Cbs, LinkEndpoint::Receiver(receiver)) => self.cbs_requests = Some(receiver),
-            (Address::Cbs, LinkEndpoint::Sender(sender)) => self.cbs_responses = Some(sender),
+            (Address::Cbs, LinkEndpoint::Sender(mut sender)) => {
+                for response in self.cbs_unsent.drain(..) {
+                    send_settled(&mut sender, response).await;
+                }
+                self.cbs_responses = Some(sender);
+            }
             (Address::Twin(device), link) => {
                 let Ok(device_id) = DeviceId::new(&device) else { return };
                 let twin = self.twin.get_or_insert_with(|| TwinLinks {
                     device_id: device_id.clone(),
                     responses: None,
+                    unsent: Vec::new(),
                     subscribed: false,
                     events: self.service.hub.subscribe(),
                 });
@@ -316,8 +343,19 @@ impl SessionState {
                 }
                 match link {
                     LinkEndpoint::Receiver(receiver) => self.twin_requests = Some(receiver),
-                    LinkEndpoint::Sender(sender) => twin.responses = Some(sender),
+                    LinkEndpoint::Sender(mut sender) => {
+                        for message in twin.unsent.drain(..) {
+                            send_settled(&mut sender, message).await;
+                        }
+                        twin.responses = Some(sender);
+                    }
                 }
+            }
+            (Address::ServiceCloudToDevice, LinkEndpoint::Receiver(receiver)) => {
+                tokio::spawn(refuse_everything(
+                    receiver,
+                    "cloud-to-device messages are not supported yet",
+                ));
             }
             (Address::DeviceOther(_), LinkEndpoint::Receiver(receiver)) => {
                 // A client sender (telemetry, method responses): each message is accepted, so the
@@ -355,30 +393,17 @@ impl SessionState {
         let answer = twin::answer(&self.service, &twin.device_id, &request, &mut twin.subscribed).await;
         let device_id = twin.device_id.clone();
         let newly_subscribed = twin.subscribed && !was_subscribed;
-        if let Some(sender) = twin.responses.as_mut() {
-            let _ = sender
-                .send(Sendable::builder().message(answer).settled(true).build())
-                .await;
-            if newly_subscribed {
-                // Beyond IoT Hub, as over MQTT: a device that missed desired changes gets the whole document.
-                if let Ok(record) = self.service.hub.device(&device_id) {
-                    let missed = self
-                        .service
-                        .delivered(&device_id)
-                        .is_some_and(|delivered| delivered < record.twin.desired.version);
-                    if missed {
-                        self.service.note_delivered(&device_id, record.twin.desired.version);
-                        let _ = sender
-                            .send(
-                                Sendable::builder()
-                                    .message(twin::full_desired(&record))
-                                    .settled(true)
-                                    .build(),
-                            )
-                            .await;
-                    } else {
-                        self.service.note_delivered(&device_id, record.twin.desired.version);
-                    }
+        twin.deliver(answer).await;
+        if newly_subscribed {
+            // Beyond IoT Hub, as over MQTT: a device that missed desired changes gets the whole document.
+            if let Ok(record) = self.service.hub.device(&device_id) {
+                let missed = self
+                    .service
+                    .delivered(&device_id)
+                    .is_some_and(|delivered| delivered < record.twin.desired.version);
+                self.service.note_delivered(&device_id, record.twin.desired.version);
+                if missed {
+                    twin.deliver(twin::full_desired(&record)).await;
                 }
             }
         }
@@ -408,17 +433,49 @@ impl SessionState {
                 return;
             }
         };
-        if let Some(sender) = twin.responses.as_mut() {
-            let _ = sender
-                .send(Sendable::builder().message(message).settled(true).build())
-                .await;
+        twin.deliver(message).await;
+    }
+}
+
+impl TwinLinks {
+    /// Sends on the client's twin receiver link, or keeps the message until that link is attached (a
+    /// client may send its first request before the link for the answers is up).
+    async fn deliver(&mut self, message: Message<Body<Value>>) {
+        match self.responses.as_mut() {
+            Some(sender) => send_settled(sender, message).await,
+            None => self.unsent.push(message),
         }
+    }
+}
+
+async fn send_settled(sender: &mut Sender, message: Message<Body<Value>>) {
+    if let Err(error) = sender
+        .send(Sendable::builder().message(message).settled(true).build())
+        .await
+    {
+        tracing::debug!(%error, "AMQP send failed");
     }
 }
 
 async fn accept_everything(mut receiver: Receiver) {
     while let Ok(delivery) = receiver.recv::<Body<Value>>().await {
         if receiver.accept(&delivery).await.is_err() {
+            break;
+        }
+    }
+}
+
+/// A link whose messages the hub cannot act on yet: each is rejected with `amqp:not-implemented`, so the
+/// sender learns it at once instead of believing it delivered.
+async fn refuse_everything(mut receiver: Receiver, description: &'static str) {
+    while let Ok(delivery) = receiver.recv::<Body<Value>>().await {
+        tracing::info!(description, "message refused");
+        let error = AmqpErrorBody::new(
+            ErrorCondition::AmqpError(AmqpError::NotImplemented),
+            Some(description.into()),
+            None,
+        );
+        if receiver.reject(&delivery, error).await.is_err() {
             break;
         }
     }
@@ -449,6 +506,11 @@ mod tests {
             classify("/devices/dev1/messages/events"),
             Address::DeviceOther("dev1".into())
         );
-        assert_eq!(classify("/messages/devicebound"), Address::Unknown);
+        assert_eq!(classify("/messages/devicebound"), Address::ServiceCloudToDevice);
+        assert_eq!(
+            classify("amqps://hub.example/messages/devicebound"),
+            Address::ServiceCloudToDevice
+        );
+        assert_eq!(classify("/nowhere"), Address::Unknown);
     }
 }

@@ -26,6 +26,7 @@ impl SaslAcceptor for IotHubSasl {
 
     fn on_init(&mut self, init: SaslInit) -> SaslServerFrame {
         if MECHANISMS.contains(&init.mechanism.as_str()) {
+            tracing::debug!(mechanism = %init.mechanism.as_str(), "SASL mechanism accepted");
             outcome(SaslCode::Ok)
         } else {
             tracing::info!(mechanism = %init.mechanism.as_str(), "SASL mechanism refused");

@@ -18,12 +18,28 @@ pub struct TestHub {
     address: Ipv4Addr,
     data_dir: tempfile::TempDir,
     child: Option<Child>,
+    /// RUST_LOG for the hub; default: the test's own RUST_LOG, else `info`.
+    log_filter: Option<String>,
 }
 
 impl TestHub {
     /// Starts a hub with a fresh data directory on a loopback address no other hub of this machine uses.
     pub fn start() -> TestHub {
         TestHub::start_with(&[])
+    }
+
+    /// Same, with the hub's RUST_LOG filter set (to assert on what it logs).
+    pub fn start_with_log(filter: &str) -> TestHub {
+        let address = free_loopback_address();
+        let data_dir = tempfile::tempdir().expect("temporary data directory");
+        let mut hub = TestHub {
+            address,
+            data_dir,
+            child: None,
+            log_filter: Some(filter.to_owned()),
+        };
+        hub.spawn(&[]);
+        hub
     }
 
     /// Same, with extra `serve` flags (e.g. `--allow-arrays`).
@@ -34,6 +50,7 @@ impl TestHub {
             address,
             data_dir,
             child: None,
+            log_filter: None,
         };
         hub.spawn(extra_args);
         hub
@@ -56,7 +73,12 @@ impl TestHub {
                 &self.address.to_string(),
             ])
             .args(extra_args)
-            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
+            .env(
+                "RUST_LOG",
+                self.log_filter
+                    .clone()
+                    .unwrap_or_else(|| std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into())),
+            )
             .stdout(log.try_clone().expect("hub log"))
             .stderr(log)
             .spawn()
