@@ -135,6 +135,10 @@ async function main() {
   log('device app: reporting still works after renewals');
   await report(twin, { firmware: '1.0.1' });
 
+  log('device app: listen for cloud-to-device messages and direct methods (the links or subscriptions attach)');
+  client.on('message', (message) => client.complete(message, () => {}));
+  client.onDeviceMethod('reboot', (request, response) => response.send(200, { ok: true }, () => {}));
+
   log('device app: send a telemetry message (accepted; routing comes later)');
   const { Message } = require('azure-iot-device');
   await client.sendEvent(new Message(JSON.stringify({ temperature: 21.5 })));

@@ -30,27 +30,20 @@ impl TestHub {
 
     /// Same, with the hub's RUST_LOG filter set (to assert on what it logs).
     pub fn start_with_log(filter: &str) -> TestHub {
-        let address = free_loopback_address();
-        let data_dir = tempfile::tempdir().expect("temporary data directory");
-        let mut hub = TestHub {
-            address,
-            data_dir,
-            child: None,
-            log_filter: Some(filter.to_owned()),
-        };
-        hub.spawn(&[]);
-        hub
+        TestHub::launch(&[], Some(filter.to_owned()))
     }
 
     /// Same, with extra `serve` flags (e.g. `--allow-arrays`).
     pub fn start_with(extra_args: &[&str]) -> TestHub {
-        let address = free_loopback_address();
-        let data_dir = tempfile::tempdir().expect("temporary data directory");
+        TestHub::launch(extra_args, None)
+    }
+
+    fn launch(extra_args: &[&str], log_filter: Option<String>) -> TestHub {
         let mut hub = TestHub {
-            address,
-            data_dir,
+            address: free_loopback_address(),
+            data_dir: tempfile::tempdir().expect("temporary data directory"),
             child: None,
-            log_filter: None,
+            log_filter,
         };
         hub.spawn(extra_args);
         hub
