@@ -80,6 +80,8 @@ hub telemetry --devices "$DEVICES" --in-flight "$IN_FLIGHT" --seconds "$SECONDS_
 echo "== reported patches (durable), saturated, then at a steady $REPORTED_RATE/s"
 hub reported --devices "$DEVICES" --in-flight "$IN_FLIGHT" --seconds "$SECONDS_RUN" --json "$OUT/hub-reported.json"
 hub reported --devices "$DEVICES" --in-flight "$IN_FLIGHT" --seconds "$SECONDS_RUN" --rate "$REPORTED_RATE" --json "$OUT/hub-reported-half.json"
+echo "== reported patches over AMQP (the twin links), saturated"
+hub reported --transport amqp --devices "$DEVICES" --in-flight "$IN_FLIGHT" --seconds "$SECONDS_RUN" --json "$OUT/hub-reported-amqp.json"
 echo "== twin GET over MQTT"
 hub twin-get --devices "$DEVICES" --in-flight "$IN_FLIGHT" --seconds "$SECONDS_RUN" --json "$OUT/hub-twin-get.json"
 echo "== REST: twin GET, then PATCH, $REST_CLIENTS clients"
@@ -94,6 +96,7 @@ load = lambda name: json.load(open(os.path.join(out, name + ".json")))
 hc, mc = load("hub-connect"), load("mosquitto-connect")
 mp, ht = load("mosquitto-publish"), load("hub-telemetry")
 hr, hh = load("hub-reported"), load("hub-reported-half")
+ha = load("hub-reported-amqp")
 hg, rest, hd = load("hub-twin-get"), load("hub-rest"), load("hub-desired")
 
 def row(what, value, unit, p50=None, p99=None, ratio=None, target=""):
@@ -116,6 +119,8 @@ row("twinhub:   telemetry QoS 1 publishes/s", ht["per_second"], "/s", *l(ht),
 row("twinhub:   reported patches/s (durable)", hr["per_second"], "/s", *l(hr),
     ratio=hr["per_second"] / mp["per_second"], target=">= 50,000/s, >= 0.5x mosquitto")
 row("twinhub:   reported at a steady rate", hh["per_second"], "/s", *l(hh), target="p99 < 10 ms at 25,000/s")
+row("twinhub:   reported patches/s over AMQP", ha["per_second"], "/s", *l(ha),
+    ratio=ha["per_second"] / mp["per_second"])
 row("twinhub:   twin GET over MQTT/s", hg["per_second"], "/s", *l(hg), target=">= 100,000/s")
 row("twinhub:   twin GET over REST/s", rest["per_second"], "/s", *l(rest), target=">= 50,000/s")
 row("twinhub:   twin PATCH over REST/s", rest["patch_per_second"], "/s",

@@ -48,6 +48,23 @@ fn every_scenario_runs_and_checks_what_it_measured() {
     );
     assert!(reported["operations"].as_u64().unwrap() > 0, "{reported}");
     assert_eq!(reported["verified_devices"], 5, "{reported}");
+    let amqp = bench(
+        &hub,
+        &[
+            "reported",
+            "--transport",
+            "amqp",
+            "--devices",
+            "5",
+            "--in-flight",
+            "4",
+            "--seconds",
+            "1",
+        ],
+    );
+    assert!(amqp["operations"].as_u64().unwrap() > 0, "{amqp}");
+    assert_eq!(amqp["transport"], "amqp");
+    assert_eq!(amqp["verified_devices"], 5, "{amqp}");
     let paced = bench(&hub, &["reported", "--devices", "5", "--seconds", "1", "--rate", "100"]);
     let rate = paced["per_second"].as_f64().unwrap();
     assert!((50.0..150.0).contains(&rate), "paced at 100/s: {paced}");

@@ -15,6 +15,9 @@ use fe2o3_amqp::types::definitions::{AmqpError, Error as AmqpErrorBody, ErrorCon
 use fe2o3_amqp::types::messaging::{Body, Message};
 use fe2o3_amqp::types::primitives::Value;
 use fe2o3_amqp::Sendable;
+use futures_util::future::BoxFuture;
+use futures_util::stream::FuturesUnordered;
+use futures_util::StreamExt;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -111,6 +114,8 @@ struct SessionState {
     twin: Option<TwinLinks>,
     /// The client's twin sender (our receiver), apart from `twin` so both can be awaited at once.
     twin_requests: Option<Receiver>,
+    /// Answers waiting for their commit.
+    pending: FuturesUnordered<BoxFuture<'static, Message<Body<Value>>>>,
     /// Links kept open without behaviour yet (telemetry, C2D, methods): a later issue serves them.
     idle: Vec<LinkEndpoint>,
 }
@@ -129,7 +134,12 @@ enum Incoming {
     Cbs(Result<fe2o3_amqp::link::delivery::Delivery<Body<Value>>, fe2o3_amqp::link::RecvError>),
     Twin(Result<fe2o3_amqp::link::delivery::Delivery<Body<Value>>, fe2o3_amqp::link::RecvError>),
     Desired(Result<HubEvent, broadcast::error::RecvError>),
+    Answered(Message<Body<Value>>),
 }
+
+/// Reported patches of one session waiting for their commit; past this the twin link is not read
+/// until some complete (back-pressure), as over MQTT.
+const TWIN_REQUESTS_IN_FLIGHT_MAX: usize = 256;
 
 async fn recv_on(
     link: &mut Option<Receiver>,
@@ -219,6 +229,7 @@ impl SessionState {
             cbs_unsent: Vec::new(),
             twin: None,
             twin_requests: None,
+            pending: FuturesUnordered::new(),
             idle: Vec::new(),
         }
     }
@@ -232,7 +243,8 @@ impl SessionState {
                         None => Incoming::SessionEnded,
                     },
                     delivery = recv_on(&mut self.cbs_requests) => Incoming::Cbs(delivery),
-                    delivery = recv_on(&mut self.twin_requests) => Incoming::Twin(delivery),
+                    delivery = recv_on(&mut self.twin_requests), if self.pending.len() < TWIN_REQUESTS_IN_FLIGHT_MAX => Incoming::Twin(delivery),
+                    Some(answer) = self.pending.next(), if !self.pending.is_empty() => Incoming::Answered(answer),
                     event = async {
                         match self.twin.as_mut() {
                             Some(twin) if twin.subscribed => twin.events.recv().await,
@@ -274,6 +286,11 @@ impl SessionState {
                     self.twin_requests = None;
                 }
                 Incoming::Desired(event) => self.desired(event).await,
+                Incoming::Answered(answer) => {
+                    if let Some(twin) = self.twin.as_mut() {
+                        twin.deliver(answer).await;
+                    }
+                }
             }
         }
         let _ = session.end().await;
@@ -390,10 +407,13 @@ impl SessionState {
         }
         let request = delivery.into_message();
         let was_subscribed = twin.subscribed;
-        let answer = twin::answer(&self.service, &twin.device_id, &request, &mut twin.subscribed).await;
+        let answer = twin::answer(&self.service, &twin.device_id, &request, &mut twin.subscribed);
         let device_id = twin.device_id.clone();
         let newly_subscribed = twin.subscribed && !was_subscribed;
-        twin.deliver(answer).await;
+        match answer {
+            twin::Answer::Now(message) => twin.deliver(*message).await,
+            twin::Answer::Later(future) => self.pending.push(future),
+        }
         if newly_subscribed {
             // Beyond IoT Hub, as over MQTT: a device that missed desired changes gets the whole document.
             if let Ok(record) = self.service.hub.device(&device_id) {

@@ -87,28 +87,38 @@ fn message(
         .build()
 }
 
-/// Answers one twin request. `delivered` is the desired version the device was given, kept up to date.
-pub async fn answer(
+/// An answer now, or once a write commits (reported patches: many may be pending at once, as over MQTT).
+pub enum Answer {
+    Now(Box<Message<Body<Value>>>),
+    Later(futures_util::future::BoxFuture<'static, Message<Body<Value>>>),
+}
+
+fn now(answer: Message<Body<Value>>) -> Answer {
+    Answer::Now(Box::new(answer))
+}
+
+/// Answers one twin request; a desired subscription changes `subscribed`.
+pub fn answer(
     service: &AmqpService,
     device_id: &DeviceId,
     request: &Message<Body<Value>>,
     subscribed: &mut bool,
-) -> Message<Body<Value>> {
+) -> Answer {
     let correlation_id = request.properties.as_ref().and_then(|p| p.correlation_id.clone());
     let failure = |failure: TwinFailure| {
-        message(
+        now(message(
             correlation_id.clone(),
             Some(i32::from(failure.status)),
             None,
             Some(failure.body()),
-        )
+        ))
     };
     match operation(request) {
         TwinOperation::Get => match service.hub.device(device_id) {
             Ok(record) => {
                 service.note_delivered(device_id, record.twin.desired.version);
                 let body = twinhub_core::json::device_twin_text(&record);
-                message(correlation_id, Some(200), None, Some(body.as_bytes().to_vec()))
+                now(message(correlation_id, Some(200), None, Some(body.as_bytes().to_vec())))
             }
             Err(error) => failure(TwinFailure::from(&error)),
         },
@@ -120,20 +130,34 @@ pub async fn answer(
                         .map_err(|error| TwinFailure::bad_request(error.to_string()))
                 });
             match parsed {
-                Ok(patch) => match service.hub.patch_reported(device_id.clone(), patch).await {
-                    Ok(record) => message(correlation_id, Some(204), Some(record.twin.reported.version), None),
-                    Err(error) => failure(TwinFailure::from(&error)),
-                },
+                Ok(patch) => {
+                    let hub = std::sync::Arc::clone(&service.hub);
+                    let device_id = device_id.clone();
+                    Answer::Later(Box::pin(async move {
+                        match hub.patch_reported(device_id, patch).await {
+                            Ok(record) => message(correlation_id, Some(204), Some(record.twin.reported.version), None),
+                            Err(error) => {
+                                let failure = TwinFailure::from(&error);
+                                message(
+                                    correlation_id,
+                                    Some(i32::from(failure.status)),
+                                    None,
+                                    Some(failure.body()),
+                                )
+                            }
+                        }
+                    }))
+                }
                 Err(reason) => failure(reason),
             }
         }
         TwinOperation::SubscribeDesired => {
             *subscribed = true;
-            message(correlation_id, Some(200), None, None)
+            now(message(correlation_id, Some(200), None, None))
         }
         TwinOperation::UnsubscribeDesired => {
             *subscribed = false;
-            message(correlation_id, Some(200), None, None)
+            now(message(correlation_id, Some(200), None, None))
         }
         TwinOperation::Unsupported(what) => failure(TwinFailure::bad_request(format!(
             "'{what}' is not a twin operation IoT Hub devices can use"

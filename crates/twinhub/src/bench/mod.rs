@@ -6,6 +6,7 @@
 //! such as Mosquitto, with the same client code, so the figures compare like with like
 //! (`bench/compare.sh`).
 
+mod amqp;
 mod http;
 mod mqtt;
 mod stats;
@@ -41,6 +42,13 @@ pub enum Scenario {
     Telemetry,
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DeviceTransport {
+    Mqtt,
+    Amqp,
+}
+
 #[derive(clap::Args)]
 pub struct BenchArgs {
     #[arg(value_enum)]
@@ -70,6 +78,12 @@ pub struct BenchArgs {
     /// The MQTT port of the hub.
     #[arg(long, default_value_t = 8883)]
     mqtt_port: u16,
+    /// The AMQP port of the hub.
+    #[arg(long, default_value_t = 5671)]
+    amqp_port: u16,
+    /// The device transport for `reported`: mqtt, or amqp (the twin links, saturating only).
+    #[arg(long, value_enum, default_value = "mqtt")]
+    transport: DeviceTransport,
     /// Drive a plain MQTT broker at this address (host:port, TLS, anonymous) instead of the hub's MQTT
     /// port: connect and telemetry only.
     #[arg(long)]
@@ -92,6 +106,7 @@ pub struct BenchArgs {
 pub struct Report {
     pub label: String,
     pub scenario: Option<Scenario>,
+    pub transport: Option<DeviceTransport>,
     pub devices: usize,
     pub in_flight: usize,
     pub seconds: f64,
@@ -342,6 +357,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let setup = setup(&args, device_count).await?;
     let report = match args.scenario {
         Scenario::Connect => connect(&args, &setup).await?,
+        Scenario::Reported if args.transport == DeviceTransport::Amqp => amqp_reported(&args, &setup).await?,
         Scenario::Reported | Scenario::TwinGet => twin_requests(&args, &setup).await?,
         Scenario::Telemetry => telemetry(&args, &setup).await?,
         Scenario::Desired => desired(&args, &setup).await?,
@@ -449,28 +465,97 @@ async fn twin_requests(args: &BenchArgs, setup: &Setup) -> anyhow::Result<Report
     let mut report = report(args, setup, elapsed, latencies);
     if reported {
         // Acknowledged means stored: the last acknowledged patch of a sample of devices is in their twins.
-        let step = (setup.devices.len() / 50).max(1);
-        let mut verified = 0;
-        for index in (0..setup.devices.len()).step_by(step) {
-            if last_sequence[index] == 0 {
-                // Nothing acknowledged for this device in this run: nothing to check.
-                continue;
-            }
-            let twin = service
-                .call_json(reqwest::Method::GET, &format!("/twins/{}", setup.devices[index]), None)
-                .await?;
-            let stored = twin["properties"]["reported"]["bench"]["seq"].as_u64().unwrap_or(0);
-            if stored != last_sequence[index] {
-                bail!(
-                    "{}: the last acknowledged patch was {}, the twin holds {stored}",
-                    setup.devices[index],
-                    last_sequence[index]
-                );
-            }
-            verified += 1;
-        }
+        report.transport = Some(DeviceTransport::Mqtt);
+        let verified = verify_reported(&service, &setup.devices, &last_sequence).await?;
         report.verified_devices = Some(verified);
     }
+    Ok(report)
+}
+
+/// Checks that each sampled device's last acknowledged patch is in its twin; returns how many were checked.
+async fn verify_reported(service: &Service, devices: &[String], last_sequence: &[u64]) -> anyhow::Result<usize> {
+    let step = (devices.len() / 50).max(1);
+    let mut verified = 0;
+    for index in (0..devices.len()).step_by(step) {
+        if last_sequence[index] == 0 {
+            // Nothing acknowledged for this device in this run: nothing to check.
+            continue;
+        }
+        let twin = service
+            .call_json(reqwest::Method::GET, &format!("/twins/{}", devices[index]), None)
+            .await?;
+        let stored = twin["properties"]["reported"]["bench"]["seq"].as_u64().unwrap_or(0);
+        if stored != last_sequence[index] {
+            bail!(
+                "{}: the last acknowledged patch was {}, the twin holds {stored}",
+                devices[index],
+                last_sequence[index]
+            );
+        }
+        verified += 1;
+    }
+    Ok(verified)
+}
+
+/// `reported` over AMQP: each device opens AMQP, authenticates with CBS, and pipelines reported
+/// patches on its twin links.
+async fn amqp_reported(args: &BenchArgs, setup: &Setup) -> anyhow::Result<Report> {
+    let service = setup.service.clone().context("reported needs a hub")?;
+    if args.rate.is_some() {
+        bail!("--rate is for MQTT; over AMQP the bench saturates");
+    }
+    let host = service.connection.host_name.clone();
+    let endpoint = Endpoint {
+        address: SocketAddr::new(setup.endpoint.address.ip(), args.amqp_port),
+        ..setup.endpoint.clone()
+    };
+    let (progress, printer) = Progress::start(format!("{} connecting over AMQP", setup.label));
+    let permits = Arc::new(Semaphore::new(args.connect_concurrency.max(1)));
+    let mut opening = Vec::with_capacity(setup.devices.len());
+    for (index, device_id) in setup.devices.iter().enumerate() {
+        let token = service.device_login(device_id)?.password;
+        let endpoint = endpoint.clone();
+        let host = host.clone();
+        let device_id = device_id.clone();
+        let permits = Arc::clone(&permits);
+        let progress = progress.clone();
+        opening.push(tokio::spawn(async move {
+            let _permit = permits.acquire_owned().await?;
+            let device = amqp::AmqpDevice::connect(&endpoint, index, &host, &device_id, &token).await?;
+            progress.add(1);
+            anyhow::Ok(device)
+        }));
+    }
+    let mut devices = Vec::with_capacity(opening.len());
+    for task in opening {
+        devices.push(task.await??);
+    }
+    printer.abort();
+    let (progress, printer) = Progress::start(format!("\n{} reported over AMQP", setup.label));
+    let started = Instant::now();
+    let until = started + Duration::from_secs(args.seconds);
+    let mut tasks = Vec::with_capacity(devices.len());
+    for (index, mut device) in devices.into_iter().enumerate() {
+        let progress = progress.clone();
+        let in_flight = args.in_flight;
+        tasks.push(tokio::spawn(async move {
+            let result = device.reported(index, in_flight, until, &progress).await;
+            device.close().await;
+            result
+        }));
+    }
+    let mut latencies = Latencies::default();
+    let mut last_sequence = Vec::with_capacity(tasks.len());
+    for task in tasks {
+        let (device_latencies, last) = task.await??;
+        latencies.merge(device_latencies);
+        last_sequence.push(last);
+    }
+    let elapsed = started.elapsed();
+    printer.abort();
+    let mut report = report(args, setup, elapsed, latencies);
+    report.transport = Some(DeviceTransport::Amqp);
+    report.verified_devices = Some(verify_reported(&service, &setup.devices, &last_sequence).await?);
     Ok(report)
 }
 

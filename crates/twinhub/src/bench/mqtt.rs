@@ -20,7 +20,7 @@ use tokio_rustls::client::TlsStream;
 use tokio_util::codec::{Encoder, FramedRead};
 use twinhub_server::mqtt::wire;
 
-type Tls = TlsStream<TcpStream>;
+pub type Tls = TlsStream<TcpStream>;
 
 /// Where and how to connect.
 #[derive(Clone)]
@@ -48,7 +48,8 @@ pub struct Connection {
 }
 
 impl Endpoint {
-    pub async fn connect(&self, index: usize, client_id: &str, login: Option<&Login>) -> anyhow::Result<Connection> {
+    /// TCP from the `index`-th source address, then TLS.
+    pub async fn tls(&self, index: usize) -> anyhow::Result<Tls> {
         let source = self.sources[index % self.sources.len()];
         let socket = if self.address.is_ipv4() {
             TcpSocket::new_v4()?
@@ -61,10 +62,14 @@ impl Endpoint {
             .await
             .with_context(|| format!("connect to {} from {source}", self.address))?;
         tcp.set_nodelay(true)?;
-        let tls = tokio_rustls::TlsConnector::from(Arc::clone(&self.tls))
+        tokio_rustls::TlsConnector::from(Arc::clone(&self.tls))
             .connect(self.server_name.clone(), tcp)
             .await
-            .context("TLS handshake")?;
+            .context("TLS handshake")
+    }
+
+    pub async fn connect(&self, index: usize, client_id: &str, login: Option<&Login>) -> anyhow::Result<Connection> {
+        let tls = self.tls(index).await?;
         let (reader, writer) = tokio::io::split(tls);
         let mut connection = Connection {
             reader: FramedRead::new(reader, Codec::default()),
