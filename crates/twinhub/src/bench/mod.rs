@@ -453,13 +453,7 @@ async fn twin_requests(args: &BenchArgs, setup: &Setup) -> anyhow::Result<Report
             anyhow::Ok((latencies, last))
         }));
     }
-    let mut latencies = Latencies::default();
-    let mut last_sequence = Vec::with_capacity(tasks.len());
-    for task in tasks {
-        let (device_latencies, last) = task.await??;
-        latencies.merge(device_latencies);
-        last_sequence.push(last);
-    }
+    let (latencies, last_sequence) = gather(tasks).await?;
     let elapsed = started.elapsed();
     printer.abort();
     let mut report = report(args, setup, elapsed, latencies);
@@ -470,6 +464,21 @@ async fn twin_requests(args: &BenchArgs, setup: &Setup) -> anyhow::Result<Report
         report.verified_devices = Some(verified);
     }
     Ok(report)
+}
+
+/// Waits for every device's load; returns their merged latencies and each one's last acknowledged
+/// sequence, in device order.
+async fn gather(
+    tasks: Vec<tokio::task::JoinHandle<anyhow::Result<(Latencies, u64)>>>,
+) -> anyhow::Result<(Latencies, Vec<u64>)> {
+    let mut latencies = Latencies::default();
+    let mut last_sequence = Vec::with_capacity(tasks.len());
+    for task in tasks {
+        let (device_latencies, last) = task.await??;
+        latencies.merge(device_latencies);
+        last_sequence.push(last);
+    }
+    Ok((latencies, last_sequence))
 }
 
 /// Checks that each sampled device's last acknowledged patch is in its twin; returns how many were checked.
@@ -544,13 +553,7 @@ async fn amqp_reported(args: &BenchArgs, setup: &Setup) -> anyhow::Result<Report
             result
         }));
     }
-    let mut latencies = Latencies::default();
-    let mut last_sequence = Vec::with_capacity(tasks.len());
-    for task in tasks {
-        let (device_latencies, last) = task.await??;
-        latencies.merge(device_latencies);
-        last_sequence.push(last);
-    }
+    let (latencies, last_sequence) = gather(tasks).await?;
     let elapsed = started.elapsed();
     printer.abort();
     let mut report = report(args, setup, elapsed, latencies);
