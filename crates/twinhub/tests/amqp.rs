@@ -123,6 +123,25 @@ fn twin_request(operation: &str, resource: Option<&str>, correlation: &str, body
         .build()
 }
 
+/// The twin links of `dev1`, as the SDKs attach them (pre-settled requests).
+async fn twin_links(client: &mut Client, suffix: &str) -> (Sender, Receiver) {
+    let requests = Sender::builder()
+        .name(format!("twin-sender{suffix}"))
+        .target("/devices/dev1/twin")
+        .sender_settle_mode(SenderSettleMode::Settled)
+        .attach(&mut client.session)
+        .await
+        .unwrap();
+    let answers = Receiver::attach(
+        &mut client.session,
+        format!("twin-receiver{suffix}"),
+        "/devices/dev1/twin",
+    )
+    .await
+    .unwrap();
+    (requests, answers)
+}
+
 fn annotation(message: &Message<Body<Value>>, key: &str) -> Option<Value> {
     message
         .message_annotations
@@ -165,16 +184,7 @@ async fn cbs_authorizes_devices_and_the_twin_links_answer_with_the_types_the_sdk
     assert_eq!(correlation, Some(MessageId::Ulong(7)));
 
     // The twin: GET, reported PATCH, desired subscription and a notification.
-    let mut requests = Sender::builder()
-        .name("twin-sender")
-        .target("/devices/dev1/twin")
-        .sender_settle_mode(SenderSettleMode::Settled)
-        .attach(&mut client.session)
-        .await
-        .unwrap();
-    let mut answers = Receiver::attach(&mut client.session, "twin-receiver", "/devices/dev1/twin")
-        .await
-        .unwrap();
+    let (mut requests, mut answers) = twin_links(&mut client, "").await;
     requests.send(twin_request("GET", None, "c1", b" ")).await.unwrap();
     let answer = answers.recv::<Body<Value>>().await.unwrap().into_message();
     assert_eq!(
@@ -336,5 +346,55 @@ async fn bad_tokens_links_and_frames_are_refused_without_affecting_others() {
     }
     let (status, _) = put_token(&mut client, &audience, &device_token(&host, "dev1", &key, 600), 4).await;
     assert_eq!(status, SimpleValue::Int(200), "the well-behaved connection carries on");
+    let _ = client.connection.close().await;
+}
+
+#[tokio::test]
+async fn a_device_that_resubscribes_after_missing_desired_changes_gets_the_whole_document() {
+    let hub = TestHub::start();
+    let api = Service::new(&hub.owner_connection_string(), &hub.ca_path());
+    let host = hub.host();
+    let key = api.register_device("dev1").await;
+    let audience = format!("{host}/devices/dev1");
+
+    let subscribe = |correlation: &'static str| {
+        twin_request("PUT", Some("/notifications/twin/properties/desired"), correlation, b" ")
+    };
+    // First visit: subscribed at desired version 1.
+    let mut client = open(&hub, false).await;
+    put_token(&mut client, &audience, &device_token(&host, "dev1", &key, 600), 1).await;
+    let (mut requests, mut answers) = twin_links(&mut client, "").await;
+    requests.send(subscribe("s1")).await.unwrap();
+    let answer = answers.recv::<Body<Value>>().await.unwrap().into_message();
+    assert_eq!(annotation(&answer, "status"), Some(Value::Int(200)));
+    let _ = client.connection.close().await;
+
+    // Away: desired changes twice.
+    for desired in [json!({"a": 1, "b": 2}), json!({"a": null})] {
+        let reply = api
+            .call(
+                Method::PATCH,
+                "/twins/dev1",
+                Some(json!({"properties": {"desired": desired}})),
+                Some("*"),
+            )
+            .await;
+        assert_eq!(reply.status, 200);
+    }
+
+    // Back: the subscription's answer, then the whole desired document at its version.
+    let mut client = open(&hub, false).await;
+    put_token(&mut client, &audience, &device_token(&host, "dev1", &key, 600), 2).await;
+    let (mut requests, mut answers) = twin_links(&mut client, "-2").await;
+    requests.send(subscribe("s2")).await.unwrap();
+    let answer = answers.recv::<Body<Value>>().await.unwrap().into_message();
+    assert_eq!(annotation(&answer, "status"), Some(Value::Int(200)));
+    let catch_up = answers.recv::<Body<Value>>().await.unwrap().into_message();
+    assert_eq!(
+        catch_up.properties.as_ref().and_then(|p| p.correlation_id.clone()),
+        None
+    );
+    assert_eq!(annotation(&catch_up, "version"), Some(Value::Long(3)));
+    assert_eq!(body_json(&catch_up), json!({"b": 2, "$version": 3}));
     let _ = client.connection.close().await;
 }
