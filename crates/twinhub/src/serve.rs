@@ -21,7 +21,7 @@ pub struct ServeArgs {
     /// MQTT over TLS (devices).
     #[arg(long, default_value_t = 8883)]
     mqtt_port: u16,
-    /// AMQP over TLS (devices and back ends).
+    /// AMQP over TLS (devices; back ends authenticate, their C2D sends come with that issue).
     #[arg(long, default_value_t = 5671)]
     amqp_port: u16,
     /// Twin requests (GET, reported PATCH) per second per device connection, on average; more are answered
@@ -55,8 +55,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         started.elapsed()
     );
     println!(
-        "devices: MQTT on mqtts://{} and wss://{}/$iothub/websocket",
-        running.mqtt_address, running.https_address
+        "devices: MQTT on mqtts://{}, AMQP on amqps://{}:{}, both also over wss://{}/$iothub/websocket",
+        running.mqtt_address, args.bind, args.amqp_port, running.https_address
     );
     println!("data directory: {}", std::fs::canonicalize(&args.data_dir)?.display());
     println!("CA certificate: {}", ca.display());
