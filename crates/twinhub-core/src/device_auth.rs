@@ -1,5 +1,6 @@
-//! Whether a SAS token lets a client act as a device: the rule every device transport (MQTT, AMQP, HTTPS)
-//! applies. Ref: device-mqtt-http notes §3.3.
+//! Whether a SAS token lets a client act as a device (the rule every device transport applies: MQTT,
+//! AMQP, HTTPS), or as a back end with a given permission (REST, AMQP's CBS). Ref: device-mqtt-http
+//! notes §3.3, service-rest notes §2.
 //!
 //! - Without `skn`, the token must be signed with one of the device's own keys.
 //! - With `skn`, it must be signed with a key of that shared access policy, and the policy must grant
@@ -30,6 +31,52 @@ pub enum DeviceAuthError {
     NoSymmetricKey,
     #[error("the signature does not match the key")]
     BadSignature,
+}
+
+/// Why a back-end token was refused. Logged; the client only learns "unauthorized".
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ServiceAuthError {
+    #[error("token names no policy")]
+    NoPolicyNamed,
+    #[error("unknown policy")]
+    UnknownPolicy,
+    #[error("bad signature")]
+    BadSignature,
+    #[error("expired token")]
+    Expired,
+    #[error("token is for another resource")]
+    WrongResource,
+    #[error("policy lacks the permission")]
+    MissingPermission,
+}
+
+/// Checks a back end's `token` (signed with a shared access policy's key, `skn`) for `permission` on hub
+/// `hostname` at `now_unix_seconds`. Device tokens carry no key name and never pass.
+pub fn authorize_service(
+    token: &SasToken,
+    hostname: &str,
+    policies: &[SharedAccessPolicy],
+    permission: Permission,
+    now_unix_seconds: i64,
+) -> Result<(), ServiceAuthError> {
+    let key_name = token.key_name.as_deref().ok_or(ServiceAuthError::NoPolicyNamed)?;
+    let policy = policies
+        .iter()
+        .find(|policy| policy.name == key_name)
+        .ok_or(ServiceAuthError::UnknownPolicy)?;
+    if !(token.is_signed_with(&policy.primary_key) | token.is_signed_with(&policy.secondary_key)) {
+        return Err(ServiceAuthError::BadSignature);
+    }
+    if token.is_expired(now_unix_seconds) {
+        return Err(ServiceAuthError::Expired);
+    }
+    if !token.covers(hostname) {
+        return Err(ServiceAuthError::WrongResource);
+    }
+    if !policy.allows(permission) {
+        return Err(ServiceAuthError::MissingPermission);
+    }
+    Ok(())
 }
 
 /// The resource a device's tokens must cover.

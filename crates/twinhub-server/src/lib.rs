@@ -10,6 +10,7 @@ pub mod mqtt;
 pub mod rest;
 pub mod server;
 pub mod tls;
+pub mod twin_failure;
 pub mod websocket;
 
 pub use material::{HubMaterial, MaterialError};

@@ -26,8 +26,9 @@ pub struct ServeConfig {
     pub hub: HubConfig,
     /// Connections held at once on the HTTPS listener; more wait in the accept queue.
     pub https_connections_max: usize,
-    /// Device connections held at once on the MQTT/TLS listener; more wait in the accept queue.
-    pub mqtt_connections_max: usize,
+    /// Device connections held at once on each device listener (MQTT/TLS, AMQP/TLS); more wait in the
+    /// accept queue.
+    pub device_connections_max: usize,
     pub mqtt: MqttConfig,
     /// The store to serve; `None`: the embedded store in `data_dir/store` (what `twinhub serve` uses).
     /// Benchmarks and tests pass their own.
@@ -45,7 +46,7 @@ impl std::fmt::Debug for ServeConfig {
             .field("amqp_port", &self.amqp_port)
             .field("hub", &self.hub)
             .field("https_connections_max", &self.https_connections_max)
-            .field("mqtt_connections_max", &self.mqtt_connections_max)
+            .field("device_connections_max", &self.device_connections_max)
             .field("mqtt", &self.mqtt)
             .field("store", &self.store.as_ref().map(|_| "custom"))
             .finish()
@@ -63,7 +64,7 @@ impl ServeConfig {
             amqp_port: 5671,
             hub: HubConfig::default(),
             https_connections_max: 10_000,
-            mqtt_connections_max: 200_000,
+            device_connections_max: 200_000,
             mqtt: MqttConfig::default(),
             store: None,
         }
@@ -186,7 +187,7 @@ pub async fn serve(config: ServeConfig) -> Result<RunningHub, ServeError> {
     tokio::spawn(accept_tls(
         amqp_listener,
         TlsAcceptor::from(amqp_tls),
-        Arc::new(Semaphore::new(config.mqtt_connections_max)),
+        Arc::new(Semaphore::new(config.device_connections_max)),
         shutdown_signal.clone(),
         move |tls, peer| {
             let amqp = Arc::clone(&amqp);
@@ -197,7 +198,7 @@ pub async fn serve(config: ServeConfig) -> Result<RunningHub, ServeError> {
     tokio::spawn(accept_tls(
         mqtt_listener,
         TlsAcceptor::from(mqtt_tls),
-        Arc::new(Semaphore::new(config.mqtt_connections_max)),
+        Arc::new(Semaphore::new(config.device_connections_max)),
         shutdown_signal,
         move |tls, peer| {
             let mqtt = Arc::clone(&mqtt);

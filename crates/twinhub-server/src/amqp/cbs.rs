@@ -9,7 +9,7 @@ use super::AmqpService;
 use fe2o3_amqp_types::messaging::{ApplicationProperties, Body, Message, Properties};
 use fe2o3_amqp_types::primitives::{SimpleValue, Value};
 use std::collections::HashMap;
-use twinhub_core::device_auth::authorize_device;
+use twinhub_core::device_auth::{authorize_device, authorize_service};
 use twinhub_core::sas::SasToken;
 use twinhub_core::{DeviceId, Timestamp};
 
@@ -173,18 +173,14 @@ pub fn put_token(
 
 /// A back end's token: signed with a policy that grants ServiceConnect, covering the hub.
 fn service_token(service: &AmqpService, authorizations: &mut Authorizations, token: &SasToken) -> PutTokenOutcome {
-    use twinhub_core::policy::Permission;
-    let policy = token
-        .key_name
-        .as_deref()
-        .and_then(|name| service.policies.iter().find(|policy| policy.name == name));
-    let valid = policy.is_some_and(|policy| {
-        policy.allows(Permission::ServiceConnect)
-            && (token.is_signed_with(&policy.primary_key) | token.is_signed_with(&policy.secondary_key))
-    }) && token.covers(&service.hostname)
-        && !token.is_expired(Timestamp::now().unix_seconds());
-    if !valid {
-        tracing::info!("CBS put-token for the hub refused");
+    if let Err(error) = authorize_service(
+        token,
+        &service.hostname,
+        &service.policies,
+        twinhub_core::policy::Permission::ServiceConnect,
+        Timestamp::now().unix_seconds(),
+    ) {
+        tracing::info!(%error, "CBS put-token for the hub refused");
         return refused(401, "Unauthorized");
     }
     authorizations.service_expiry = Some(token.expiry_unix_seconds);

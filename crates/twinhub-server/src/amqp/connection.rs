@@ -191,8 +191,12 @@ fn classify(address: &str) -> Address {
     {
         return Address::ServiceCloudToDevice;
     }
-    let lower = address.to_ascii_lowercase();
-    let Some(rest) = lower.strip_prefix("/devices/").map(|_| &address["/devices/".len()..]) else {
+    let prefix = "/devices/";
+    let Some(rest) = address
+        .get(..prefix.len())
+        .filter(|head| head.eq_ignore_ascii_case(prefix))
+        .map(|_| &address[prefix.len()..])
+    else {
         return Address::Unknown;
     };
     let (device, tail) = rest.split_once('/').unwrap_or((rest, ""));

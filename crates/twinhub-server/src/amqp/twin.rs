@@ -7,11 +7,11 @@
 //! bodies are `{"errorCode":..,"message":..}`: Node parses them as JSON.
 
 use super::AmqpService;
-use crate::mqtt::error::TwinFailure;
+use crate::twin_failure::{parse_reported_patch, TwinFailure};
 use fe2o3_amqp_types::messaging::annotations::OwnedKey;
 use fe2o3_amqp_types::messaging::{Body, Data, Message, MessageAnnotations, Properties};
 use fe2o3_amqp_types::primitives::{Binary, Symbol, Value};
-use twinhub_core::twin::{DesiredChange, ReportedPatch};
+use twinhub_core::twin::DesiredChange;
 use twinhub_core::DeviceId;
 
 /// What a twin request asks for.
@@ -122,35 +122,27 @@ pub fn answer(
             }
             Err(error) => failure(TwinFailure::from(&error)),
         },
-        TwinOperation::PatchReported => {
-            let parsed = serde_json::from_slice::<serde_json::Value>(&body_bytes(request))
-                .map_err(|error| TwinFailure::bad_request(format!("the reported patch is not valid JSON: {error}")))
-                .and_then(|body| {
-                    ReportedPatch::from_json(&body, service.hub.rules())
-                        .map_err(|error| TwinFailure::bad_request(error.to_string()))
-                });
-            match parsed {
-                Ok(patch) => {
-                    let hub = std::sync::Arc::clone(&service.hub);
-                    let device_id = device_id.clone();
-                    Answer::Later(Box::pin(async move {
-                        match hub.patch_reported(device_id, patch).await {
-                            Ok(record) => message(correlation_id, Some(204), Some(record.twin.reported.version), None),
-                            Err(error) => {
-                                let failure = TwinFailure::from(&error);
-                                message(
-                                    correlation_id,
-                                    Some(i32::from(failure.status)),
-                                    None,
-                                    Some(failure.body()),
-                                )
-                            }
+        TwinOperation::PatchReported => match parse_reported_patch(&body_bytes(request), service.hub.rules()) {
+            Ok(patch) => {
+                let hub = std::sync::Arc::clone(&service.hub);
+                let device_id = device_id.clone();
+                Answer::Later(Box::pin(async move {
+                    match hub.patch_reported(device_id, patch).await {
+                        Ok(record) => message(correlation_id, Some(204), Some(record.twin.reported.version), None),
+                        Err(error) => {
+                            let failure = TwinFailure::from(&error);
+                            message(
+                                correlation_id,
+                                Some(i32::from(failure.status)),
+                                None,
+                                Some(failure.body()),
+                            )
                         }
-                    }))
-                }
-                Err(reason) => failure(reason),
+                    }
+                }))
             }
-        }
+            Err(reason) => failure(reason),
+        },
         TwinOperation::SubscribeDesired => {
             *subscribed = true;
             now(message(correlation_id, Some(200), None, None))

@@ -5,11 +5,11 @@
 //! them; replies go out as each commit lands), takes desired notifications from its session's mailbox, and
 //! writes everything it produced in one go before waiting again.
 
-use super::error::TwinFailure;
 use super::session::{ClientIdentity, Mail, Owner, Session};
 use super::topic::{self, Inbound, Subscription};
 use super::wire::{self, Codec, ConnectAckReason, DecodeError, Packet, PacketWriter, QoS, SubscribeReturnCode};
 use super::MqttService;
+use crate::twin_failure::{parse_reported_patch, TwinFailure};
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use futures_util::stream::FuturesUnordered;
@@ -23,7 +23,6 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{mpsc, Notify};
 use tokio_util::codec::FramedRead;
-use twinhub_core::twin::ReportedPatch;
 
 /// Desired notifications a connection may have queued before the router asks it for a full resync instead.
 const MAILBOX_CAPACITY: usize = 64;
@@ -496,13 +495,7 @@ impl<W: AsyncWrite + Unpin + Send> Connection<W> {
         if !self.rate.allow() {
             return self.twin_reply(TwinReply::failure(rid, &TwinFailure::throttled()));
         }
-        let parsed = serde_json::from_slice::<serde_json::Value>(payload)
-            .map_err(|error| TwinFailure::bad_request(format!("the reported patch is not valid JSON: {error}")))
-            .and_then(|body| {
-                ReportedPatch::from_json(&body, self.service.hub.rules())
-                    .map_err(|error| TwinFailure::bad_request(error.to_string()))
-            });
-        let patch = match parsed {
+        let patch = match parse_reported_patch(payload, self.service.hub.rules()) {
             Ok(patch) => patch,
             Err(failure) => return self.twin_reply(TwinReply::failure(rid, &failure)),
         };

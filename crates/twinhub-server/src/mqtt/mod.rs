@@ -8,11 +8,11 @@
 //! - `session`: sessions per client id that outlive connections (clean session 0), takeover.
 //! - `connection`: the per-connection state machine and the twin over MQTT.
 //! - `router`: hub events (desired changes, disabled or deleted devices) to the sessions they concern.
-//! - `error`: hub errors as twin response statuses and IoT Hub's JSON error body.
+//!
+//! Hub errors become twin statuses in `crate::twin_failure`, shared with AMQP.
 
 mod auth;
 mod connection;
-pub(crate) mod error;
 mod router;
 mod session;
 mod topic;

@@ -35,6 +35,14 @@ fn load_sorted(store: &EmbeddedStore) -> Vec<DeviceRecord> {
     records
 }
 
+fn upserts(records: &[DeviceRecord]) -> Vec<StoreWrite> {
+    records
+        .iter()
+        .cloned()
+        .map(|record| StoreWrite::Upsert(Arc::new(record)))
+        .collect()
+}
+
 fn id(text: &str) -> DeviceId {
     DeviceId::new(text).expect("valid id")
 }
@@ -45,11 +53,7 @@ fn committed_records_are_there_after_reopening() {
     let written = [record("a", 1), record("b", 2), record("c", 3)];
     {
         let store = EmbeddedStore::open(dir.path()).expect("open");
-        let batch = written
-            .iter()
-            .cloned()
-            .map(|r| StoreWrite::Upsert(Arc::new(r)))
-            .collect();
+        let batch = upserts(&written);
         block_on(store.commit(batch)).expect("commit");
         block_on(store.commit(vec![StoreWrite::Delete(id("b"))])).expect("commit");
     }
@@ -164,11 +168,7 @@ fn many_records_decode_in_parallel_in_full() {
     let written: Vec<DeviceRecord> = (0..count)
         .map(|n| record(&format!("device-{n:05}"), n as i64))
         .collect();
-    let batch = written
-        .iter()
-        .cloned()
-        .map(|r| StoreWrite::Upsert(Arc::new(r)))
-        .collect();
+    let batch = upserts(&written);
     block_on(store.commit(batch)).expect("commit");
     drop(store);
     let store = EmbeddedStore::open(dir.path()).expect("reopen");

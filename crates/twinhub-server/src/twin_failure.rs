@@ -1,7 +1,11 @@
-//! The one place hub errors become MQTT twin responses: a status in the response topic and IoT Hub's JSON
-//! error body. Ref: device-mqtt-http notes §4.5: Node ignores the status and fails a call only when the
-//! body has `errorCode` (an empty error body crashes it); Python fails on any status of 300 or more.
+//! The one place hub errors become device twin answers, for every device transport: a status (in the
+//! MQTT response topic, in AMQP's `status` annotation) and IoT Hub's JSON error body. Ref:
+//! device-mqtt-http notes §4.5 and amqp notes §3.3: Node fails a call only when the body has `errorCode`
+//! (an empty error body crashes it, and it parses AMQP error bodies as JSON); Python fails on any status
+//! of 300 or more.
 
+use twinhub_core::twin::ReportedPatch;
+use twinhub_core::TwinRules;
 use twinhub_hub::HubError;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -41,6 +45,13 @@ impl TwinFailure {
         }))
         .unwrap_or_else(|_| br#"{"errorCode":500001,"message":"internal error"}"#.to_vec())
     }
+}
+
+/// A device's reported patch as it arrives (JSON bytes), checked against the twin rules.
+pub fn parse_reported_patch(payload: &[u8], rules: &TwinRules) -> Result<ReportedPatch, TwinFailure> {
+    let body = serde_json::from_slice::<serde_json::Value>(payload)
+        .map_err(|error| TwinFailure::bad_request(format!("the reported patch is not valid JSON: {error}")))?;
+    ReportedPatch::from_json(&body, rules).map_err(|error| TwinFailure::bad_request(error.to_string()))
 }
 
 impl From<&HubError> for TwinFailure {
