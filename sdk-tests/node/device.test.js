@@ -14,38 +14,13 @@ const assert = require('node:assert/strict');
 const { Registry } = require('azure-iothub');
 const { Client, SharedAccessKeyAuthenticationProvider } = require('azure-iot-device');
 const { ConnectionString } = require('azure-iot-common');
-const transports = { ...require('azure-iot-device-mqtt'), ...require('azure-iot-device-amqp') };
+const { log, sleep, waitFor, run, deviceScriptEnv } = require('./support');
 
-const connectionString = process.env.TWINHUB_CONNECTION_STRING;
-const transportName = process.env.TWINHUB_TRANSPORT;
-const deviceId = process.env.TWINHUB_DEVICE_ID;
-const Transport = transports[transportName];
-if (!connectionString || !Transport || !deviceId) {
-  console.error('TWINHUB_CONNECTION_STRING, TWINHUB_TRANSPORT (Mqtt, MqttWs, Amqp or AmqpWs) and TWINHUB_DEVICE_ID must be set');
-  process.exit(2);
-}
+const { connectionString, transportName, deviceId, Transport } = deviceScriptEnv();
 
 const TOKEN_SECONDS = 6;
 const RENEWAL_MARGIN_SECONDS = 3;
 
-let step = '';
-function log(message) {
-  step = message;
-  console.log(`- ${message}`);
-}
-
-const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
-
-// Polls `condition` until it holds; fails with `what` after `ms`.
-async function waitFor(what, condition, ms = 15000) {
-  const deadline = Date.now() + ms;
-  while (!(await condition())) {
-    if (Date.now() > deadline) {
-      throw new Error(`timed out waiting for ${what}`);
-    }
-    await sleep(50);
-  }
-}
 
 function report(twin, patch) {
   return new Promise((resolve, reject) => {
@@ -168,11 +143,4 @@ async function main() {
   console.log('all checks passed');
 }
 
-main().then(
-  () => process.exit(0),
-  (error) => {
-    console.error(`FAILED at step: ${step}`);
-    console.error(error && error.stack ? error.stack : error);
-    process.exit(1);
-  },
-);
+run(main);

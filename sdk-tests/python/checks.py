@@ -4,6 +4,8 @@ that reports the step a failure happened in and exits non-zero."""
 import sys
 import traceback
 
+from msrest.exceptions import HttpOperationError
+
 
 class CheckFailed(Exception):
     pass
@@ -41,3 +43,25 @@ def run(script, main):
         sys.exit(1)
     print("{}: all checks passed".format(script), flush=True)
     sys.exit(0)
+
+
+def expect_http_error(operation, status, code):
+    """`operation` must fail with HttpOperationError carrying `status`, IoT Hub's classic error body
+    and the iothub-errorcode header."""
+    try:
+        result = operation()
+    except HttpOperationError as error:
+        response = error.response
+        check_equal(response.status_code, status, "HTTP status")
+        check_equal(response.headers.get("iothub-errorcode"), code, "iothub-errorcode header")
+        body = response.json()
+        check(
+            body.get("Message", "").startswith("ErrorCode:{};".format(code)),
+            "error body Message: {!r}".format(body.get("Message")),
+        )
+        check(
+            body.get("ExceptionMessage", "").startswith("Tracking ID:"),
+            "error body ExceptionMessage: {!r}".format(body.get("ExceptionMessage")),
+        )
+        return error
+    raise CheckFailed("expected HTTP {} ({}), but the call succeeded with {!r}".format(status, code, result))

@@ -9,10 +9,9 @@ import os
 import sys
 import time
 
-from checks import CheckFailed, check, check_equal, log, run
+from checks import check, check_equal, expect_http_error, log, run
 from azure.iot.hub import IoTHubRegistryManager
 from azure.iot.hub.models import QuerySpecification, Twin, TwinProperties
-from msrest.exceptions import HttpOperationError
 
 CONNECTION_STRING = os.environ.get("TWINHUB_CONNECTION_STRING")
 if not CONNECTION_STRING:
@@ -25,28 +24,6 @@ SUPPLIED_ID = "py-sup-" + RUN
 MISSING_ID = "py-missing-" + RUN
 SUPPLIED_PRIMARY = base64.b64encode(bytes([3] * 32)).decode()
 SUPPLIED_SECONDARY = base64.b64encode(bytes([4] * 32)).decode()
-
-
-def expect_http_error(operation, status, code):
-    """`operation` must fail with HttpOperationError carrying `status`, IoT Hub's classic error body
-    and the iothub-errorcode header."""
-    try:
-        result = operation()
-    except HttpOperationError as error:
-        response = error.response
-        check_equal(response.status_code, status, "HTTP status")
-        check_equal(response.headers.get("iothub-errorcode"), code, "iothub-errorcode header")
-        body = response.json()
-        check(
-            body.get("Message", "").startswith("ErrorCode:{};".format(code)),
-            "error body Message: {!r}".format(body.get("Message")),
-        )
-        check(
-            body.get("ExceptionMessage", "").startswith("Tracking ID:"),
-            "error body ExceptionMessage: {!r}".format(body.get("ExceptionMessage")),
-        )
-        return error
-    raise CheckFailed("expected HTTP {} ({}), but the call succeeded with {!r}".format(status, code, result))
 
 
 def with_key(connection_string, key):

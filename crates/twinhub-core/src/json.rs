@@ -3,6 +3,7 @@
 //! refuses a device or twin without it).
 
 use crate::device::{AuthenticationType, DeviceIdentity, DeviceStatus, SymmetricKeys, X509Thumbprints};
+use crate::device_scope::{self, ScopeError, ScopeHolder};
 use crate::ids::{DeviceId, InvalidId};
 use crate::record::DeviceRecord;
 use crate::time::iso8601_or_never;
@@ -249,8 +250,14 @@ impl DeviceDraft {
     }
 
     /// The identity this draft describes. `previous` is the identity it replaces, if any: the
-    /// generation id stays, the etag and (on a status change) the status time move.
-    pub fn into_identity(self, previous: Option<&DeviceIdentity>, now: crate::Timestamp) -> DeviceIdentity {
+    /// generation id stays, the etag and (on a status change) the status time move. The edge scopes are
+    /// resolved and their parent checked in the registry `lookup` reads (`device_scope`).
+    pub fn into_identity<'r>(
+        self,
+        previous: Option<&DeviceIdentity>,
+        now: crate::Timestamp,
+        lookup: impl Fn(&DeviceId) -> Option<ScopeHolder<'r>>,
+    ) -> Result<DeviceIdentity, ScopeError> {
         let symmetric_keys = match (self.authentication_type, self.symmetric_keys) {
             (AuthenticationType::Sas, None) => Some(SymmetricKeys::generate()),
             (_, keys) => keys,
@@ -260,9 +267,19 @@ impl DeviceDraft {
             Some(_) => Some(now),
             None => None,
         };
-        DeviceIdentity {
+        let generation_id = previous.map_or_else(DeviceIdentity::new_generation_id, |p| p.generation_id.clone());
+        let (device_scope, parent_scopes) = device_scope::resolve(
+            &self.device_id,
+            &generation_id,
+            self.iot_edge,
+            self.device_scope.as_deref(),
+            &self.parent_scopes,
+            previous.and_then(|p| p.parent_scopes.first()).map(String::as_str),
+            lookup,
+        )?;
+        Ok(DeviceIdentity {
             device_id: self.device_id,
-            generation_id: previous.map_or_else(DeviceIdentity::new_generation_id, |p| p.generation_id.clone()),
+            generation_id,
             etag_counter: previous.map_or(1, |p| p.etag_counter + 1),
             status: self.status,
             status_reason: self.status_reason,
@@ -271,10 +288,10 @@ impl DeviceDraft {
             symmetric_keys,
             x509_thumbprints: self.x509_thumbprints,
             iot_edge: self.iot_edge,
-            device_scope: self.device_scope,
-            parent_scopes: self.parent_scopes,
+            device_scope,
+            parent_scopes,
             cloud_to_device_message_count: previous.map_or(0, |p| p.cloud_to_device_message_count),
-        }
+        })
     }
 }
 
@@ -289,7 +306,7 @@ mod tests {
     fn node_create_body_gets_generated_keys() {
         let body = json!({"deviceId": "dev1", "authentication": {"type": "sas", "symmetricKey": {"primaryKey": "", "secondaryKey": ""}}});
         let draft = DeviceDraft::from_json(&body, "deviceId").unwrap();
-        let identity = draft.into_identity(None, Timestamp(0));
+        let identity = draft.into_identity(None, Timestamp(0), |_| None).unwrap();
         let keys = identity.symmetric_keys.clone().expect("generated");
         assert_eq!(keys.primary.len(), 44);
         assert_ne!(keys.primary, keys.secondary);
@@ -325,7 +342,7 @@ mod tests {
     fn the_rendered_twin_text_is_the_twin_and_a_changed_copy_renders_afresh() {
         let draft = DeviceDraft::from_json(&json!({"deviceId": "dev1"}), "deviceId").unwrap();
         let record = DeviceRecord::new(
-            draft.into_identity(None, Timestamp(0)),
+            draft.into_identity(None, Timestamp(0), |_| None).unwrap(),
             Twin::new(Timestamp(0)),
             Presence::default(),
         );

@@ -79,6 +79,8 @@ pub enum TwinRuleViolation {
     },
     #[error("'properties.reported' is written by the device only; the back end cannot change it")]
     ReportedNotWritable,
+    #[error("reported properties cannot be cleared with null; send a patch that sets each property to remove to null")]
+    ReportedNotClearable,
     #[error("'{path}': {value} is not a valid value")]
     InvalidValue { path: String, value: String },
 }

@@ -102,6 +102,26 @@ impl Members {
         }
     }
 
+    /// The merge patch that turns these members into `new`: `new` itself, plus `null` for every member
+    /// `new` no longer has, at every depth where both are objects.
+    fn patch_to(&self, new: &JsonMap) -> JsonMap {
+        let mut patch: JsonMap = self
+            .iter()
+            .filter(|(key, _)| !new.contains_key(*key))
+            .map(|(key, _)| (key.to_owned(), serde_json::Value::Null))
+            .collect();
+        for (key, value) in new {
+            let entry = match (value, self.get(key).map(|node| &node.content)) {
+                (serde_json::Value::Object(inner), Some(NodeContent::Members(old))) => {
+                    serde_json::Value::Object(old.patch_to(inner))
+                }
+                (value, _) => value.clone(),
+            };
+            patch.insert(key.clone(), entry);
+        }
+        patch
+    }
+
     /// A new object from JSON, `null` members dropped at every level.
     fn from_json(object: &JsonMap, meta: Meta) -> Members {
         let mut members = Members::default();
@@ -216,11 +236,21 @@ impl Section {
     }
 }
 
-/// A back-end partial update (`PATCH /twins/{id}`): merge into tags and desired.
+/// What a back-end patch does to one section (tags or desired properties).
+#[derive(Clone, Debug, PartialEq)]
+pub enum SectionWrite {
+    /// Merge-patch: a member set to `null` is removed, others are set or merged.
+    Merge(JsonMap),
+    /// The whole section given as `null` (`{"tags":null}`, `{"properties":{"desired":null}}`): every member
+    /// is removed, as IoT Hub does (the SDKs' own end-to-end scenarios rely on it).
+    Clear,
+}
+
+/// A back-end partial update (`PATCH /twins/{id}`): merge into tags and desired, or clear them.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct TwinPatch {
-    pub tags: Option<JsonMap>,
-    pub desired: Option<JsonMap>,
+    pub tags: Option<SectionWrite>,
+    pub desired: Option<SectionWrite>,
 }
 
 /// A back-end replacement (`PUT /twins/{id}`): tags and desired become exactly these.
@@ -239,8 +269,9 @@ pub struct ReportedPatch(pub JsonMap);
 pub struct DesiredChange {
     /// The desired `$version` the write produced.
     pub version: u64,
-    /// The patch as applied (nulls included, they tell the device to delete), or the whole new desired
-    /// document after a replacement.
+    /// What a device merges to get the new desired properties: the patch as applied (nulls included, they
+    /// tell the device to delete), or after a replacement or a clear, the new document with `null` for
+    /// every member it no longer has.
     pub patch: JsonMap,
 }
 
@@ -264,30 +295,40 @@ fn object_or_absent<'a>(parent: &'a JsonMap, key: &str, path: &str) -> Result<Op
     }
 }
 
+/// A section of a back-end body: absent, `null` (clear it), or an object (merge it).
+fn section_write(parent: &JsonMap, key: &str, path: &str) -> Result<Option<SectionWrite>, TwinRuleViolation> {
+    match parent.get(key) {
+        None => Ok(None),
+        Some(serde_json::Value::Null) => Ok(Some(SectionWrite::Clear)),
+        Some(serde_json::Value::Object(object)) => Ok(Some(SectionWrite::Merge(without_read_only_keys(object)))),
+        Some(_) => Err(TwinRuleViolation::NotAnObject { path: path.to_owned() }),
+    }
+}
+
 /// The `tags` and `properties.desired` of a back-end twin body, checked against the rules. Other
 /// top-level members (deviceId, etag, status, ...) are read-only and ignored, as the SDKs may send a twin
-/// they fetched. Reported properties with content are refused.
+/// they fetched. Reported properties with content, or `null` for them, are refused.
 fn back_end_sections(
     body: &serde_json::Value,
     rules: &TwinRules,
-) -> Result<(Option<JsonMap>, Option<JsonMap>), TwinRuleViolation> {
+) -> Result<(Option<SectionWrite>, Option<SectionWrite>), TwinRuleViolation> {
     let body = body
         .as_object()
         .ok_or_else(|| TwinRuleViolation::NotAnObject { path: "twin".into() })?;
-    let tags = object_or_absent(body, "tags", "tags")?.cloned();
+    let tags = section_write(body, "tags", "tags")?;
     let mut desired = None;
     if let Some(properties) = object_or_absent(body, "properties", "properties")? {
-        if let Some(reported) = object_or_absent(properties, "reported", "properties.reported")? {
-            if !without_read_only_keys(reported).is_empty() {
-                return Err(TwinRuleViolation::ReportedNotWritable);
-            }
+        match section_write(properties, "reported", "properties.reported")? {
+            Some(SectionWrite::Merge(reported)) if reported.is_empty() => {}
+            None => {}
+            Some(_) => return Err(TwinRuleViolation::ReportedNotWritable),
         }
-        desired = object_or_absent(properties, "desired", "properties.desired")?.map(without_read_only_keys);
+        desired = section_write(properties, "desired", "properties.desired")?;
     }
-    if let Some(tags) = &tags {
+    if let Some(SectionWrite::Merge(tags)) = &tags {
         rules.check_object(SectionName::Tags.path(), tags, 0)?;
     }
-    if let Some(desired) = &desired {
+    if let Some(SectionWrite::Merge(desired)) = &desired {
         rules.check_object(SectionName::Desired.path(), desired, 0)?;
     }
     Ok((tags, desired))
@@ -302,16 +343,25 @@ impl TwinPatch {
 
 impl TwinReplacement {
     pub fn from_json(body: &serde_json::Value, rules: &TwinRules) -> Result<TwinReplacement, TwinRuleViolation> {
+        // A replacement sets each section to exactly what it is given: absent or `null` is empty.
+        let content = |section: Option<SectionWrite>| match section {
+            Some(SectionWrite::Merge(members)) => members,
+            Some(SectionWrite::Clear) | None => JsonMap::new(),
+        };
         let (tags, desired) = back_end_sections(body, rules)?;
         Ok(TwinReplacement {
-            tags: tags.unwrap_or_default(),
-            desired: desired.unwrap_or_default(),
+            tags: content(tags),
+            desired: content(desired),
         })
     }
 }
 
 impl ReportedPatch {
     pub fn from_json(body: &serde_json::Value, rules: &TwinRules) -> Result<ReportedPatch, TwinRuleViolation> {
+        if body.is_null() {
+            // IoT Hub lets no device wipe its reported section at once.
+            return Err(TwinRuleViolation::ReportedNotClearable);
+        }
         let object = body.as_object().ok_or_else(|| TwinRuleViolation::NotAnObject {
             path: SectionName::Reported.path().into(),
         })?;
@@ -347,10 +397,13 @@ impl Twin {
             return Ok((self.clone(), None));
         }
         let mut twin = self.clone();
-        if let Some(tags) = &patch.tags {
-            let tags_patch = Object::from_json(tags);
-            Arc::make_mut(&mut twin.tags).merge(&tags_patch);
-            rules.check_size(SectionName::Tags, value_size(&Value::Object((*twin.tags).clone())))?;
+        match &patch.tags {
+            Some(SectionWrite::Merge(tags)) => {
+                Arc::make_mut(&mut twin.tags).merge(&Object::from_json(tags));
+                rules.check_size(SectionName::Tags, value_size(&Value::Object((*twin.tags).clone())))?;
+            }
+            Some(SectionWrite::Clear) => twin.tags = Arc::new(Object::default()),
+            None => {}
         }
         let mut change = None;
         if let Some(desired) = &patch.desired {
@@ -360,13 +413,19 @@ impl Twin {
                 last_updated_version: version,
             };
             let section = Arc::make_mut(&mut twin.desired);
-            section.members.merge(desired, meta);
+            let applied = match desired {
+                SectionWrite::Merge(desired) => {
+                    section.members.merge(desired, meta);
+                    desired.clone()
+                }
+                SectionWrite::Clear => std::mem::take(&mut section.members).patch_to(&JsonMap::new()),
+            };
             section.meta = meta;
             section.version = version;
             rules.check_size(SectionName::Desired, section.size())?;
             change = Some(DesiredChange {
                 version,
-                patch: desired.clone(),
+                patch: applied,
             });
         }
         twin.etag_counter += 1;
@@ -374,7 +433,8 @@ impl Twin {
         Ok((twin, change))
     }
 
-    /// Replaces tags and desired; desired notifications carry the whole new desired document.
+    /// Replaces tags and desired; the desired notification carries the whole new desired document, with
+    /// `null` for what it no longer has, so a device that merges it ends with exactly that document.
     pub fn replaced(
         &self,
         replacement: &TwinReplacement,
@@ -390,20 +450,14 @@ impl Twin {
             last_updated_version: version,
         };
         let section = Arc::make_mut(&mut twin.desired);
+        let patch = section.members.patch_to(&replacement.desired);
         section.members = Members::from_json(&replacement.desired, meta);
         section.meta = meta;
         section.version = version;
         rules.check_size(SectionName::Desired, section.size())?;
         twin.etag_counter += 1;
         twin.version += 1;
-        let document = twin.desired.members.to_json();
-        Ok((
-            twin,
-            DesiredChange {
-                version,
-                patch: document,
-            },
-        ))
+        Ok((twin, DesiredChange { version, patch }))
     }
 
     /// Applies a device's reported patch.
@@ -575,12 +629,93 @@ mod tests {
             change,
             DesiredChange {
                 version: 3,
-                patch: json!({"z": 9}).as_object().unwrap().clone()
+                patch: json!({"x": null, "y": null, "z": 9}).as_object().unwrap().clone()
             }
         );
         let emptied = TwinReplacement::from_json(&json!({}), &rules()).unwrap();
         let (twin, _) = twin.replaced(&emptied, T1, &rules()).unwrap();
         assert!(twin.tags.is_empty() && twin.desired.members.is_empty());
+    }
+
+    #[test]
+    fn null_for_a_whole_section_removes_every_member_and_notifies_each_removal() {
+        let twin = Twin::new(T0);
+        let (twin, _) = twin
+            .patched(
+                &patch(json!({"tags": {"a": 1, "b": {"c": 2}}, "properties": {"desired": {"x": 1, "y": {"z": 2}}}})),
+                T0,
+                &rules(),
+            )
+            .unwrap();
+        let (cleared, change) = twin
+            .patched(&patch(json!({"properties": {"desired": null}})), T1, &rules())
+            .unwrap();
+        let change = change.expect("clearing desired is a desired write");
+        assert_eq!(change.version, 3);
+        assert_eq!(change.patch, *json!({"x": null, "y": null}).as_object().unwrap());
+        assert_eq!(cleared.desired.to_json_without_metadata(), json!({"$version": 3}));
+        assert_eq!(
+            cleared.desired.to_json(true)["$metadata"],
+            json!({"$lastUpdated": T1.to_iso8601(), "$lastUpdatedVersion": 3})
+        );
+        assert_eq!(
+            Value::Object((*cleared.tags).clone()).to_json(),
+            json!({"a": 1, "b": {"c": 2}})
+        );
+        assert_eq!((cleared.etag_counter, cleared.version), (3, 3));
+
+        let (untagged, change) = cleared.patched(&patch(json!({"tags": null})), T1, &rules()).unwrap();
+        assert!(change.is_none(), "tags are not the device's business");
+        assert!(untagged.tags.is_empty());
+        assert_eq!((untagged.etag_counter, untagged.desired.version), (4, 3));
+
+        // An empty section cleared again is still a write: the version moves, the patch is empty.
+        let (_, change) = untagged
+            .patched(&patch(json!({"properties": {"desired": null}})), T1, &rules())
+            .unwrap();
+        assert_eq!(change.map(|c| (c.version, c.patch.len())), Some((4, 0)));
+    }
+
+    #[test]
+    fn a_replacement_notifies_nulls_for_what_the_new_document_no_longer_has() {
+        let twin = Twin::new(T0);
+        let (twin, _) = twin
+            .patched(
+                &patch(json!({"properties": {"desired": {"gone": 1, "kept": {"a": 1, "b": 2}, "leaf": {"c": 1}}}})),
+                T0,
+                &rules(),
+            )
+            .unwrap();
+        let replacement = TwinReplacement::from_json(
+            &json!({"properties": {"desired": {"kept": {"a": 5}, "leaf": 3, "new": true}}}),
+            &rules(),
+        )
+        .unwrap();
+        let (replaced, change) = twin.replaced(&replacement, T1, &rules()).unwrap();
+        assert_eq!(
+            serde_json::Value::Object(change.patch),
+            json!({"gone": null, "kept": {"b": null, "a": 5}, "leaf": 3, "new": true})
+        );
+        assert_eq!(
+            replaced.desired.to_json_without_metadata(),
+            json!({"kept": {"a": 5}, "leaf": 3, "new": true, "$version": 3})
+        );
+        for emptied in [json!({}), json!({"tags": null, "properties": {"desired": null}})] {
+            let replacement = TwinReplacement::from_json(&emptied, &rules()).unwrap();
+            let (empty, change) = replaced.replaced(&replacement, T1, &rules()).unwrap();
+            assert!(empty.desired.members.is_empty() && empty.tags.is_empty());
+            assert_eq!(
+                serde_json::Value::Object(change.patch),
+                json!({"kept": null, "leaf": null, "new": null})
+            );
+        }
+    }
+
+    #[test]
+    fn a_device_cannot_clear_its_reported_properties_with_null() {
+        let error = ReportedPatch::from_json(&json!(null), &rules()).unwrap_err();
+        assert_eq!(error, TwinRuleViolation::ReportedNotClearable);
+        assert!(error.to_string().contains("cannot be cleared with null"), "{error}");
     }
 
     #[test]
@@ -606,7 +741,20 @@ mod tests {
             "desired": {"a": 1, "$metadata": {}, "$version": 4},
             "reported": {"$metadata": {}, "$version": 2}}});
         let patch = TwinPatch::from_json(&fetched, &rules()).unwrap();
-        assert_eq!(patch.desired, Some(json!({"a": 1}).as_object().unwrap().clone()));
+        assert_eq!(
+            patch.desired,
+            Some(SectionWrite::Merge(json!({"a": 1}).as_object().unwrap().clone()))
+        );
+        for body in [
+            json!({"properties": {"reported": null}}),
+            json!({"properties": {"reported": {"a": null}}}),
+        ] {
+            assert_eq!(
+                TwinPatch::from_json(&body, &rules()).unwrap_err(),
+                TwinRuleViolation::ReportedNotWritable,
+                "{body}"
+            );
+        }
     }
 
     #[test]

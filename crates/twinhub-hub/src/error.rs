@@ -17,6 +17,8 @@ pub enum HubError {
     #[error("{0}")]
     DeviceDocument(#[from] DeviceDocumentError),
     #[error("{0}")]
+    DeviceScope(#[from] twinhub_core::device_scope::ScopeError),
+    #[error("{0}")]
     InvalidArgument(String),
     #[error("the device ids in the request must be unique; '{0}' appears more than once")]
     DeviceDefinedMultipleTimes(DeviceId),

@@ -167,7 +167,7 @@ mod tests {
             twin = twin.patched(&patch, now, &rules).unwrap().0;
         }
         Arc::new(DeviceRecord::new(
-            draft.into_identity(None, now),
+            draft.into_identity(None, now, |_| None).expect("no edge scopes"),
             twin,
             Presence::default(),
         ))

@@ -6,6 +6,7 @@ use crate::{HubConfig, HubError, HubEvent, Registry, Snapshot};
 use arc_swap::ArcSwap;
 use std::sync::Arc;
 use tokio::sync::{broadcast, mpsc, oneshot};
+use twinhub_core::device_scope::ScopeHolder;
 use twinhub_core::etag::IfMatch;
 use twinhub_core::json::DeviceDraft;
 use twinhub_core::record::Presence;
@@ -326,21 +327,29 @@ impl Batch<'_> {
         now: Timestamp,
     ) -> Result<Arc<DeviceRecord>, HubError> {
         let id = draft.device_id.clone();
-        let record = match (self.registry.get(&id).cloned(), if_match) {
+        let existing = self.registry.get(&id).cloned();
+        let previous = match (&existing, if_match) {
             (Some(_), IfMatch::Absent) => return Err(HubError::DeviceAlreadyExists(id)),
-            (Some(existing), _) => {
-                if !if_match.allows(&existing.identity.etag()) {
-                    return Err(precondition_failed(&id, if_match));
-                }
-                self.events.push(HubEvent::DeviceUpdated { device_id: id.clone() });
-                DeviceRecord::new(
-                    draft.into_identity(Some(&existing.identity), now),
-                    existing.twin.clone(),
-                    existing.presence.clone(),
-                )
+            (Some(existing), _) if !if_match.allows(&existing.identity.etag()) => {
+                return Err(precondition_failed(&id, if_match))
             }
             (None, IfMatch::Etag(_)) => return Err(HubError::DeviceNotFound(id)),
-            (None, _) => DeviceRecord::new(draft.into_identity(None, now), Twin::new(now), Presence::default()),
+            (existing, _) => existing.as_ref().map(|record| &*record.identity),
+        };
+        let registry = &self.registry;
+        let identity = draft.into_identity(previous, now, |parent| {
+            registry.get(parent).map(|record| ScopeHolder {
+                iot_edge: record.identity.iot_edge,
+                generation_id: &record.identity.generation_id,
+                parent_scopes: &record.identity.parent_scopes,
+            })
+        })?;
+        let record = match existing {
+            Some(existing) => {
+                self.events.push(HubEvent::DeviceUpdated { device_id: id.clone() });
+                DeviceRecord::new(identity, existing.twin.clone(), existing.presence.clone())
+            }
+            None => DeviceRecord::new(identity, Twin::new(now), Presence::default()),
         };
         Ok(self.upsert(Arc::new(record)))
     }

@@ -285,7 +285,7 @@ async fn queries_on_large_registries_build_indexes_that_stay_exact_under_writes(
                 )
                 .unwrap()
                 .0;
-            let identity = draft(&name).into_identity(None, now);
+            let identity = draft(&name).into_identity(None, now, |_| None).expect("no edge scopes");
             records.insert(id(&name), DeviceRecord::new(identity, twin, Default::default()));
         }
     }

@@ -1,4 +1,5 @@
-//! Built-in functions: IoT Hub's twin-query functions (`IS_DEFINED`, `STARTSWITH`, `ENDSWITH`) and, as a
+//! Built-in functions: IoT Hub's twin-query functions (`IS_DEFINED`, `STARTSWITH`, `ENDSWITH`,
+//! `ARRAY_CONTAINS`) and, as a
 //! superset, its message-routing functions. Names are case-insensitive; an unknown name or a wrong
 //! number of arguments is a parse error, never a runtime surprise.
 
@@ -15,6 +16,7 @@ pub enum Function {
     IsObject,
     IsArray,
     IsPrimitive,
+    ArrayContains,
     StartsWith,
     EndsWith,
     Contains,
@@ -45,6 +47,8 @@ const FUNCTIONS: &[(&str, Function, usize, usize)] = &[
     ("IS_OBJECT", Function::IsObject, 1, 1),
     ("IS_ARRAY", Function::IsArray, 1, 1),
     ("IS_PRIMITIVE", Function::IsPrimitive, 1, 1),
+    // How the Azure CLI lists an edge device's children: ARRAY_CONTAINS(parentScopes, '<scope>').
+    ("ARRAY_CONTAINS", Function::ArrayContains, 2, 2),
     ("STARTSWITH", Function::StartsWith, 2, 2),
     ("STARTS_WITH", Function::StartsWith, 2, 2),
     ("ENDSWITH", Function::EndsWith, 2, 2),
@@ -90,6 +94,10 @@ impl Function {
             IsObject => QValue::Bool(matches!(first, QValue::Object(_))),
             IsArray => QValue::Bool(matches!(first, QValue::Array(_))),
             IsPrimitive => QValue::Bool(first.is_primitive()),
+            ArrayContains => match &first {
+                QValue::Array(items) => QValue::Bool(items.iter().any(|item| item.equals(&second) == Some(true))),
+                _ => QValue::Undefined,
+            },
             StartsWith => strings(&first, &second, |s, p| QValue::Bool(s.starts_with(p))),
             EndsWith => strings(&first, &second, |s, p| QValue::Bool(s.ends_with(p))),
             Contains => strings(&first, &second, |s, p| QValue::Bool(s.contains(p))),

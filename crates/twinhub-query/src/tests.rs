@@ -50,7 +50,11 @@ fn record(identity: Value, tags: Value, desired: Value, reported: Value) -> Devi
             .with_reported(&ReportedPatch::from_json(&reported, &rules).unwrap(), now, &rules)
             .unwrap();
     }
-    DeviceRecord::new(draft.into_identity(None, now), twin, Presence::default())
+    DeviceRecord::new(
+        draft.into_identity(None, now, |_| None).expect("no edge scopes"),
+        twin,
+        Presence::default(),
+    )
 }
 
 fn fixture() -> Fixture {
@@ -188,6 +192,9 @@ fn conditions_select_the_expected_twins() {
         ("SELECT * FROM devices WHERE IS_STRING(tags.floor)", &["d4"]),
         ("SELECT * FROM devices WHERE IS_OBJECT(tags.location)", &["d1", "d2", "d3", "d4", "d7"]),
         ("SELECT * FROM devices WHERE IS_ARRAY(tags.list)", &["d6"]),
+        ("SELECT * FROM devices WHERE ARRAY_CONTAINS(tags.list, 2)", &["d6"]),
+        ("SELECT * FROM devices WHERE array_contains(tags.list, 4)", &[]),
+        ("SELECT * FROM devices WHERE NOT ARRAY_CONTAINS(tags.location, 'US')", &[]),
         ("SELECT * FROM devices WHERE IS_PRIMITIVE(tags.location)", &[]),
         ("SELECT * FROM devices WHERE IS_PRIMITIVE(tags.floor)", &["d1", "d2", "d3", "d4"]),
         ("SELECT * FROM devices WHERE LOWER(tags.location.region) = 'us'", &["d1", "d2", "d7"]),

@@ -61,6 +61,7 @@ impl From<&HubError> for TwinFailure {
             HubError::PreconditionFailed { .. } => (412, 412002),
             HubError::TwinRule(_)
             | HubError::DeviceDocument(_)
+            | HubError::DeviceScope(_)
             | HubError::InvalidArgument(_)
             | HubError::Query(_)
             | HubError::DeviceAlreadyExists(_)

@@ -158,6 +158,37 @@ fn body_json(message: &Message<Body<Value>>) -> serde_json::Value {
     }
 }
 
+/// dev1 on a new connection, authorized by CBS, with its twin links attached.
+async fn dev1_twin(hub: &TestHub, key: &str, attempt: u64) -> (Client, Sender, Receiver) {
+    let host = hub.host();
+    let mut client = open(hub, false).await;
+    let token = device_token(&host, "dev1", key, 600);
+    put_token(&mut client, &format!("{host}/devices/dev1"), &token, attempt).await;
+    let (requests, answers) = twin_links(&mut client, &format!("-{attempt}")).await;
+    (client, requests, answers)
+}
+
+/// Subscribes to desired changes and checks the answer (200).
+async fn subscribe_desired(requests: &mut Sender, answers: &mut Receiver, correlation: &str) {
+    let request = twin_request("PUT", Some("/notifications/twin/properties/desired"), correlation, b" ");
+    requests.send(request).await.unwrap();
+    let answer = answers.recv::<Body<Value>>().await.unwrap().into_message();
+    assert_eq!(annotation(&answer, "status"), Some(Value::Int(200)));
+}
+
+/// The back end merges `desired` into dev1's desired properties.
+async fn patch_desired(api: &Service, desired: serde_json::Value) {
+    let reply = api
+        .call(
+            Method::PATCH,
+            "/twins/dev1",
+            Some(json!({"properties": {"desired": desired}})),
+            Some("*"),
+        )
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+}
+
 /// Waits for the hub to detach `sender`; returns the error condition it gave.
 async fn detach_condition(mut sender: Sender) -> ErrorCondition {
     match tokio::time::timeout(Duration::from_secs(5), sender.on_detach()).await {
@@ -353,42 +384,21 @@ async fn bad_tokens_links_and_frames_are_refused_without_affecting_others() {
 async fn a_device_that_resubscribes_after_missing_desired_changes_gets_the_whole_document() {
     let hub = TestHub::start();
     let api = Service::new(&hub.owner_connection_string(), &hub.ca_path());
-    let host = hub.host();
     let key = api.register_device("dev1").await;
-    let audience = format!("{host}/devices/dev1");
 
-    let subscribe = |correlation: &'static str| {
-        twin_request("PUT", Some("/notifications/twin/properties/desired"), correlation, b" ")
-    };
     // First visit: subscribed at desired version 1.
-    let mut client = open(&hub, false).await;
-    put_token(&mut client, &audience, &device_token(&host, "dev1", &key, 600), 1).await;
-    let (mut requests, mut answers) = twin_links(&mut client, "").await;
-    requests.send(subscribe("s1")).await.unwrap();
-    let answer = answers.recv::<Body<Value>>().await.unwrap().into_message();
-    assert_eq!(annotation(&answer, "status"), Some(Value::Int(200)));
+    let (mut client, mut requests, mut answers) = dev1_twin(&hub, &key, 1).await;
+    subscribe_desired(&mut requests, &mut answers, "s1").await;
     let _ = client.connection.close().await;
 
     // Away: desired changes twice.
     for desired in [json!({"a": 1, "b": 2}), json!({"a": null})] {
-        let reply = api
-            .call(
-                Method::PATCH,
-                "/twins/dev1",
-                Some(json!({"properties": {"desired": desired}})),
-                Some("*"),
-            )
-            .await;
-        assert_eq!(reply.status, 200);
+        patch_desired(&api, desired).await;
     }
 
     // Back: the subscription's answer, then the whole desired document at its version.
-    let mut client = open(&hub, false).await;
-    put_token(&mut client, &audience, &device_token(&host, "dev1", &key, 600), 2).await;
-    let (mut requests, mut answers) = twin_links(&mut client, "-2").await;
-    requests.send(subscribe("s2")).await.unwrap();
-    let answer = answers.recv::<Body<Value>>().await.unwrap().into_message();
-    assert_eq!(annotation(&answer, "status"), Some(Value::Int(200)));
+    let (mut client, mut requests, mut answers) = dev1_twin(&hub, &key, 2).await;
+    subscribe_desired(&mut requests, &mut answers, "s2").await;
     let catch_up = answers.recv::<Body<Value>>().await.unwrap().into_message();
     assert_eq!(
         catch_up.properties.as_ref().and_then(|p| p.correlation_id.clone()),
@@ -396,5 +406,42 @@ async fn a_device_that_resubscribes_after_missing_desired_changes_gets_the_whole
     );
     assert_eq!(annotation(&catch_up, "version"), Some(Value::Long(3)));
     assert_eq!(body_json(&catch_up), json!({"b": 2, "$version": 3}));
+    let _ = client.connection.close().await;
+}
+
+#[tokio::test]
+async fn desired_changes_before_a_subscription_and_across_a_hub_restart_are_not_lost() {
+    // Scenario: a device reads its twin, the back end changes desired, then the device subscribes: right
+    // after the subscription's answer comes the whole desired document. Then the hub restarts (it kept
+    // what each AMQP device was given in memory only) while the device is away and desired changes: on
+    // subscribing again the device gets the whole document, because the hub assumes nothing.
+    let mut hub = TestHub::start();
+    let api = Service::new(&hub.owner_connection_string(), &hub.ca_path());
+    let key = api.register_device("dev1").await;
+    patch_desired(&api, json!({"a": 1})).await;
+
+    let (mut client, mut requests, mut answers) = dev1_twin(&hub, &key, 1).await;
+    requests.send(twin_request("GET", None, "get", b" ")).await.unwrap();
+    let twin = answers.recv::<Body<Value>>().await.unwrap().into_message();
+    assert_eq!(body_json(&twin)["desired"], json!({"a": 1, "$version": 2}));
+    patch_desired(&api, json!({"b": 2})).await;
+    subscribe_desired(&mut requests, &mut answers, "s1").await;
+    let catch_up = answers.recv::<Body<Value>>().await.unwrap().into_message();
+    assert_eq!(annotation(&catch_up, "version"), Some(Value::Long(3)));
+    assert_eq!(body_json(&catch_up), json!({"a": 1, "b": 2, "$version": 3}));
+    let _ = client.connection.close().await;
+
+    hub.restart();
+    let api = Service::new(&hub.owner_connection_string(), &hub.ca_path());
+    patch_desired(&api, json!({"a": null})).await;
+    let (mut client, mut requests, mut answers) = dev1_twin(&hub, &key, 2).await;
+    subscribe_desired(&mut requests, &mut answers, "s2").await;
+    let catch_up = tokio::time::timeout(Duration::from_secs(5), answers.recv::<Body<Value>>())
+        .await
+        .expect("the whole desired document after the subscription's answer")
+        .unwrap()
+        .into_message();
+    assert_eq!(annotation(&catch_up, "version"), Some(Value::Long(4)));
+    assert_eq!(body_json(&catch_up), json!({"b": 2, "$version": 4}));
     let _ = client.connection.close().await;
 }

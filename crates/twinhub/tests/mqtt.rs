@@ -697,3 +697,65 @@ async fn a_burst_of_desired_changes_arrives_in_version_order_ending_at_the_last(
         );
     }
 }
+
+#[tokio::test]
+async fn a_change_between_the_twin_get_and_the_desired_subscription_is_not_lost() {
+    // Scenario: the SDKs' start-up order is open, twin GET, then SUBSCRIBE to desired patches when the
+    // app adds its listener. A back-end change committed after the GET was answered and before the
+    // subscription was acknowledged reaches the device as the whole desired document, right after the
+    // SUBACK. Clearing the whole desired section then reaches it as a null for every property.
+    let fx = Fixture::start(&[]);
+    let key = fx.device("dev1").await;
+    fx.patch_desired("dev1", json!({"old": 1, "kept": {"a": 1}})).await;
+    let mut device = fx.connected("dev1", &key).await;
+    device.subscribe(&[(RESPONSES, QoS::AtMostOnce)]).await;
+    let (_, _, body) = device.twin("$iothub/twin/GET/?$rid=get", b"").await;
+    assert_eq!(json_of(&body)["desired"]["$version"], 2);
+
+    fx.patch_desired("dev1", json!({"old": null, "new": true})).await;
+    let granted = device.subscribe(&[(DESIRED, QoS::AtLeastOnce)]).await;
+    assert_eq!(granted, vec![SubscribeReturnCode::Success(QoS::AtLeastOnce)]);
+    let (topic, body) = device.next_publish().await;
+    assert_eq!(topic, "$iothub/twin/PATCH/properties/desired/?$version=3");
+    assert_eq!(json_of(&body), json!({"kept": {"a": 1}, "new": true, "$version": 3}));
+
+    // `null` for the whole section, without If-Match: every property removed, the device told of each.
+    let reply = fx
+        .api
+        .call(
+            Method::PATCH,
+            "/twins/dev1",
+            Some(json!({"properties": {"desired": null}})),
+            None,
+        )
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let (topic, body) = device.next_publish().await;
+    assert_eq!(topic, "$iothub/twin/PATCH/properties/desired/?$version=4");
+    assert_eq!(json_of(&body), json!({"kept": null, "new": null, "$version": 4}));
+    let desired = &fx.twin("dev1").await["properties"]["desired"];
+    assert_eq!((desired.get("kept"), desired["$version"].as_u64()), (None, Some(4)));
+
+    // A device cannot clear its reported properties that way.
+    let (status, _, body) = device
+        .twin("$iothub/twin/PATCH/properties/reported/?$rid=null", b"null")
+        .await;
+    let error = json_of(&body);
+    assert_eq!((status, error["errorCode"].as_u64()), (400, Some(400004)), "{error}");
+    assert!(error["message"]
+        .as_str()
+        .unwrap_or_default()
+        .contains("cannot be cleared with null"));
+
+    // A device whose session is new and that never read its twin starts where it subscribed.
+    let other_key = fx.device("dev2").await;
+    fx.patch_desired("dev2", json!({"x": 1})).await;
+    let mut fresh = fx.connected("dev2", &other_key).await;
+    fresh
+        .subscribe(&[(RESPONSES, QoS::AtMostOnce), (DESIRED, QoS::AtLeastOnce)])
+        .await;
+    fx.patch_desired("dev2", json!({"x": 2})).await;
+    let (topic, body) = fresh.next_publish().await;
+    assert_eq!(topic, "$iothub/twin/PATCH/properties/desired/?$version=3");
+    assert_eq!(json_of(&body), json!({"x": 2, "$version": 3}));
+}

@@ -478,3 +478,272 @@ async fn data_survives_a_restart() {
     let after = api.call(Method::GET, "/twins/keep", None, None).await.body;
     assert_eq!(after, before);
 }
+
+#[tokio::test]
+async fn null_for_a_whole_section_clears_it_and_a_put_with_empty_sections_empties_them() {
+    // Scenario (the SDKs' "null out all desired properties / tags", with and without If-Match *):
+    // - PATCH {"properties":{"desired":null}} → 200, every desired property gone, desired $version + 1
+    // - PATCH {"tags":null} → 200, every tag gone, desired $version unchanged
+    // - PATCH {"properties":{"reported":null}} → 400: the back end never writes reported properties
+    // - PUT with empty tags and desired → both emptied, desired $version + 1
+    let hub = TestHub::start();
+    let api = service(&hub);
+    api.register_device("dev1").await;
+    let fill = json!({"tags": {"a": 1, "b": {"c": 2}}, "properties": {"desired": {"x": 1, "y": {"z": 2}}}});
+    for if_match in [None, Some("*")] {
+        let filled = api
+            .call(Method::PATCH, "/twins/dev1", Some(fill.clone()), Some("*"))
+            .await;
+        assert_eq!(filled.status, 200, "{}", filled.body);
+        let version = filled.body["properties"]["desired"]["$version"].as_u64().unwrap();
+
+        let cleared = api
+            .call(
+                Method::PATCH,
+                "/twins/dev1",
+                Some(json!({"properties": {"desired": null}})),
+                if_match,
+            )
+            .await;
+        assert_eq!(cleared.status, 200, "{}", cleared.body);
+        let desired = &cleared.body["properties"]["desired"];
+        assert_eq!((desired.get("x"), desired.get("y")), (None, None), "{desired}");
+        assert_eq!(desired["$version"].as_u64(), Some(version + 1));
+        assert_eq!(cleared.body["tags"], json!({"a": 1, "b": {"c": 2}}));
+
+        let untagged = api
+            .call(Method::PATCH, "/twins/dev1", Some(json!({"tags": null})), if_match)
+            .await;
+        assert_eq!(untagged.status, 200, "{}", untagged.body);
+        assert_eq!(untagged.body["tags"], json!({}));
+        assert_eq!(
+            untagged.body["properties"]["desired"]["$version"].as_u64(),
+            Some(version + 1)
+        );
+
+        let read = api.call(Method::GET, "/twins/dev1", None, None).await.body;
+        assert_eq!(read["tags"], json!({}));
+        assert_eq!(read["properties"]["desired"].get("x"), None);
+    }
+
+    let refused = api
+        .call(
+            Method::PATCH,
+            "/twins/dev1",
+            Some(json!({"properties": {"reported": null}})),
+            Some("*"),
+        )
+        .await;
+    assert_eq!(
+        (refused.status, refused.error_code().as_str()),
+        (400, "ArgumentInvalid")
+    );
+
+    let filled = api
+        .call(Method::PATCH, "/twins/dev1", Some(fill.clone()), Some("*"))
+        .await;
+    let version = filled.body["properties"]["desired"]["$version"].as_u64().unwrap();
+    let replaced = api
+        .call(
+            Method::PUT,
+            "/twins/dev1",
+            Some(json!({"tags": {}, "properties": {"desired": {}}})),
+            Some("*"),
+        )
+        .await;
+    assert_eq!(replaced.status, 200, "{}", replaced.body);
+    assert_eq!(replaced.body["tags"], json!({}));
+    let desired = &replaced.body["properties"]["desired"];
+    assert_eq!(
+        (desired.get("x"), desired["$version"].as_u64()),
+        (None, Some(version + 1))
+    );
+}
+
+#[tokio::test]
+async fn edge_devices_get_their_scope_and_children_name_it() {
+    // Scenario (IoT Edge gateways and their downstream devices):
+    // - an edge device gets deviceScope ms-azure-iot-edge://<id>-<generationId>, parentScopes [], in its
+    //   device and twin documents; a plain device has neither
+    // - a leaf names the edge device in deviceScope and gets it in parentScopes; a nested edge device names
+    //   it in parentScopes and keeps its own deviceScope; both on create, update and bulk
+    // - a scope that names no device, a device that is not an edge device, itself, or a loop → 400
+    //   ArgumentInvalid, nothing stored; a device whose parent was deleted can still be updated as read
+    let hub = TestHub::start();
+    let api = service(&hub);
+    let put = async |id: &str, body: serde_json::Value, if_match: Option<&str>| {
+        api.call(Method::PUT, &format!("/devices/{id}"), Some(body), if_match)
+            .await
+    };
+    let edge = put(
+        "gateway-1",
+        json!({"deviceId": "gateway-1", "capabilities": {"iotEdge": true}}),
+        None,
+    )
+    .await;
+    assert_eq!(edge.status, 200, "{}", edge.body);
+    let generation = edge.body["generationId"].as_str().unwrap();
+    let scope = format!("ms-azure-iot-edge://gateway-1-{generation}");
+    assert_eq!(edge.body["deviceScope"], json!(scope));
+    assert_eq!(edge.body["parentScopes"], json!([]));
+    let edge_twin = api.call(Method::GET, "/twins/gateway-1", None, None).await.body;
+    assert_eq!(edge_twin["deviceScope"], json!(scope));
+    let plain = put("plain", json!({"deviceId": "plain"}), None).await.body;
+    assert_eq!(
+        (plain["deviceScope"].clone(), plain["parentScopes"].clone()),
+        (json!(null), json!([]))
+    );
+
+    let leaf = put("leaf", json!({"deviceId": "leaf", "deviceScope": scope}), None).await;
+    assert_eq!(leaf.status, 200, "{}", leaf.body);
+    assert_eq!(leaf.body["deviceScope"], json!(scope));
+    assert_eq!(leaf.body["parentScopes"], json!([scope]));
+    let leaf_twin = api.call(Method::GET, "/twins/leaf", None, None).await.body;
+    assert_eq!(
+        (leaf_twin["deviceScope"].clone(), leaf_twin["parentScopes"].clone()),
+        (json!(scope), json!([scope]))
+    );
+
+    let child = put(
+        "gateway-2",
+        json!({"deviceId": "gateway-2", "capabilities": {"iotEdge": true}, "parentScopes": [scope]}),
+        None,
+    )
+    .await;
+    assert_eq!(child.status, 200, "{}", child.body);
+    let child_scope = format!(
+        "ms-azure-iot-edge://gateway-2-{}",
+        child.body["generationId"].as_str().unwrap()
+    );
+    assert_eq!(child.body["deviceScope"], json!(child_scope));
+    assert_eq!(child.body["parentScopes"], json!([scope]));
+
+    let plain_scope = format!("ms-azure-iot-edge://plain-{}", plain["generationId"].as_str().unwrap());
+    for (id, body, why) in [
+        (
+            "stray",
+            json!({"deviceId": "stray", "deviceScope": "3f1c2b9e-bogus"}),
+            "a scope that names no device",
+        ),
+        (
+            "stray",
+            json!({"deviceId": "stray", "deviceScope": "ms-azure-iot-edge://gateway-1-1"}),
+            "another generation",
+        ),
+        (
+            "stray",
+            json!({"deviceId": "stray", "deviceScope": plain_scope}),
+            "not an edge device",
+        ),
+        (
+            "stray",
+            json!({"deviceId": "stray", "capabilities": {"iotEdge": true}, "parentScopes": [scope, child_scope]}),
+            "two parents",
+        ),
+    ] {
+        let refused = put(id, body, None).await;
+        assert_eq!(
+            (refused.status, refused.error_code().as_str()),
+            (400, "ArgumentInvalid"),
+            "{why}: {}",
+            refused.body
+        );
+    }
+    assert_eq!(
+        api.call(Method::GET, "/devices/stray", None, None).await.status,
+        404,
+        "nothing stored"
+    );
+    let looped = put(
+        "gateway-1",
+        json!({"deviceId": "gateway-1", "capabilities": {"iotEdge": true}, "parentScopes": [child_scope]}),
+        Some("*"),
+    )
+    .await;
+    assert_eq!(
+        (looped.status, looped.error_code().as_str()),
+        (400, "ArgumentInvalid"),
+        "{}",
+        looped.body
+    );
+    let mut moved = leaf.body.clone();
+    moved["deviceScope"] = json!("ms-azure-iot-edge://nobody-1");
+    let refused = put("leaf", moved, Some("*")).await;
+    assert_eq!(
+        refused.status, 400,
+        "an update to a scope that names nothing: {}",
+        refused.body
+    );
+    // Moved as the Azure CLI does it: deviceScope changed, the parentScopes read before sent back as they were.
+    let mut reparented = leaf.body.clone();
+    reparented["deviceScope"] = json!(child_scope);
+    let reparented = put("leaf", reparented, Some("*")).await;
+    assert_eq!(
+        reparented.body["parentScopes"],
+        json!([child_scope]),
+        "{}",
+        reparented.body
+    );
+
+    let bulk = api
+        .call(
+            Method::POST,
+            "/devices",
+            Some(json!([
+                {"id": "bulk-leaf", "importMode": "create", "deviceScope": scope},
+                {"id": "bulk-stray", "importMode": "create", "deviceScope": "nowhere"},
+            ])),
+            None,
+        )
+        .await;
+    assert_eq!(bulk.body["errors"][0]["deviceId"], "bulk-stray", "{}", bulk.body);
+    assert_eq!(bulk.body["errors"][0]["errorCode"], "ArgumentInvalid");
+    let bulk_leaf = api.call(Method::GET, "/devices/bulk-leaf", None, None).await.body;
+    assert_eq!(bulk_leaf["parentScopes"], json!([scope]));
+
+    // The parent goes; its children keep the scope and can still be written back as they were read.
+    assert_eq!(
+        api.call(Method::DELETE, "/devices/gateway-2", None, Some("*"))
+            .await
+            .status,
+        204
+    );
+    let orphan = api.call(Method::GET, "/devices/leaf", None, None).await.body;
+    let mut renamed = orphan.clone();
+    renamed["statusReason"] = json!("parent gone");
+    let kept = put("leaf", renamed, Some("*")).await;
+    assert_eq!(
+        (kept.status, kept.body["deviceScope"].clone()),
+        (200, json!(child_scope)),
+        "{}",
+        kept.body
+    );
+    let found = api
+        .query(
+            &format!("SELECT deviceId FROM devices WHERE deviceScope = '{scope}'"),
+            None,
+            None,
+        )
+        .await;
+    let mut ids: Vec<_> = found
+        .body
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|row| row["deviceId"].clone())
+        .collect();
+    ids.sort_by_key(|id| id.to_string());
+    assert_eq!(ids, vec![json!("bulk-leaf"), json!("gateway-1")]);
+    let children = api
+        .query(
+            &format!("SELECT deviceId FROM devices WHERE ARRAY_CONTAINS(parentScopes, '{scope}')"),
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(
+        children.body,
+        json!([{"deviceId": "bulk-leaf"}]),
+        "the Azure CLI's query for children"
+    );
+}

@@ -2,7 +2,8 @@
 //! Node `azure-iothub` (`sdk-tests/node/registry.test.js`) and Python `azure-iot-hub`
 //! (`sdk-tests/python/registry_test.py`). Each script checks creates (generated and supplied keys),
 //! gets, twin patches with etags (412 on a stale one), 409/404/401 in the SDK's own error shapes,
-//! listing, a query over a tag, and deletes; it exits non-zero at the first failed check.
+//! listing, a query over a tag, and deletes; it exits non-zero at the first failed check. The
+//! `edge_scopes` scripts check IoT Edge scopes (an edge device's own, leaf and nested children, refusals).
 //!
 //! The SDKs are installed on first use from the committed lock files. `TWINHUB_SKIP_SDK_TESTS=1`
 //! skips these tests on a developer machine (never in CI).
@@ -31,4 +32,15 @@ fn node_service_sdk_registry_and_twins() {
 #[test]
 fn python_service_sdk_registry_and_twins() {
     run_sdk_script("python_service_sdk_registry_and_twins", run_python, "registry_test.py");
+}
+
+/// IoT Edge scopes: an edge device's own scope, leaf and nested edge children, refused scopes.
+#[test]
+fn node_service_sdk_edge_scopes() {
+    run_sdk_script("node_service_sdk_edge_scopes", run_node, "edge_scopes.test.js");
+}
+
+#[test]
+fn python_service_sdk_edge_scopes() {
+    run_sdk_script("python_service_sdk_edge_scopes", run_python, "edge_scopes_test.py");
 }

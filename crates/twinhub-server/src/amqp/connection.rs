@@ -419,14 +419,14 @@ impl SessionState {
             twin::Answer::Later(future) => self.pending.push(future),
         }
         if newly_subscribed {
-            // Beyond IoT Hub, as over MQTT: a device that missed desired changes gets the whole document.
+            // Beyond IoT Hub, as over MQTT: right after the answer, the whole document to a device that
+            // missed changes (since its GET, or while the hub knew nothing of it).
             if let Ok(record) = self.service.hub.device(&device_id) {
-                let missed = self
+                let version = record.twin.desired.version;
+                if self
                     .service
-                    .delivered(&device_id)
-                    .is_some_and(|delivered| delivered < record.twin.desired.version);
-                self.service.note_delivered(&device_id, record.twin.desired.version);
-                if missed {
+                    .desired_cursor(&device_id, |cursor| cursor.subscribed(version))
+                {
                     twin.deliver(twin::full_desired(&record)).await;
                 }
             }
@@ -437,17 +437,24 @@ impl SessionState {
         let Some(twin) = self.twin.as_mut() else { return };
         let message = match event {
             Ok(HubEvent::DesiredChanged { device_id, change }) if device_id == twin.device_id => {
-                if self.service.delivered(&device_id).is_some_and(|d| d >= change.version) {
+                if !self
+                    .service
+                    .desired_cursor(&device_id, |cursor| cursor.take_change(change.version))
+                {
                     return;
                 }
-                self.service.note_delivered(&device_id, change.version);
                 twin::desired_notification(&change)
             }
             Ok(_) => return,
             Err(broadcast::error::RecvError::Lagged(_)) => match self.service.hub.device(&twin.device_id) {
                 Ok(record) => {
-                    self.service
-                        .note_delivered(&twin.device_id, record.twin.desired.version);
+                    let version = record.twin.desired.version;
+                    if !self
+                        .service
+                        .desired_cursor(&twin.device_id, |cursor| cursor.catch_up(version))
+                    {
+                        return;
+                    }
                     twin::full_desired(&record)
                 }
                 Err(_) => return,

@@ -17,6 +17,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use tokio::io::{AsyncRead, AsyncWrite};
+use twinhub_core::desired_delivery::DesiredCursor;
 use twinhub_core::policy::SharedAccessPolicy;
 use twinhub_core::DeviceId;
 use twinhub_hub::Hub;
@@ -26,9 +27,10 @@ pub struct AmqpService {
     hub: Arc<Hub>,
     hostname: String,
     policies: Vec<SharedAccessPolicy>,
-    /// The last desired version each device was given over AMQP, across its connections: a device that
-    /// subscribes again after missing changes gets the whole desired document.
-    delivered_desired: Mutex<HashMap<DeviceId, u64>>,
+    /// The desired version each device was given over AMQP, across its connections (AMQP has no sessions
+    /// that outlive them). A device missing here is one the hub knows nothing of since it started:
+    /// `DesiredCursor::Unknown`, so its subscription brings the whole desired document.
+    desired_given: Mutex<HashMap<DeviceId, DesiredCursor>>,
 }
 
 impl AmqpService {
@@ -37,24 +39,17 @@ impl AmqpService {
             hub,
             hostname,
             policies,
-            delivered_desired: Mutex::new(HashMap::new()),
+            desired_given: Mutex::new(HashMap::new()),
         })
     }
 
-    fn delivered(&self, device_id: &DeviceId) -> Option<u64> {
-        self.delivered_map().get(device_id).copied()
-    }
-
-    fn note_delivered(&self, device_id: &DeviceId, version: u64) {
-        let mut map = self.delivered_map();
-        let entry = map.entry(device_id.clone()).or_insert(version);
-        *entry = (*entry).max(version);
-    }
-
-    fn delivered_map(&self) -> std::sync::MutexGuard<'_, HashMap<DeviceId, u64>> {
-        self.delivered_desired
+    /// Applies `rule` to what the device was given of its desired properties.
+    fn desired_cursor<R>(&self, device_id: &DeviceId, rule: impl FnOnce(&mut DesiredCursor) -> R) -> R {
+        let mut map = self
+            .desired_given
             .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        rule(map.entry(device_id.clone()).or_insert(DesiredCursor::Unknown))
     }
 
     /// Runs one connection over any byte stream (TLS, or a WebSocket's binary frames) until it ends.

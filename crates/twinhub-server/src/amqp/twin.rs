@@ -116,7 +116,7 @@ pub fn answer(
     match operation(request) {
         TwinOperation::Get => match service.hub.device(device_id) {
             Ok(record) => {
-                service.note_delivered(device_id, record.twin.desired.version);
+                service.desired_cursor(device_id, |cursor| cursor.gave(record.twin.desired.version));
                 let body = twinhub_core::json::device_twin_text(&record);
                 now(message(correlation_id, Some(200), None, Some(body.as_bytes().to_vec())))
             }

@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{mpsc, Notify};
 use tokio_util::codec::FramedRead;
+use twinhub_core::desired_delivery::DesiredCursor;
 
 /// Desired notifications a connection may have queued before the router asks it for a full resync instead.
 const MAILBOX_CAPACITY: usize = 64;
@@ -127,8 +128,12 @@ enum Unacknowledged {
 /// What handling a packet leaves to do that needs waiting.
 enum Step {
     Done,
-    /// The session's subscriptions changed: make them durable, then send this acknowledgement.
-    PersistThenAck(Packet),
+    /// The session's subscriptions changed: make them durable, then send this acknowledgement (and, when
+    /// it subscribed to desired patches, whatever the device missed until then).
+    PersistThenAck {
+        ack: Packet,
+        desired_subscribed: bool,
+    },
 }
 
 struct Connection<W> {
@@ -292,7 +297,7 @@ impl<W: AsyncWrite + Unpin + Send> Connection<W> {
         }
         if session_present {
             // Back after being away: catch up on desired changes missed meanwhile, as one full document.
-            if let Err(end) = self.resync_desired() {
+            if let Err(end) = self.send_missed_desired(DesiredCursor::catch_up) {
                 return end;
             }
         }
@@ -316,7 +321,7 @@ impl<W: AsyncWrite + Unpin + Send> Connection<W> {
                 _ = &mut token_expiry => Err(End::TokenExpired),
                 Some(reply) = self.pending.next(), if !self.pending.is_empty() => self.twin_reply(reply),
                 Some(mail) = mail.recv() => self.mail(mail),
-                _ = self.session.resync.notified() => self.resync_desired(),
+                _ = self.session.resync.notified() => self.send_missed_desired(DesiredCursor::catch_up),
                 packet = packets.next(), if self.pending.len() < in_flight_max => match packet {
                     None => Err(End::ClientClosed),
                     Some(Err(DecodeError::Io(error))) => Err(End::ConnectionLost(error.to_string())),
@@ -327,9 +332,15 @@ impl<W: AsyncWrite + Unpin + Send> Connection<W> {
                         }
                         match self.packet(packet) {
                             Ok(Step::Done) => Ok(()),
-                            Ok(Step::PersistThenAck(ack)) => {
+                            Ok(Step::PersistThenAck { ack, desired_subscribed }) => {
                                 self.persist_session().await;
-                                self.push(ack)
+                                self.push(ack).and_then(|()| {
+                                    if desired_subscribed {
+                                        self.send_missed_desired(DesiredCursor::subscribed)
+                                    } else {
+                                        Ok(())
+                                    }
+                                })
                             }
                             Err(end) => Err(end),
                         }
@@ -358,11 +369,18 @@ impl<W: AsyncWrite + Unpin + Send> Connection<W> {
                 packet_id,
                 topic_filters,
             } => {
-                let status = topic_filters
+                let status: Vec<_> = topic_filters
                     .iter()
                     .map(|(filter, qos)| self.subscribe(filter, *qos))
                     .collect();
-                Ok(Step::PersistThenAck(Packet::SubscribeAck { packet_id, status }))
+                let desired_subscribed = topic_filters.iter().zip(&status).any(|((filter, _), status)| {
+                    topic::parse_filter(filter, &self.client) == Some(Subscription::DesiredPatches)
+                        && *status != SubscribeReturnCode::Failure
+                });
+                Ok(Step::PersistThenAck {
+                    ack: Packet::SubscribeAck { packet_id, status },
+                    desired_subscribed,
+                })
             }
             Packet::Unsubscribe {
                 packet_id,
@@ -373,7 +391,10 @@ impl<W: AsyncWrite + Unpin + Send> Connection<W> {
                         self.session.state().grant(subscription, None);
                     }
                 }
-                Ok(Step::PersistThenAck(Packet::UnsubscribeAck { packet_id }))
+                Ok(Step::PersistThenAck {
+                    ack: Packet::UnsubscribeAck { packet_id },
+                    desired_subscribed: false,
+                })
             }
             other => self.packet_now(other).map(|()| Step::Done),
         }
@@ -456,17 +477,13 @@ impl<W: AsyncWrite + Unpin + Send> Connection<W> {
             return SubscribeReturnCode::Failure;
         };
         let granted = wire::granted(requested);
-        let needs_version =
-            subscription == Subscription::DesiredPatches && self.session.state().delivered_desired.is_none();
-        // From now on the device hears of every desired change; what it knew before is the current version.
-        let current = needs_version
-            .then(|| self.service.hub.device(&self.client.device_id).ok())
-            .flatten()
-            .map(|record| record.twin.desired.version);
-        let mut state = self.session.state();
-        state.grant(subscription, Some(granted));
-        if state.delivered_desired.is_none() {
-            state.delivered_desired = current;
+        self.session.state().grant(subscription, Some(granted));
+        if subscription == Subscription::DesiredPatches {
+            // From now on the router hands the session every change; read after the grant, the twin shows
+            // every change it did not hand over, so a fresh device starts from this version.
+            if let Ok(record) = self.service.hub.device(&self.client.device_id) {
+                self.session.state().desired.subscribing(record.twin.desired.version);
+            }
         }
         SubscribeReturnCode::Success(granted)
     }
@@ -477,7 +494,7 @@ impl<W: AsyncWrite + Unpin + Send> Connection<W> {
         }
         match self.service.hub.device(&self.client.device_id) {
             Ok(record) => {
-                self.note_delivered(record.twin.desired.version);
+                self.session.state().desired.gave(record.twin.desired.version);
                 // The cached text itself goes out: no rendering, no copy.
                 let body = Bytes::from_owner(SharedText(twinhub_core::json::device_twin_text(&record)));
                 TwinReply {
@@ -535,18 +552,12 @@ impl<W: AsyncWrite + Unpin + Send> Connection<W> {
                     return Ok(());
                 };
                 // Already covered by a full document or a GET: notifications stay in version order.
-                if self
-                    .session
-                    .state()
-                    .delivered_desired
-                    .is_some_and(|delivered| delivered >= change.version)
-                {
+                if !self.session.state().desired.take_change(change.version) {
                     return Ok(());
                 }
                 let mut body = change.patch.clone();
                 body.insert("$version".into(), change.version.into());
                 let payload = Bytes::from(serde_json::Value::Object(body).to_string());
-                self.session.state().delivered_desired = Some(change.version);
                 self.publish(
                     topic::desired_patch(change.version),
                     payload,
@@ -557,39 +568,33 @@ impl<W: AsyncWrite + Unpin + Send> Connection<W> {
         }
     }
 
-    /// Beyond IoT Hub: when the desired version moved past the last one the device was given (it was away,
-    /// or notifications could not keep up), publish the whole desired document as one notification.
-    fn resync_desired(&mut self) -> Result<(), End> {
-        let (qos, delivered) = {
-            let state = self.session.state();
-            (state.granted(Subscription::DesiredPatches), state.delivered_desired)
-        };
-        let Some(qos) = qos else {
+    /// Beyond IoT Hub: the whole desired document as one notification, when `decide` (a rule of
+    /// `DesiredCursor`) finds the device missed changes: it came back, could not keep up, or a change
+    /// landed between its twin GET and its subscription.
+    fn send_missed_desired(&mut self, decide: fn(&mut DesiredCursor, u64) -> bool) -> Result<(), End> {
+        let Some(qos) = self.session.state().granted(Subscription::DesiredPatches) else {
             return Ok(());
         };
         let Ok(record) = self.service.hub.device(&self.client.device_id) else {
             return Ok(());
         };
         let desired = &record.twin.desired;
-        if delivered.is_some_and(|delivered| delivered >= desired.version) {
+        let (before, missed) = {
+            let mut state = self.session.state();
+            let before = state.desired;
+            (before, decide(&mut state.desired, desired.version))
+        };
+        if !missed {
             return Ok(());
         }
-        tracing::info!(client_id = %self.client.client_id(), from = ?delivered, to = desired.version, "sending the full desired document to a device that missed changes");
+        tracing::info!(client_id = %self.client.client_id(), from = ?before, to = desired.version, "sending the full desired document to a device that missed changes");
         let payload = Bytes::from(desired.to_json_without_metadata().to_string());
-        self.session.state().delivered_desired = Some(desired.version);
         self.publish(
             topic::desired_patch(desired.version),
             payload,
             qos,
             Unacknowledged::Desired(desired.version),
         )
-    }
-
-    fn note_delivered(&self, version: u64) {
-        let mut state = self.session.state();
-        if state.delivered_desired.is_none_or(|delivered| delivered < version) {
-            state.delivered_desired = Some(version);
-        }
     }
 
     fn publish(&mut self, topic: String, payload: Bytes, qos: QoS, kind: Unacknowledged) -> Result<(), End> {

@@ -10,6 +10,7 @@ use super::wire::QoS;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::{mpsc, Notify};
+use twinhub_core::desired_delivery::DesiredCursor;
 use twinhub_core::session::{SessionRecord, StoredSubscription};
 use twinhub_core::twin::DesiredChange;
 use twinhub_core::DeviceId;
@@ -65,9 +66,9 @@ pub struct Owner {
 pub struct SessionState {
     /// The QoS granted per subscription kind (index: `Subscription::index`).
     granted: [Option<QoS>; Subscription::ALL.len()],
-    /// The last desired `$version` the device was given (GET, notification, or full document); what a
-    /// returning device is compared with to decide whether it missed changes.
-    pub delivered_desired: Option<u64>,
+    /// The desired `$version` the device was given (GET, notification, or full document); what decides
+    /// whether it missed changes (`twinhub_core::desired_delivery`).
+    pub desired: DesiredCursor,
     owner: Option<Owner>,
     /// Whether the store holds this session (it is persistent and has subscribed to something).
     pub stored: bool,
@@ -207,7 +208,7 @@ impl Sessions {
         }
         state.owner = None;
         if let Some(version) = undelivered_desired {
-            state.delivered_desired = Some(version.saturating_sub(1)).min(state.delivered_desired);
+            state.desired.unacknowledged(version);
         }
         if clean_session {
             let key = session.client.client_id();
@@ -217,8 +218,8 @@ impl Sessions {
         }
     }
 
-    /// Sessions the store kept across a restart: their subscriptions, no owner, and no desired version
-    /// delivered (so a device that comes back gets the full desired document once). Returns the client
+    /// Sessions the store kept across a restart: their subscriptions, no owner, and nothing known of the
+    /// desired version the device has (so it gets the full desired document once). Returns the client
     /// ids of stored sessions that no longer apply (the device is gone), for the caller to forget.
     pub fn restore(&self, records: Vec<SessionRecord>, device_exists: impl Fn(&DeviceId) -> bool) -> Vec<String> {
         let mut stale = Vec::new();
@@ -230,6 +231,7 @@ impl Sessions {
             };
             let mut state = SessionState {
                 stored: true,
+                desired: DesiredCursor::Unknown,
                 ..SessionState::default()
             };
             for stored in &record.subscriptions {
@@ -365,11 +367,11 @@ mod tests {
         session
             .state()
             .grant(Subscription::TwinResponses, Some(QoS::AtMostOnce));
-        session.state().delivered_desired = Some(7);
+        session.state().desired = DesiredCursor::Given(7);
         sessions.detach(&session, 1, false, Some(5));
         assert_eq!(
-            session.state().delivered_desired,
-            Some(4),
+            session.state().desired,
+            DesiredCursor::Given(4),
             "unacknowledged notifications count as missed"
         );
 

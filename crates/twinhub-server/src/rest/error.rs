@@ -38,9 +38,10 @@ pub fn classify(error: &HubError) -> (StatusCode, &'static str) {
         HubError::DeviceNotFound(_) => (StatusCode::NOT_FOUND, "DeviceNotFound"),
         HubError::DeviceAlreadyExists(_) => (StatusCode::CONFLICT, "DeviceAlreadyExists"),
         HubError::PreconditionFailed { .. } => (StatusCode::PRECONDITION_FAILED, "PreconditionFailed"),
-        HubError::TwinRule(_) | HubError::DeviceDocument(_) | HubError::InvalidArgument(_) => {
-            (StatusCode::BAD_REQUEST, "ArgumentInvalid")
-        }
+        HubError::TwinRule(_)
+        | HubError::DeviceDocument(_)
+        | HubError::DeviceScope(_)
+        | HubError::InvalidArgument(_) => (StatusCode::BAD_REQUEST, "ArgumentInvalid"),
         HubError::Query(_) => (StatusCode::BAD_REQUEST, "ArgumentInvalid"),
         HubError::DeviceDefinedMultipleTimes(_) => (StatusCode::BAD_REQUEST, "DeviceDefinedMultipleTimes"),
         HubError::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable"),

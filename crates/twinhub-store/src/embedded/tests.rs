@@ -18,7 +18,11 @@ fn record(id: &str, tag: i64) -> DeviceRecord {
     )
     .expect("valid patch");
     let twin = Twin::new(now).patched(&patch, now, &rules).expect("within the rules").0;
-    DeviceRecord::new(draft.into_identity(None, now), twin, Presence::default())
+    DeviceRecord::new(
+        draft.into_identity(None, now, |_| None).expect("no edge scopes"),
+        twin,
+        Presence::default(),
+    )
 }
 
 fn block_on<T>(future: impl std::future::Future<Output = T>) -> T {

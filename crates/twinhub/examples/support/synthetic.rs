@@ -164,7 +164,7 @@ pub fn build_records(n: usize) -> anyhow::Result<(Vec<DeviceRecord>, usize)> {
             )
             .map_err(|e| anyhow::anyhow!("{e:?}"))?;
         records.push(DeviceRecord::new(
-            draft.into_identity(None, now),
+            draft.into_identity(None, now, |_| None).expect("no edge scopes"),
             twin,
             Presence::default(),
         ));

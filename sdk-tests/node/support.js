@@ -1,0 +1,54 @@
+// What the SDK test scripts share: step logging, polling, and running a script to an exit code.
+'use strict';
+
+let step = '';
+
+// Logs a step; a failure names the last one.
+function log(message) {
+  step = message;
+  console.log(`- ${message}`);
+}
+
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+// Polls `condition` until it holds; fails with `what` after `ms`.
+async function waitFor(what, condition, ms = 15000) {
+  const deadline = Date.now() + ms;
+  while (!(await condition())) {
+    if (Date.now() > deadline) {
+      throw new Error(`timed out waiting for ${what}`);
+    }
+    await sleep(50);
+  }
+}
+
+// Runs `main` and exits 0, or 1 with the failed step and the error.
+function run(main) {
+  main().then(
+    () => process.exit(0),
+    (error) => {
+      console.error(`FAILED at step: ${step}`);
+      console.error(error && error.stack ? error.stack : error);
+      process.exit(1);
+    },
+  );
+}
+
+// The environment of a device script: the hub's owner connection string, the device SDK transport named
+// by TWINHUB_TRANSPORT and the device id to use. Exits 2 when one is missing.
+function deviceScriptEnv() {
+  const transports = { ...require('azure-iot-device-mqtt'), ...require('azure-iot-device-amqp') };
+  const env = {
+    connectionString: process.env.TWINHUB_CONNECTION_STRING,
+    transportName: process.env.TWINHUB_TRANSPORT,
+    deviceId: process.env.TWINHUB_DEVICE_ID,
+  };
+  env.Transport = transports[env.transportName];
+  if (!env.connectionString || !env.Transport || !env.deviceId) {
+    console.error('TWINHUB_CONNECTION_STRING, TWINHUB_TRANSPORT (Mqtt, MqttWs, Amqp or AmqpWs) and TWINHUB_DEVICE_ID must be set');
+    process.exit(2);
+  }
+  return env;
+}
+
+module.exports = { log, sleep, waitFor, run, deviceScriptEnv };
