@@ -20,6 +20,8 @@ DESIRED_RATE=${DESIRED_RATE:-1000}
 REST_CLIENTS=${REST_CLIENTS:-64}
 # Reported patches are also timed at a steady rate: half the 50,000/s target by default.
 REPORTED_RATE=${REPORTED_RATE:-25000}
+TELEMETRY_RATE=${TELEMETRY_RATE:-10000}
+BACKLOG=${BACKLOG:-1000000}
 HOST=${HOST:-127.77.0.1}
 BROKER=${BROKER:-127.0.0.1:18883}
 OUT=${OUT:-$(mktemp -d /tmp/twinhub-compare.XXXXXX)}
@@ -77,6 +79,15 @@ broker connect --devices "$CONNECTIONS" --server-pid "$MOSQUITTO_PID" --json "$O
 echo "== QoS 1 publish round trips: $DEVICES devices x $IN_FLIGHT in flight, $SECONDS_RUN s"
 broker telemetry --devices "$DEVICES" --in-flight "$IN_FLIGHT" --seconds "$SECONDS_RUN" --json "$OUT/mosquitto-publish.json"
 hub telemetry --devices "$DEVICES" --in-flight "$IN_FLIGHT" --seconds "$SECONDS_RUN" --json "$OUT/hub-telemetry.json"
+for size in 256 4096; do
+  echo "== QoS 1 publishes of $size-byte payloads (twinhub: durable before PUBACK)"
+  broker telemetry --payload-bytes "$size" --devices "$DEVICES" --in-flight "$IN_FLIGHT" --seconds "$SECONDS_RUN" --json "$OUT/mosquitto-publish-$size.json"
+  hub telemetry --payload-bytes "$size" --devices "$DEVICES" --in-flight "$IN_FLIGHT" --seconds "$SECONDS_RUN" --json "$OUT/hub-telemetry-$size.json"
+done
+echo "== telemetry end to end (device PUBLISH to Event Hubs consumer) at a steady $TELEMETRY_RATE/s"
+hub telemetry-end-to-end --devices "$DEVICES" --rate "$TELEMETRY_RATE" --seconds "$SECONDS_RUN" --json "$OUT/hub-telemetry-e2e.json"
+echo "== one Event Hubs consumer reading a backlog of $BACKLOG events"
+hub consume --devices "$DEVICES" --in-flight "$IN_FLIGHT" --backlog "$BACKLOG" --payload-bytes 256 --json "$OUT/hub-consume.json"
 echo "== reported patches (durable), saturated, then at a steady $REPORTED_RATE/s"
 hub reported --devices "$DEVICES" --in-flight "$IN_FLIGHT" --seconds "$SECONDS_RUN" --json "$OUT/hub-reported.json"
 hub reported --devices "$DEVICES" --in-flight "$IN_FLIGHT" --seconds "$SECONDS_RUN" --rate "$REPORTED_RATE" --json "$OUT/hub-reported-half.json"
@@ -95,6 +106,8 @@ out = sys.argv[1]
 load = lambda name: json.load(open(os.path.join(out, name + ".json")))
 hc, mc = load("hub-connect"), load("mosquitto-connect")
 mp, ht = load("mosquitto-publish"), load("hub-telemetry")
+sized = [(size, load("mosquitto-publish-%d" % size), load("hub-telemetry-%d" % size)) for size in (256, 4096)]
+he, hcons = load("hub-telemetry-e2e"), load("hub-consume")
 hr, hh = load("hub-reported"), load("hub-reported-half")
 ha = load("hub-reported-amqp")
 hg, rest, hd = load("hub-twin-get"), load("hub-rest"), load("hub-desired")
@@ -116,6 +129,12 @@ l = lambda r: (r["latency"]["p50_ms"], r["latency"]["p99_ms"])
 row("mosquitto: QoS 1 publishes/s", mp["per_second"], "/s", *l(mp))
 row("twinhub:   telemetry QoS 1 publishes/s", ht["per_second"], "/s", *l(ht),
     ratio=ht["per_second"] / mp["per_second"], target=">= 1.0x mosquitto")
+for size, m, h in sized:
+    row("mosquitto: %d B publishes/s (MB/s %.1f)" % (size, m["megabytes_per_second"]), m["per_second"], "/s", *l(m))
+    row("twinhub:   %d B durable publishes/s (MB/s %.1f)" % (size, h["megabytes_per_second"]), h["per_second"], "/s", *l(h),
+        ratio=h["per_second"] / m["per_second"], target=">= 1.0x mosquitto")
+row("twinhub:   PUBLISH -> Event Hubs consumer", he["per_second"], "/s", *l(he), target="p99 < 20 ms at 10,000/s")
+row("twinhub:   consumer reading a backlog", hcons["per_second"], "/s")
 row("twinhub:   reported patches/s (durable)", hr["per_second"], "/s", *l(hr),
     ratio=hr["per_second"] / mp["per_second"], target=">= 50,000/s, >= 0.5x mosquitto")
 row("twinhub:   reported at a steady rate", hh["per_second"], "/s", *l(hh), target="p99 < 10 ms at 25,000/s")

@@ -79,6 +79,49 @@ pub fn authorize_service(
     Ok(())
 }
 
+/// Checks an Event Hubs client's `token` for reading hub `hub_name`'s built-in endpoint: signed, as Event
+/// Hubs clients sign, with the text of a key of a policy that grants ServiceConnect (`iothubowner`,
+/// `service`; never `device`), not expired, for a resource (`sb://<host>[:port]/<hub>[/...]`) under the
+/// hub. Returns the path the token covers, lower-cased without scheme and host (`<hub>/consumergroups/$default`).
+pub fn authorize_event_hubs(
+    token: &SasToken,
+    hub_name: &str,
+    policies: &[SharedAccessPolicy],
+    now_unix_seconds: i64,
+) -> Result<String, ServiceAuthError> {
+    let key_name = token.key_name.as_deref().ok_or(ServiceAuthError::NoPolicyNamed)?;
+    let policy = policies
+        .iter()
+        .find(|policy| policy.name == key_name)
+        .ok_or(ServiceAuthError::UnknownPolicy)?;
+    if !(token.is_signed_with_key_text(&policy.primary_key) | token.is_signed_with_key_text(&policy.secondary_key)) {
+        return Err(ServiceAuthError::BadSignature);
+    }
+    if token.is_expired(now_unix_seconds) {
+        return Err(ServiceAuthError::Expired);
+    }
+    let path = entity_path(&token.resource);
+    let hub = hub_name.to_ascii_lowercase();
+    if !(path == hub || path.starts_with(&format!("{hub}/"))) {
+        return Err(ServiceAuthError::WrongResource);
+    }
+    if !policy.allows(Permission::ServiceConnect) {
+        return Err(ServiceAuthError::MissingPermission);
+    }
+    Ok(path)
+}
+
+/// An Event Hubs address or audience without its scheme and host, lower-cased and without a trailing
+/// `/`: `sb://host:5671/Hub/ConsumerGroups/$Default/` → `hub/consumergroups/$default`.
+pub fn entity_path(address: &str) -> String {
+    let address = address.to_ascii_lowercase();
+    let path = match address.split_once("://") {
+        Some((_, rest)) => rest.split_once('/').map_or("", |(_, path)| path),
+        None => address.as_str(),
+    };
+    path.trim_matches('/').to_owned()
+}
+
 /// The resource a device's tokens must cover.
 pub fn device_resource(hostname: &str, device_id: &str) -> String {
     format!("{hostname}/devices/{device_id}")
@@ -262,5 +305,80 @@ mod tests {
             check(&token("hub.example/devices/d1", &key, None, NOW + 60), Some(&disabled)),
             Err(DeviceAuthError::Disabled)
         );
+    }
+
+    #[test]
+    fn event_hubs_tokens_are_signed_with_the_key_text_and_cover_the_hub() {
+        use base64::Engine;
+        let policies = default_policies_fixed();
+        let key_of = |name: &str| {
+            policies
+                .iter()
+                .find(|policy| policy.name == name)
+                .unwrap()
+                .primary_key
+                .clone()
+        };
+        // Event Hubs clients sign with the key's text: its Base64 encoding decodes back to those bytes.
+        let as_text_key = |key: &str| base64::engine::general_purpose::STANDARD.encode(key.as_bytes());
+        let eh_token =
+            |resource: &str, policy: &str, key: &str| token(resource, &as_text_key(key), Some(policy), NOW + 60);
+        let service = key_of("service");
+        assert_eq!(
+            authorize_event_hubs(
+                &eh_token(
+                    "sb://hub.example:5671/MyHub/ConsumerGroups/$Default",
+                    "service",
+                    &service
+                ),
+                "myhub",
+                &policies,
+                NOW
+            ),
+            Ok("myhub/consumergroups/$default".to_owned())
+        );
+        assert_eq!(
+            authorize_event_hubs(
+                &eh_token("sb://hub.example/myhub", "service", &service),
+                "myhub",
+                &policies,
+                NOW
+            ),
+            Ok("myhub".to_owned())
+        );
+        let refused = [
+            (
+                eh_token("sb://hub.example/otherhub", "service", &service),
+                ServiceAuthError::WrongResource,
+            ),
+            (
+                eh_token("sb://hub.example/myhubs", "service", &service),
+                ServiceAuthError::WrongResource,
+            ),
+            (
+                eh_token("sb://hub.example/myhub", "device", &key_of("device")),
+                ServiceAuthError::MissingPermission,
+            ),
+            (
+                token("sb://hub.example/myhub", &service, Some("service"), NOW + 60),
+                ServiceAuthError::BadSignature,
+            ),
+            (
+                eh_token("sb://hub.example/myhub", "nobody", &service),
+                ServiceAuthError::UnknownPolicy,
+            ),
+        ];
+        for (token, expected) in refused {
+            assert_eq!(
+                authorize_event_hubs(&token, "myhub", &policies, NOW),
+                Err(expected),
+                "{token:?}"
+            );
+        }
+        assert_eq!(
+            entity_path("amqps://h:5671/Hub/ConsumerGroups/$Default/Partitions/0"),
+            "hub/consumergroups/$default/partitions/0"
+        );
+        assert_eq!(entity_path("hub/ConsumerGroups/cg/"), "hub/consumergroups/cg");
     }
 }

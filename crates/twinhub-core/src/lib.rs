@@ -9,6 +9,7 @@ pub mod device;
 pub mod device_auth;
 pub mod device_scope;
 pub mod etag;
+pub mod event;
 pub mod ids;
 pub mod json;
 pub mod policy;

@@ -61,6 +61,15 @@ pub fn service_connection_string(host_name: &str, policy: &SharedAccessPolicy) -
     )
 }
 
+/// The Event Hubs-compatible endpoint's connection string, as the Event Hubs SDKs take it:
+/// `Endpoint=sb://<host>/;SharedAccessKeyName=...;SharedAccessKey=...;EntityPath=<hub name>`.
+pub fn event_hubs_connection_string(host_name: &str, hub_name: &str, policy: &SharedAccessPolicy) -> String {
+    format!(
+        "Endpoint=sb://{host_name}/;SharedAccessKeyName={};SharedAccessKey={};EntityPath={hub_name}",
+        policy.name, policy.primary_key
+    )
+}
+
 /// `HostName=...;DeviceId=...;SharedAccessKey=...`
 pub fn device_connection_string(host_name: &str, device_id: &str, key: &str) -> String {
     format!("HostName={host_name};DeviceId={device_id};SharedAccessKey={key}")

@@ -96,6 +96,13 @@ impl SasToken {
         expected.ct_eq(&self.signature).into()
     }
 
+    /// Whether the signature was made with this key's text itself (its UTF-8 bytes, not its Base64
+    /// decoding): how Event Hubs clients sign. Constant time in the signature.
+    pub fn is_signed_with_key_text(&self, key: &str) -> bool {
+        let expected = hmac(key.as_bytes(), &self.resource_raw, &self.expiry_raw);
+        expected.ct_eq(&self.signature).into()
+    }
+
     pub fn is_expired(&self, now_unix_seconds: i64) -> bool {
         i64::try_from(self.expiry_unix_seconds).is_ok_and(|expiry| expiry <= now_unix_seconds)
     }

@@ -9,6 +9,7 @@
 
 mod bulk;
 mod error;
+pub mod event_log;
 mod events;
 pub mod index;
 mod query;
@@ -18,14 +19,16 @@ use arc_swap::ArcSwap;
 use std::sync::Arc;
 use tokio::sync::{broadcast, mpsc, oneshot};
 use twinhub_core::etag::IfMatch;
+use twinhub_core::event::{DeviceEvent, EventOrigin};
 use twinhub_core::json::DeviceDraft;
 use twinhub_core::session::SessionRecord;
 use twinhub_core::twin::{ReportedPatch, TwinPatch, TwinReplacement};
 use twinhub_core::{DeviceId, DeviceRecord, DeviceStatus, TwinRules};
-use twinhub_store::Store;
+use twinhub_store::{EventStore, Store};
 
 pub use bulk::{BulkError, BulkOperation, BulkOutcome, ImportMode};
 pub use error::HubError;
+pub use event_log::{Enqueued, EventLog, EventLogConfig, PartitionState};
 pub use events::HubEvent;
 pub use writer::ACTIVITY_RESOLUTION;
 use writer::{PresenceEvent, WriteCommand, WriteOp, WriteOutcome};
@@ -47,6 +50,8 @@ pub struct HubConfig {
     pub commit_batch_operations_max: usize,
     /// Writes waiting for the writer; past this, callers wait (back-pressure) instead of queueing more.
     pub write_queue_operations_max: usize,
+    /// Retention of device-to-cloud events.
+    pub events: EventLogConfig,
 }
 
 impl Default for HubConfig {
@@ -55,6 +60,7 @@ impl Default for HubConfig {
             rules: TwinRules::default(),
             commit_batch_operations_max: 1024,
             write_queue_operations_max: 16 * 1024,
+            events: EventLogConfig::default(),
         }
     }
 }
@@ -68,6 +74,8 @@ pub struct Hub {
     stored_sessions: std::sync::Mutex<Vec<SessionRecord>>,
     writes: mpsc::Sender<WriteCommand>,
     events: broadcast::Sender<HubEvent>,
+    /// Device-to-cloud events; `None` for a hub started without an event store (benchmarks of the registry).
+    event_log: Option<Arc<EventLog>>,
     config: HubConfig,
 }
 
@@ -79,8 +87,23 @@ pub struct RegistryStatistics {
 }
 
 impl Hub {
-    /// Loads every record from the store and starts the writer. Must run inside a tokio runtime.
+    /// Loads every record from the store and starts the writer, without device-to-cloud events. Must run
+    /// inside a tokio runtime.
     pub async fn start(store: Arc<dyn Store>, config: HubConfig) -> Result<Arc<Hub>, HubError> {
+        Hub::start_with_events(store, None, config).await
+    }
+
+    /// Loads every record from the store, opens the event log, and starts the writers. Must run inside a
+    /// tokio runtime.
+    pub async fn start_with_events(
+        store: Arc<dyn Store>,
+        event_store: Option<Arc<dyn EventStore>>,
+        config: HubConfig,
+    ) -> Result<Arc<Hub>, HubError> {
+        let event_log = match event_store {
+            Some(event_store) => Some(EventLog::open(event_store, config.events.clone()).await?),
+            None => None,
+        };
         let records = store.load_all().await.map_err(HubError::Store)?;
         let stored_sessions = store.load_sessions().await.map_err(HubError::Store)?;
         let started = twinhub_core::Timestamp::now();
@@ -111,8 +134,48 @@ impl Hub {
             stored_sessions: std::sync::Mutex::new(stored_sessions),
             writes,
             events,
+            event_log,
             config,
         }))
+    }
+
+    /// The device-to-cloud event log, for the Event Hubs endpoint.
+    pub fn event_log(&self) -> Option<&Arc<EventLog>> {
+        self.event_log.as_ref()
+    }
+
+    /// A device's (or module's) telemetry: answers once the event is durable, stamped with who sent it.
+    pub async fn send_event(
+        &self,
+        device_id: &DeviceId,
+        module_id: Option<&str>,
+        event: DeviceEvent,
+    ) -> Result<Enqueued, HubError> {
+        let mut enqueued = self.send_events(device_id, module_id, vec![event]).await?;
+        enqueued
+            .pop()
+            .ok_or(HubError::Internal("an append answered for no event"))
+    }
+
+    /// Several events of one device at once (an HTTPS batch): durable together, contiguous in their
+    /// partition, or none stored.
+    pub async fn send_events(
+        &self,
+        device_id: &DeviceId,
+        module_id: Option<&str>,
+        events: Vec<DeviceEvent>,
+    ) -> Result<Vec<Enqueued>, HubError> {
+        let log = self
+            .event_log
+            .as_ref()
+            .ok_or(HubError::Internal("this hub keeps no events"))?;
+        let generation_id = self.device(device_id)?.identity.generation_id.clone();
+        let origin = EventOrigin {
+            device_id: device_id.clone(),
+            module_id: module_id.map(str::to_owned),
+            generation_id,
+        };
+        log.append(origin, events).await
     }
 
     pub fn rules(&self) -> &TwinRules {

@@ -14,4 +14,4 @@ pub mod twin_failure;
 pub mod websocket;
 
 pub use material::{HubMaterial, MaterialError};
-pub use server::{serve, RunningHub, ServeConfig, ServeError};
+pub use server::{default_hub_name, serve, RunningHub, ServeConfig, ServeError};

@@ -193,18 +193,26 @@ impl HubMaterial {
     }
 }
 
-/// Remembers the host name a hub last served under, so commands that only get `--data-dir` can print
-/// connection strings that match it.
+/// Remembers the host name and hub name a hub last served under, so commands that only get `--data-dir`
+/// can print connection strings that match it.
 pub const SETTINGS_FILE: &str = "hub.json";
 
-pub fn write_hostname(data_dir: &Path, hostname: &str) -> Result<(), MaterialError> {
+/// What a hub last served as.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServedAs {
+    pub hostname: String,
+    /// The Event Hubs-compatible endpoint's name (`EntityPath`).
+    pub hub_name: String,
+}
+
+pub fn write_served_as(data_dir: &Path, served: &ServedAs) -> Result<(), MaterialError> {
     write_private(
         &data_dir.join(SETTINGS_FILE),
-        &serde_json::json!({ "hostname": hostname }).to_string(),
+        &serde_json::json!({ "hostname": served.hostname, "hubName": served.hub_name }).to_string(),
     )
 }
 
-pub fn read_hostname(data_dir: &Path) -> Result<String, MaterialError> {
+pub fn read_served_as(data_dir: &Path) -> Result<ServedAs, MaterialError> {
     let path = data_dir.join(SETTINGS_FILE);
     let text = read_optional(&path)?.ok_or_else(|| MaterialError::Io {
         path: path.clone(),
@@ -217,7 +225,15 @@ pub fn read_hostname(data_dir: &Path) -> Result<String, MaterialError> {
         path: path.clone(),
         source,
     })?;
-    Ok(settings["hostname"].as_str().unwrap_or("localhost").to_owned())
+    let hostname = settings["hostname"].as_str().unwrap_or("localhost").to_owned();
+    let hub_name = settings["hubName"]
+        .as_str()
+        .map_or_else(|| crate::server::default_hub_name(&hostname), str::to_owned);
+    Ok(ServedAs { hostname, hub_name })
+}
+
+pub fn read_hostname(data_dir: &Path) -> Result<String, MaterialError> {
+    read_served_as(data_dir).map(|served| served.hostname)
 }
 
 #[cfg(test)]

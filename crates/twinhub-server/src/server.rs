@@ -12,7 +12,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 use tokio_rustls::TlsAcceptor;
 use twinhub_hub::{Hub, HubConfig, HubError};
-use twinhub_store::{EmbeddedStore, Store, StoreError};
+use twinhub_store::{EmbeddedStore, EventStore, Store, StoreError, StoreOptions};
 
 #[derive(Clone)]
 pub struct ServeConfig {
@@ -30,9 +30,16 @@ pub struct ServeConfig {
     /// accept queue.
     pub device_connections_max: usize,
     pub mqtt: MqttConfig,
-    /// The store to serve; `None`: the embedded store in `data_dir/store` (what `twinhub serve` uses).
-    /// Benchmarks and tests pass their own.
+    /// The store to serve; `None`: the embedded store in `data_dir/store` (what `twinhub serve` uses),
+    /// which also keeps the device-to-cloud events. Benchmarks and tests pass their own (without events).
     pub store: Option<Arc<dyn Store>>,
+    /// Partitions of the event log, when the store is created (an existing store keeps its own).
+    pub event_partitions: u16,
+    /// The name of the Event Hubs-compatible endpoint (`EntityPath`): IoT Hub names it after the hub.
+    pub hub_name: String,
+    /// Plain AMQP without TLS on this port, for the Event Hubs SDKs' development-emulator mode
+    /// (`UseDevelopmentEmulator=true`); off when `None`. Tokens are still required.
+    pub event_hubs_emulator_port: Option<u16>,
 }
 
 impl std::fmt::Debug for ServeConfig {
@@ -49,13 +56,20 @@ impl std::fmt::Debug for ServeConfig {
             .field("device_connections_max", &self.device_connections_max)
             .field("mqtt", &self.mqtt)
             .field("store", &self.store.as_ref().map(|_| "custom"))
+            .field("event_partitions", &self.event_partitions)
+            .field("hub_name", &self.hub_name)
+            .field("event_hubs_emulator_port", &self.event_hubs_emulator_port)
             .finish()
     }
 }
 
 impl ServeConfig {
     pub fn new(data_dir: PathBuf, hostname: String, bind: IpAddr) -> Self {
+        let hub_name = default_hub_name(&hostname);
         ServeConfig {
+            event_partitions: twinhub_store::EVENT_PARTITIONS_DEFAULT,
+            hub_name,
+            event_hubs_emulator_port: None,
             data_dir,
             hostname,
             bind,
@@ -88,6 +102,11 @@ impl ServeConfig {
     }
 }
 
+/// IoT Hub names its built-in endpoint after the hub: the first label of its host name.
+pub fn default_hub_name(hostname: &str) -> String {
+    hostname.split('.').next().unwrap_or(hostname).to_owned()
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
     #[error(transparent)]
@@ -111,6 +130,8 @@ pub struct RunningHub {
     pub hub: Arc<Hub>,
     pub material: HubMaterial,
     pub https_address: SocketAddr,
+    /// The Event Hubs-compatible endpoint's name.
+    pub hub_name: String,
     pub mqtt_address: SocketAddr,
     shutdown: watch::Sender<bool>,
 }
@@ -144,25 +165,50 @@ fn local_address(listener: &TcpListener, flag: &'static str) -> Result<SocketAdd
 
 pub async fn serve(config: ServeConfig) -> Result<RunningHub, ServeError> {
     let material = HubMaterial::open_or_create(&config.data_dir, &config.certificate_names())?;
-    crate::material::write_hostname(&config.data_dir, &config.hostname)?;
+    crate::material::write_served_as(
+        &config.data_dir,
+        &crate::material::ServedAs {
+            hostname: config.hostname.clone(),
+            hub_name: config.hub_name.clone(),
+        },
+    )?;
     // Bind before loading the store, so a port problem is reported at once.
     let https_listener = bind(SocketAddr::new(config.bind, config.https_port), "--https-port").await?;
     let https_address = local_address(&https_listener, "--https-port")?;
     let mqtt_listener = bind(SocketAddr::new(config.bind, config.mqtt_port), "--mqtt-port").await?;
     let mqtt_address = local_address(&mqtt_listener, "--mqtt-port")?;
     let amqp_listener = bind(SocketAddr::new(config.bind, config.amqp_port), "--amqp-port").await?;
-    let store: Arc<dyn Store> = match &config.store {
-        Some(store) => Arc::clone(store),
-        None => Arc::new(EmbeddedStore::open(&config.data_dir.join("store"))?),
+    let emulator_listener = match config.event_hubs_emulator_port {
+        Some(port) => Some(bind(SocketAddr::new(config.bind, port), "--event-hubs-emulator-port").await?),
+        None => None,
     };
-    let hub = Hub::start(store, config.hub.clone()).await?;
+    let (store, event_store): (Arc<dyn Store>, Option<Arc<dyn EventStore>>) = match &config.store {
+        Some(store) => (Arc::clone(store), None),
+        None => {
+            let options = StoreOptions {
+                event_partitions: config.event_partitions,
+            };
+            let embedded = Arc::new(EmbeddedStore::open_with(&config.data_dir.join("store"), options)?);
+            (
+                Arc::clone(&embedded) as Arc<dyn Store>,
+                Some(embedded as Arc<dyn EventStore>),
+            )
+        }
+    };
+    let hub = Hub::start_with_events(store, event_store, config.hub.clone()).await?;
     let mqtt = MqttService::start(
         Arc::clone(&hub),
         config.hostname.clone(),
         material.policies.clone(),
         config.mqtt.clone(),
     );
-    let amqp = crate::amqp::AmqpService::new(Arc::clone(&hub), config.hostname.clone(), material.policies.clone());
+    // One AMQP service for both AMQP listeners (TLS and WebSockets): what it tracks spans them.
+    let amqp = crate::amqp::AmqpService::new(
+        Arc::clone(&hub),
+        config.hostname.clone(),
+        config.hub_name.clone(),
+        material.policies.clone(),
+    );
     let router = rest::router(rest::RestState::new(
         Arc::clone(&hub),
         config.hostname.clone(),
@@ -182,7 +228,18 @@ pub async fn serve(config: ServeConfig) -> Result<RunningHub, ServeError> {
         shutdown_signal.clone(),
         move |tls, peer| serve_https(tls, peer, router.clone()),
     ));
-    let amqp = crate::amqp::AmqpService::new(Arc::clone(&hub), config.hostname.clone(), material.policies.clone());
+    if let Some(listener) = emulator_listener {
+        let amqp = Arc::clone(&amqp);
+        tokio::spawn(accept(
+            listener,
+            Arc::new(Semaphore::new(config.device_connections_max)),
+            shutdown_signal.clone(),
+            move |tcp, peer| {
+                let amqp = Arc::clone(&amqp);
+                async move { amqp.serve(tcp, peer, "amqp-plain").await }
+            },
+        ));
+    }
     let amqp_tls = crate::tls::server_config(&material.server_cert_pem, &material.server_key_pem, &[])?;
     tokio::spawn(accept_tls(
         amqp_listener,
@@ -212,6 +269,7 @@ pub async fn serve(config: ServeConfig) -> Result<RunningHub, ServeError> {
         hub,
         material,
         https_address,
+        hub_name: config.hub_name.clone(),
         mqtt_address,
         shutdown,
     })
@@ -246,13 +304,38 @@ async fn accept_tls<H, F>(
     listener: TcpListener,
     acceptor: TlsAcceptor,
     permits: Arc<Semaphore>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
     handle: H,
 ) where
     H: Fn(TlsStream, SocketAddr) -> F + Send + Sync + 'static,
     F: Future<Output = ()> + Send + 'static,
 {
     let handle = Arc::new(handle);
+    accept(listener, permits, shutdown, move |stream, peer| {
+        let acceptor = acceptor.clone();
+        let handle = Arc::clone(&handle);
+        async move {
+            let tls = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(error)) => {
+                    tracing::debug!(%peer, %error, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => return,
+            };
+            handle(tls, peer).await;
+        }
+    })
+    .await
+}
+
+/// Accepts connections until shutdown, each served by `handle` in a task of its own while it holds one
+/// of `permits`.
+async fn accept<H, F>(listener: TcpListener, permits: Arc<Semaphore>, mut shutdown: watch::Receiver<bool>, handle: H)
+where
+    H: Fn(tokio::net::TcpStream, SocketAddr) -> F + Send + Sync + 'static,
+    F: Future<Output = ()> + Send + 'static,
+{
     let mut backoff = Duration::from_millis(5);
     loop {
         let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {
@@ -276,19 +359,10 @@ async fn accept_tls<H, F>(
             }
         };
         let _ = stream.set_nodelay(true);
-        let acceptor = acceptor.clone();
-        let handle = Arc::clone(&handle);
+        let served = handle(stream, peer);
         tokio::spawn(async move {
             let _permit = permit;
-            let tls = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                Ok(Ok(tls)) => tls,
-                Ok(Err(error)) => {
-                    tracing::debug!(%peer, %error, "TLS handshake failed");
-                    return;
-                }
-                Err(_) => return,
-            };
-            handle(tls, peer).await;
+            served.await;
         });
     }
 }

@@ -66,6 +66,7 @@ impl From<&HubError> for TwinFailure {
             | HubError::Query(_)
             | HubError::DeviceAlreadyExists(_)
             | HubError::DeviceDefinedMultipleTimes(_) => (400, 400004),
+            HubError::MessageTooLarge(_) => (413, 413001),
             HubError::ShuttingDown => (503, 503001),
             HubError::Store(_) | HubError::Internal(_) => (500, 500001),
         };

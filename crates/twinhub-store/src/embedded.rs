@@ -1,7 +1,8 @@
 //! The embedded store: fjall (an LSM tree with a write-ahead journal) in `<data-dir>/store`.
 //!
 //! Two keyspaces: `devices` (key = the device id's UTF-8 bytes, value = the record as [`crate::codec`]
-//! encodes it) and `sessions` (key = the MQTT client id, value = the session's subscriptions).
+//! encodes it) and `sessions` (key = the MQTT client id, value = the session's subscriptions). The
+//! telemetry event log lives in the same database, in keyspaces of its own (`event_log`).
 //!
 //! Durability: a commit is one fjall write batch (atomic in the journal) followed by an `fsync` of the
 //! journal (`PersistMode::SyncAll`) before `commit` returns, so the hub acknowledges nothing that a kill
@@ -9,7 +10,9 @@
 //! of the fsync is shared by every write in it.
 
 use crate::codec::{decode_all, decode_session, encode, encode_session};
+use crate::events::EVENT_PARTITIONS_DEFAULT;
 use crate::{Store, StoreError, StoreWrite};
+use event_log::EventLog;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode, Slice};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -19,8 +22,27 @@ use twinhub_core::DeviceRecord;
 /// The most journal kept before memtables are flushed to tables.
 const JOURNAL_BYTES_MAX: u64 = 64 * 1024 * 1024;
 
+mod event_log;
+
+/// What a store is created with. Only a new store takes them: an existing one keeps what it was created
+/// with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StoreOptions {
+    /// Partitions of the telemetry event log, `EVENT_PARTITIONS_MIN..=EVENT_PARTITIONS_MAX`.
+    pub event_partitions: u16,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            event_partitions: EVENT_PARTITIONS_DEFAULT,
+        }
+    }
+}
+
 pub struct EmbeddedStore {
     inner: Arc<Inner>,
+    events: Arc<EventLog>,
 }
 
 struct Inner {
@@ -31,8 +53,15 @@ struct Inner {
 }
 
 impl EmbeddedStore {
-    /// Opens the store in `dir`, creating it when missing. Fails when another process holds it.
+    /// Opens the store in `dir`, creating it when missing (with the default options). Fails when another
+    /// process holds it.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        Self::open_with(dir, StoreOptions::default())
+    }
+
+    /// Opens the store in `dir`, creating it with `options` when missing. An existing store keeps the
+    /// options it was created with (a different event partition count is logged as a warning).
+    pub fn open_with(dir: &Path, options: StoreOptions) -> Result<Self, StoreError> {
         let open_error = |source: Box<dyn std::error::Error + Send + Sync>| StoreError::Open {
             path: dir.display().to_string(),
             source,
@@ -52,7 +81,9 @@ impl EmbeddedStore {
         let sessions = db
             .keyspace("sessions", KeyspaceCreateOptions::default)
             .map_err(|e| open_error(Box::new(e)))?;
+        let events = EventLog::open(&db, dir, options.event_partitions)?;
         Ok(EmbeddedStore {
+            events: Arc::new(events),
             inner: Arc::new(Inner {
                 db,
                 devices,

@@ -1,5 +1,6 @@
 //! Where device records live durably. The hub keeps every record in memory for reads and queries and
 //! calls a store only to make writes durable (in batches: group commit) and to load everything at start.
+//! Device telemetry has an interface of its own, [`EventStore`]: a partitioned, append-only event log.
 //!
 //! Architecture invariant: this is the only crate that touches disk (and, later, SQL).
 
@@ -9,8 +10,13 @@ use twinhub_core::{DeviceId, DeviceRecord};
 
 pub mod codec;
 pub mod embedded;
+pub mod event_codec;
+pub mod events;
 
-pub use embedded::EmbeddedStore;
+pub use embedded::{EmbeddedStore, StoreOptions};
+pub use events::{
+    EventAppend, EventStore, PartitionBounds, EVENT_PARTITIONS_DEFAULT, EVENT_PARTITIONS_MAX, EVENT_PARTITIONS_MIN,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -26,6 +32,16 @@ pub enum StoreError {
     Read(#[source] Box<dyn std::error::Error + Send + Sync>),
     #[error("the record stored for '{key}' is corrupt: {reason}")]
     Corrupt { key: String, reason: String },
+    #[error(
+        "an event log of {asked} partitions was asked for; it may have {min} to {max}",
+        min = events::EVENT_PARTITIONS_MIN,
+        max = events::EVENT_PARTITIONS_MAX
+    )]
+    EventPartitionCount { asked: u16 },
+    #[error("event partition {partition} does not exist: the log has {partition_count} partitions")]
+    NoSuchPartition { partition: u16, partition_count: u16 },
+    #[error("event partition {partition} continues at sequence number {expected}, not {found}")]
+    SequenceGap { partition: u16, expected: u64, found: u64 },
 }
 
 /// One change in a commit.

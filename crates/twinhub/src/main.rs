@@ -3,6 +3,8 @@
 mod bench;
 mod client;
 mod commands;
+mod event_hubs;
+mod monitor;
 mod query;
 mod serve;
 
@@ -48,8 +50,12 @@ enum Command {
     ConnectionString {
         #[arg(long, default_value = "./twinhub-data")]
         data_dir: PathBuf,
-        #[arg(long, default_value = "iothubowner")]
-        policy: String,
+        /// The policy (default: iothubowner; with --event-hubs, service).
+        #[arg(long)]
+        policy: Option<String>,
+        /// The Event Hubs-compatible endpoint's connection string, for the Event Hubs SDKs.
+        #[arg(long)]
+        event_hubs: bool,
     },
     /// Print the path of the hub's CA certificate, PEM (the last line of output).
     CaCert {
@@ -79,6 +85,8 @@ enum Command {
     /// Load a running hub (or, with --broker, a plain MQTT broker) with simulated devices and back ends,
     /// and print what it sustained.
     Bench(bench::BenchArgs),
+    /// Print device-to-cloud events as they arrive, from the hub's Event Hubs-compatible endpoint.
+    MonitorEvents(monitor::MonitorArgs),
     /// Device twins.
     Twin {
         #[command(subcommand)]
@@ -115,11 +123,26 @@ fn main() -> ExitCode {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => serve::run(args).await,
-        Command::ConnectionString { data_dir, policy } => {
+        Command::ConnectionString {
+            data_dir,
+            policy,
+            event_hubs,
+        } => {
             let policies = twinhub_server::HubMaterial::policies_in(&data_dir, false)?;
-            let policy = twinhub_server::HubMaterial::policy(&policies, &policy)?;
-            let hostname = twinhub_server::material::read_hostname(&data_dir)?;
-            println!("{}", twinhub_core::policy::service_connection_string(&hostname, policy));
+            let default_policy = if event_hubs { "service" } else { "iothubowner" };
+            let policy = twinhub_server::HubMaterial::policy(&policies, policy.as_deref().unwrap_or(default_policy))?;
+            let served = twinhub_server::material::read_served_as(&data_dir)?;
+            if event_hubs {
+                println!(
+                    "{}",
+                    twinhub_core::policy::event_hubs_connection_string(&served.hostname, &served.hub_name, policy)
+                );
+            } else {
+                println!(
+                    "{}",
+                    twinhub_core::policy::service_connection_string(&served.hostname, policy)
+                );
+            }
             Ok(())
         }
         Command::CaCert { data_dir } => {
@@ -133,6 +156,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Bench(args) => bench::run(args).await,
+        Command::MonitorEvents(args) => monitor::run(args).await,
         Command::Device { command, access } => commands::device(command, &access).await,
         Command::Twin { command, access } => commands::twin(command, &access).await,
         Command::Query {

@@ -34,6 +34,24 @@ pub struct ServeArgs {
     /// Allow arrays in tags and properties (off: IoT Hub's classic rule, as the product is specified).
     #[arg(long)]
     allow_arrays: bool,
+    /// The name of the Event Hubs-compatible endpoint (its `EntityPath`; default: the first label of the
+    /// host name, as IoT Hub names it after the hub).
+    #[arg(long)]
+    hub_name: Option<String>,
+    /// Partitions of the device-to-cloud event log, 2 to 32; only when the data directory is new.
+    #[arg(long, default_value_t = twinhub_store::EVENT_PARTITIONS_DEFAULT,
+          value_parser = clap::value_parser!(u16).range(2..=32))]
+    event_partitions: u16,
+    /// Device-to-cloud events are kept this many hours (IoT Hub's default: one day).
+    #[arg(long, default_value_t = 24)]
+    event_retention_hours: u64,
+    /// And at most this many MiB per partition: past it, the oldest events go first.
+    #[arg(long, default_value_t = 1024)]
+    event_retention_mib_per_partition: u64,
+    /// Also serve the Event Hubs-compatible endpoint as plain AMQP (no TLS) on this port, for the Event
+    /// Hubs SDKs' `UseDevelopmentEmulator=true` mode (local use only: nothing is encrypted).
+    #[arg(long)]
+    event_hubs_emulator_port: Option<u16>,
 }
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
@@ -44,6 +62,13 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     config.hub.rules.arrays_allowed = args.allow_arrays;
     config.mqtt.twin_requests_per_second = args.device_twin_requests_per_second;
     config.mqtt.twin_request_burst = args.device_twin_request_burst;
+    if let Some(hub_name) = &args.hub_name {
+        config.hub_name = hub_name.clone();
+    }
+    config.event_partitions = args.event_partitions;
+    config.event_hubs_emulator_port = args.event_hubs_emulator_port;
+    config.hub.events.retention = std::time::Duration::from_secs(args.event_retention_hours * 3600);
+    config.hub.events.partition_bytes_max = args.event_retention_mib_per_partition * 1024 * 1024;
     let started = std::time::Instant::now();
     let running = twinhub_server::serve(config).await?;
     let owner = twinhub_server::HubMaterial::policy(&running.material.policies, "iothubowner")?;
@@ -57,6 +82,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     println!(
         "devices: MQTT on mqtts://{}, AMQP on amqps://{}:{}, both also over wss://{}/$iothub/websocket",
         running.mqtt_address, args.bind, args.amqp_port, running.https_address
+    );
+    println!(
+        "telemetry: the Event Hubs-compatible endpoint '{}' on amqps://{}:{} (twinhub connection-string --event-hubs)",
+        running.hub_name, args.bind, args.amqp_port
     );
     println!("data directory: {}", std::fs::canonicalize(&args.data_dir)?.display());
     println!("CA certificate: {}", ca.display());

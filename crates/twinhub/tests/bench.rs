@@ -78,6 +78,34 @@ fn every_scenario_runs_and_checks_what_it_measured() {
         );
     }
     // Every acknowledged desired PATCH must reach its device, or the bench fails.
+    // Telemetry read back through the Event Hubs endpoint: every acknowledged event is received.
+    let end_to_end = bench(
+        &hub,
+        &[
+            "telemetry-end-to-end",
+            "--devices",
+            "5",
+            "--rate",
+            "200",
+            "--seconds",
+            "1",
+        ],
+    );
+    assert!(end_to_end["operations"].as_u64().unwrap() >= 150, "{end_to_end}");
+    let consume = bench(
+        &hub,
+        &[
+            "consume",
+            "--devices",
+            "5",
+            "--backlog",
+            "500",
+            "--payload-bytes",
+            "256",
+        ],
+    );
+    assert!(consume["operations"].as_u64().unwrap() >= 500, "{consume}");
+    assert!(consume["megabytes_per_second"].as_f64().unwrap() > 0.0, "{consume}");
     let desired = bench(&hub, &["desired", "--devices", "5", "--rate", "50", "--seconds", "1"]);
     assert!(desired["operations"].as_u64().unwrap() >= 40, "{desired}");
     let rest = bench(&hub, &["rest", "--devices", "5", "--clients", "2", "--seconds", "1"]);

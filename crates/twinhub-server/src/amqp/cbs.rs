@@ -6,10 +6,10 @@
 //! request's message-id as correlation-id *with its AMQP type*, and `status-code` must be an AMQP int.
 
 use super::AmqpService;
-use fe2o3_amqp_types::messaging::{ApplicationProperties, Body, Message, Properties};
+use fe2o3_amqp_types::messaging::{Body, Message};
 use fe2o3_amqp_types::primitives::{SimpleValue, Value};
 use std::collections::HashMap;
-use twinhub_core::device_auth::{authorize_device, authorize_service};
+use twinhub_core::device_auth::{authorize_device, authorize_event_hubs, authorize_service, entity_path};
 use twinhub_core::sas::SasToken;
 use twinhub_core::{DeviceId, Timestamp};
 
@@ -19,6 +19,8 @@ pub struct Authorizations {
     expiry_by_device: HashMap<DeviceId, u64>,
     /// A back end's token (a policy with ServiceConnect for the whole hub), and its expiry.
     service_expiry: Option<u64>,
+    /// Event Hubs tokens: the entity path each covers (`<hub>/consumergroups/$default`), and its expiry.
+    event_hub_scopes: Vec<(String, u64)>,
 }
 
 impl Authorizations {
@@ -33,6 +35,22 @@ impl Authorizations {
         self.service_expiry.is_some_and(|expiry| expiry > now)
     }
 
+    /// Whether an Event Hubs token of this connection covers the entity `path` (lower case).
+    pub fn covers_event_hub(&self, path: &str) -> bool {
+        let now = Timestamp::now().unix_seconds().max(0) as u64;
+        self.event_hub_scopes
+            .iter()
+            .any(|(scope, expiry)| *expiry > now && super::event_hubs::address::covers(scope, path))
+    }
+
+    /// Whether this connection holds a valid Event Hubs token for anything under `hub` (lower case).
+    pub fn has_event_hub_token(&self, hub: &str) -> bool {
+        let now = Timestamp::now().unix_seconds().max(0) as u64;
+        self.event_hub_scopes
+            .iter()
+            .any(|(scope, expiry)| *expiry > now && super::event_hubs::address::covers(hub, scope))
+    }
+
     pub fn covers(&self, device_id: &DeviceId) -> bool {
         let now = Timestamp::now().unix_seconds().max(0) as u64;
         self.expiry_by_device.get(device_id).is_some_and(|expiry| *expiry > now)
@@ -45,14 +63,21 @@ enum Audience {
     Device(DeviceId),
     /// The hub itself (`https://<host>` from uAMQP, `<host>` from Node's service client): a back end.
     Hub,
+    /// The Event Hubs-compatible endpoint (`sb://<host>/<hub>/...`): an Event Hubs client.
+    EventHub,
 }
 
-fn audience(text: &str, hostname: &str) -> Result<Audience, String> {
+fn audience(text: &str, hostname: &str, hub_name: &str) -> Result<Audience, String> {
     let decoded = percent_encoding::percent_decode_str(text)
         .decode_utf8()
         .map_err(|_| "the audience is not UTF-8".to_owned())?;
     if decoded.contains("/devices/") {
         return audience_device(text).map(Audience::Device);
+    }
+    let path = entity_path(&decoded);
+    let hub = hub_name.to_ascii_lowercase();
+    if decoded.starts_with("sb://") || (decoded.contains("://") && super::event_hubs::address::covers(&hub, &path)) {
+        return Ok(Audience::EventHub);
     }
     let host = decoded
         .trim_start_matches("amqps://")
@@ -139,9 +164,10 @@ pub fn put_token(
     let Ok(token) = SasToken::parse(&token_text) else {
         return refused(401, "the token is not a shared access signature");
     };
-    let device_id = match audience(&audience_text, &service.hostname) {
+    let device_id = match audience(&audience_text, &service.hostname, &service.hub_name) {
         Ok(Audience::Device(device_id)) => device_id,
         Ok(Audience::Hub) => return service_token(service, authorizations, &token),
+        Ok(Audience::EventHub) => return event_hub_token(service, authorizations, &token),
         Err(reason) => return refused(401, reason),
     };
     let record = service.hub.device(&device_id).ok();
@@ -192,23 +218,35 @@ fn service_token(service: &AmqpService, authorizations: &mut Authorizations, tok
     }
 }
 
-/// The response to `request`: correlation-id = its message-id (same AMQP type), `to` = its reply-to.
+/// An Event Hubs client's token: signed with the text of a key of a policy with ServiceConnect, for a
+/// path under the hub's Event Hubs-compatible endpoint.
+fn event_hub_token(service: &AmqpService, authorizations: &mut Authorizations, token: &SasToken) -> PutTokenOutcome {
+    match authorize_event_hubs(
+        token,
+        &service.hub_name,
+        &service.policies,
+        Timestamp::now().unix_seconds(),
+    ) {
+        Ok(path) => {
+            tracing::info!(policy = ?token.key_name, %path, "CBS put-token accepted for an Event Hubs client");
+            authorizations.event_hub_scopes.push((path, token.expiry_unix_seconds));
+            PutTokenOutcome {
+                status: 200,
+                description: "OK".into(),
+                newly_connected: None,
+            }
+        }
+        Err(error) => {
+            tracing::info!(%error, "CBS put-token for the Event Hubs endpoint refused");
+            refused(401, "Unauthorized")
+        }
+    }
+}
+
+/// The response to `request`: correlation-id = its message-id (same AMQP type), `to` = its reply-to, the
+/// status and description (the same reply shape as `$management`'s).
 pub fn response(request: &Message<Body<Value>>, status: i32, description: String) -> Message<Body<Value>> {
-    let request_properties = request.properties.as_ref();
-    let properties = Properties {
-        correlation_id: request_properties.and_then(|p| p.message_id.clone()),
-        to: request_properties.and_then(|p| p.reply_to.clone()),
-        ..Properties::default()
-    };
-    let application_properties = ApplicationProperties::builder()
-        .insert("status-code", SimpleValue::Int(status))
-        .insert("status-description", SimpleValue::String(description))
-        .build();
-    Message::builder()
-        .properties(properties)
-        .application_properties(application_properties)
-        .body(Body::<Value>::Empty)
-        .build()
+    super::event_hubs::management::response(request, status, &description, None)
 }
 
 #[cfg(test)]
@@ -226,9 +264,21 @@ mod tests {
             assert_eq!(audience_device(audience).unwrap().as_str(), "dev1", "{audience}");
         }
         assert!(audience_device("hub.example").is_err());
-        assert_eq!(audience("https://HUB.example", "hub.example"), Ok(Audience::Hub));
-        assert_eq!(audience("hub.example", "hub.example"), Ok(Audience::Hub));
-        assert!(audience("https://other.example", "hub.example").is_err());
+        assert_eq!(audience("https://HUB.example", "hub.example", "hub"), Ok(Audience::Hub));
+        assert_eq!(audience("hub.example", "hub.example", "hub"), Ok(Audience::Hub));
+        assert!(audience("https://other.example", "hub.example", "hub").is_err());
+        for event_hubs in [
+            "sb://hub.example/hub/ConsumerGroups/$Default/Partitions/0",
+            "sb://hub.example:5671/hub/consumergroups/$default",
+            "sb://hub.example/hub/$management",
+            "amqps://hub.example/hub",
+        ] {
+            assert_eq!(
+                audience(event_hubs, "hub.example", "hub"),
+                Ok(Audience::EventHub),
+                "{event_hubs}"
+            );
+        }
         assert!(audience_device("hub.example%2Fdevices%2Fdev1%2Fmodules%2Fm1").is_err());
     }
 }

@@ -3,6 +3,7 @@
 //! accepted and detached at once with `amqp:unauthorized-access` (AMQP has no "refuse attach").
 
 use super::cbs::{self, Authorizations};
+use super::event_hubs::{self, address::EventHubAddress};
 use super::header::{self, Protocol};
 use super::sasl::IotHubSasl;
 use super::twin;
@@ -13,7 +14,7 @@ use fe2o3_amqp::acceptor::{
 use fe2o3_amqp::link::{Receiver, Sender};
 use fe2o3_amqp::types::definitions::{AmqpError, Error as AmqpErrorBody, ErrorCondition};
 use fe2o3_amqp::types::messaging::{Body, Message};
-use fe2o3_amqp::types::primitives::Value;
+use fe2o3_amqp::types::primitives::{Symbol, Value};
 use fe2o3_amqp::Sendable;
 use futures_util::future::BoxFuture;
 use futures_util::stream::FuturesUnordered;
@@ -29,6 +30,9 @@ use twinhub_hub::HubEvent;
 /// IoT Edge's idle timeout, advertised so clients send empty frames at half of it.
 const IDLE_TIMEOUT_MS: u32 = 240_000;
 const MAX_FRAME_BYTES: u32 = 65_536;
+/// Sessions per connection (Node opens one per Event Hubs receiver) and links per session.
+const CHANNEL_MAX: u16 = 8191;
+const HANDLE_MAX: u32 = 8191;
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// From the protocol header to a completed Open (and SASL): a client that sends anything else is dropped.
 const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -37,6 +41,9 @@ pub(crate) async fn serve<Io>(service: Arc<AmqpService>, io: Io, peer: SocketAdd
 where
     Io: AsyncRead + AsyncWrite + std::fmt::Debug + Send + Unpin + 'static,
 {
+    // Every performative we send goes out at full length: pyamqp (the Python Event Hubs client) fails on
+    // the trailing fields fe2o3-amqp leaves out. Ref: shared/protocol/eventhubs-endpoint.md, Traps 1-2.
+    let io = super::frame_padding::FramePadding::new(io);
     let (prefix, stream) = match tokio::time::timeout(HEADER_TIMEOUT, header::read_header(io)).await {
         Ok(Ok(read)) => read,
         _ => return,
@@ -44,7 +51,10 @@ where
     let builder = ConnectionAcceptor::builder()
         .container_id("twinhub")
         .max_frame_size(MAX_FRAME_BYTES)
-        .idle_time_out(IDLE_TIMEOUT_MS);
+        .idle_time_out(IDLE_TIMEOUT_MS)
+        // Sent explicitly, not left to defaults: pyamqp compares against what the peer sent and fails
+        // on a missing value.
+        .channel_max(CHANNEL_MAX);
     let opening = async {
         match header::protocol(&prefix) {
             Some(Protocol::Amqp) => Some(builder.build().accept(stream).await),
@@ -85,7 +95,8 @@ async fn run_sessions(
     connection: &mut ListenerConnectionHandle,
     authorizations: &Arc<Mutex<Authorizations>>,
 ) {
-    let acceptor = SessionAcceptor::new();
+    // handle-max explicit too (pyamqp: "'>=' not supported between 'int' and 'NoneType'" without it).
+    let acceptor = SessionAcceptor::builder().handle_max(HANDLE_MAX).build();
     while let Some(incoming) = connection.next_incoming_session().await {
         let session = match acceptor.accept_incoming_session(incoming, connection).await {
             Ok(session) => session,
@@ -103,14 +114,44 @@ async fn run_sessions(
     }
 }
 
+/// A request/response node's pair of links (`$cbs`, `$management`): requests on the client's sender,
+/// answers on its receiver.
+#[derive(Default)]
+struct RequestLinks {
+    requests: Option<Receiver>,
+    responses: Option<Sender>,
+    /// Answers to requests that came before the client's receiver link was attached (uAMQP sends
+    /// put-token as soon as its sender link is up): sent once it is.
+    unsent: Vec<Message<Body<Value>>>,
+}
+
+impl RequestLinks {
+    async fn respond(&mut self, response: Message<Body<Value>>) {
+        match self.responses.as_mut() {
+            Some(sender) => send_settled(sender, response).await,
+            None => self.unsent.push(response),
+        }
+    }
+
+    async fn attach(&mut self, link: LinkEndpoint) {
+        match link {
+            LinkEndpoint::Receiver(receiver) => self.requests = Some(receiver),
+            LinkEndpoint::Sender(mut sender) => {
+                for response in self.unsent.drain(..) {
+                    send_settled(&mut sender, response).await;
+                }
+                self.responses = Some(sender);
+            }
+        }
+    }
+}
+
 /// The links of one session and what they serve.
 struct SessionState {
     service: Arc<AmqpService>,
-    cbs_requests: Option<Receiver>,
-    cbs_responses: Option<Sender>,
-    /// CBS answers to requests that came before the client's CBS receiver link was attached (uAMQP sends
-    /// put-token as soon as its sender link is up): sent once it is.
-    cbs_unsent: Vec<Message<Body<Value>>>,
+    cbs: RequestLinks,
+    /// The Event Hubs `$management` node.
+    management: RequestLinks,
     twin: Option<TwinLinks>,
     /// The client's twin sender (our receiver), apart from `twin` so both can be awaited at once.
     twin_requests: Option<Receiver>,
@@ -132,6 +173,7 @@ enum Incoming {
     Attach(fe2o3_amqp::types::performatives::Attach),
     SessionEnded,
     Cbs(Result<fe2o3_amqp::link::delivery::Delivery<Body<Value>>, fe2o3_amqp::link::RecvError>),
+    Management(Result<fe2o3_amqp::link::delivery::Delivery<Body<Value>>, fe2o3_amqp::link::RecvError>),
     Twin(Result<fe2o3_amqp::link::delivery::Delivery<Body<Value>>, fe2o3_amqp::link::RecvError>),
     Desired(Result<HubEvent, broadcast::error::RecvError>),
     Answered(Message<Body<Value>>),
@@ -158,9 +200,13 @@ type DefaultLinkAcceptor = LinkAcceptor<
 
 fn link_acceptor() -> DefaultLinkAcceptor {
     // uAMQP senders ask for receiver settle mode `second` and hang if it is granted (amqp notes §1.4).
+    // What the hub sends (CBS and $management answers, twin answers, events) goes pre-settled: pyamqp
+    // never settles what it receives, and an unsettled send would wait for it forever.
     LinkAcceptor::builder()
         .supported_receiver_settle_modes(fe2o3_amqp::acceptor::SupportedReceiverSettleModes::First)
         .fallback_receiver_settle_mode(fe2o3_amqp::types::definitions::ReceiverSettleMode::First)
+        .supported_sender_settle_modes(fe2o3_amqp::acceptor::SupportedSenderSettleModes::Settled)
+        .fallback_sender_settle_mode(fe2o3_amqp::types::definitions::SenderSettleMode::Settled)
         .build()
 }
 
@@ -169,16 +215,23 @@ fn link_acceptor() -> DefaultLinkAcceptor {
 enum Address {
     Cbs,
     Twin(String),
-    /// Telemetry, C2D, methods and the like, for this device.
+    /// The device's telemetry (`/devices/{id}/messages/events`).
+    Telemetry(String),
+    /// C2D, methods and the like, for this device.
     DeviceOther(String),
+    /// The Event Hubs-compatible endpoint: `$management` or a partition of a consumer group.
+    EventHub(EventHubAddress),
     /// A back end sending cloud-to-device messages (`/messages/devicebound`).
     ServiceCloudToDevice,
     Unknown,
 }
 
-fn classify(address: &str) -> Address {
+fn classify(address: &str, hub_name: &str) -> Address {
     if address == "$cbs" {
         return Address::Cbs;
+    }
+    if let Some(event_hub) = event_hubs::address::parse(address, hub_name) {
+        return Address::EventHub(event_hub);
     }
     // uAMQP names targets with the scheme and host: `amqps://<host>/messages/devicebound`.
     let address = match address.strip_prefix("amqps://") {
@@ -206,6 +259,8 @@ fn classify(address: &str) -> Address {
         .unwrap_or_default();
     if tail.eq_ignore_ascii_case("twin") {
         Address::Twin(device)
+    } else if tail.trim_end_matches('/').eq_ignore_ascii_case("messages/events") {
+        Address::Telemetry(device)
     } else {
         Address::DeviceOther(device)
     }
@@ -228,9 +283,8 @@ impl SessionState {
     fn new(service: Arc<AmqpService>) -> Self {
         SessionState {
             service,
-            cbs_requests: None,
-            cbs_responses: None,
-            cbs_unsent: Vec::new(),
+            cbs: RequestLinks::default(),
+            management: RequestLinks::default(),
             twin: None,
             twin_requests: None,
             pending: FuturesUnordered::new(),
@@ -246,7 +300,8 @@ impl SessionState {
                         Some(attach) => Incoming::Attach(attach),
                         None => Incoming::SessionEnded,
                     },
-                    delivery = recv_on(&mut self.cbs_requests) => Incoming::Cbs(delivery),
+                    delivery = recv_on(&mut self.cbs.requests) => Incoming::Cbs(delivery),
+                    delivery = recv_on(&mut self.management.requests) => Incoming::Management(delivery),
                     delivery = recv_on(&mut self.twin_requests), if self.pending.len() < TWIN_REQUESTS_IN_FLIGHT_MAX => Incoming::Twin(delivery),
                     Some(answer) = self.pending.next(), if !self.pending.is_empty() => Incoming::Answered(answer),
                     event = async {
@@ -261,7 +316,7 @@ impl SessionState {
                 Incoming::SessionEnded => break,
                 Incoming::Attach(attach) => self.attach(attach, &mut session, &authorizations).await,
                 Incoming::Cbs(Ok(delivery)) => {
-                    if let Some(receiver) = self.cbs_requests.as_mut() {
+                    if let Some(receiver) = self.cbs.requests.as_mut() {
                         let _ = receiver.accept(&delivery).await;
                     }
                     let request = delivery.into_message();
@@ -275,14 +330,23 @@ impl SessionState {
                         }
                     }
                     let response = cbs::response(&request, outcome.status, outcome.description);
-                    match self.cbs_responses.as_mut() {
-                        Some(sender) => send_settled(sender, response).await,
-                        None => self.cbs_unsent.push(response),
-                    }
+                    self.cbs.respond(response).await;
                 }
                 Incoming::Cbs(Err(error)) => {
                     tracing::debug!(%error, "CBS link ended");
-                    self.cbs_requests = None;
+                    self.cbs.requests = None;
+                }
+                Incoming::Management(Ok(delivery)) => {
+                    if let Some(receiver) = self.management.requests.as_mut() {
+                        let _ = receiver.accept(&delivery).await;
+                    }
+                    let request = delivery.into_message();
+                    let response = self.management_request(&request, &authorizations).await;
+                    self.management.respond(response).await;
+                }
+                Incoming::Management(Err(error)) => {
+                    tracing::debug!(%error, "$management link ended");
+                    self.management.requests = None;
                 }
                 Incoming::Twin(Ok(delivery)) => self.twin_request(delivery, &authorizations).await,
                 Incoming::Twin(Err(error)) => {
@@ -307,9 +371,13 @@ impl SessionState {
         authorizations: &Arc<Mutex<Authorizations>>,
     ) {
         let address = attach_address(&attach).unwrap_or_default();
-        let kind = classify(&address);
+        let kind = classify(&address, &self.service.hub_name);
+        if let Address::EventHub(event_hub) = kind {
+            self.attach_event_hub(attach, event_hub, session, authorizations).await;
+            return;
+        }
         let device = match &kind {
-            Address::Twin(device) | Address::DeviceOther(device) => Some(device.clone()),
+            Address::Twin(device) | Address::Telemetry(device) | Address::DeviceOther(device) => Some(device.clone()),
             _ => None,
         };
         let link = match link_acceptor().accept_incoming_attach(attach, session).await {
@@ -341,13 +409,7 @@ impl SessionState {
             return;
         }
         match (kind, link) {
-            (Address::Cbs, LinkEndpoint::Receiver(receiver)) => self.cbs_requests = Some(receiver),
-            (Address::Cbs, LinkEndpoint::Sender(mut sender)) => {
-                for response in self.cbs_unsent.drain(..) {
-                    send_settled(&mut sender, response).await;
-                }
-                self.cbs_responses = Some(sender);
-            }
+            (Address::Cbs, link) => self.cbs.attach(link).await,
             (Address::Twin(device), link) => {
                 let Ok(device_id) = DeviceId::new(&device) else { return };
                 let twin = self.twin.get_or_insert_with(|| TwinLinks {
@@ -378,9 +440,19 @@ impl SessionState {
                     "cloud-to-device messages are not supported yet",
                 ));
             }
+            (Address::Telemetry(device), LinkEndpoint::Receiver(receiver)) => {
+                let Ok(device_id) = DeviceId::new(&device) else { return };
+                tokio::spawn(super::telemetry::receive(
+                    Arc::clone(&self.service),
+                    receiver,
+                    device_id,
+                    None,
+                    Arc::clone(authorizations),
+                ));
+            }
             (Address::DeviceOther(_), LinkEndpoint::Receiver(receiver)) => {
-                // A client sender (telemetry, method responses): each message is accepted, so the
-                // SDK's send completes; routing telemetry comes with its issue.
+                // A client sender (method responses): each message is accepted, so the SDK's send
+                // completes; direct methods come with their issue.
                 tokio::spawn(accept_everything(receiver));
             }
             (_, link) => self.idle.push(link),
@@ -468,6 +540,149 @@ impl SessionState {
     }
 }
 
+impl SessionState {
+    /// A link of the Event Hubs-compatible endpoint: `$management`, or a partition receiver (checked
+    /// against the connection's Event Hubs tokens, its filter and the owner-level rules before it reads).
+    async fn attach_event_hub(
+        &mut self,
+        attach: fe2o3_amqp::types::performatives::Attach,
+        address: EventHubAddress,
+        session: &mut ListenerSessionHandle,
+        authorizations: &Arc<Mutex<Authorizations>>,
+    ) {
+        let hub_name = self.service.hub_name.clone();
+        let (consumer_group, partition) = match &address {
+            EventHubAddress::Management => {
+                match link_acceptor().accept_incoming_attach(attach, session).await {
+                    Ok(link) => self.management.attach(link).await,
+                    Err(error) => tracing::info!(%error, "$management link refused"),
+                }
+                return;
+            }
+            EventHubAddress::Partition {
+                consumer_group,
+                partition,
+            } => (consumer_group.clone(), partition.clone()),
+        };
+        let filter = attach.source.as_ref().and_then(|source| source.filter.as_ref());
+        let start = event_hubs::filter::start_position(filter);
+        let owner_level = attach
+            .properties
+            .as_ref()
+            .and_then(|properties| properties.get(&Symbol::from("com.microsoft:epoch")))
+            .and_then(|value| match value {
+                Value::Long(level) => Some(*level),
+                Value::Int(level) => Some(i64::from(*level)),
+                _ => None,
+            });
+        let link = match link_acceptor().accept_incoming_attach(attach, session).await {
+            Ok(LinkEndpoint::Sender(sender)) => sender,
+            Ok(other) => {
+                detach(other, ErrorCondition::AmqpError(AmqpError::NotAllowed)).await;
+                return;
+            }
+            Err(error) => {
+                tracing::info!(%error, "Event Hubs receiver link refused");
+                return;
+            }
+        };
+        let path = address.entity_path(&hub_name);
+        if !authorizations.lock().await.covers_event_hub(&path) {
+            tracing::info!(%path, "Event Hubs receiver detached: no valid Event Hubs token covers it");
+            detach(
+                LinkEndpoint::Sender(link),
+                ErrorCondition::AmqpError(AmqpError::UnauthorizedAccess),
+            )
+            .await;
+            return;
+        }
+        let Some(log) = self.service.hub.event_log().cloned() else {
+            detach(
+                LinkEndpoint::Sender(link),
+                ErrorCondition::AmqpError(AmqpError::NotFound),
+            )
+            .await;
+            return;
+        };
+        let opened = async {
+            let partition_id = partition
+                .parse::<u16>()
+                .ok()
+                .filter(|id| *id < log.partition_count())
+                .ok_or_else(|| {
+                    event_hubs::receiver::Refusal::argument_out_of_range(format!(
+                        "the partition '{partition}' does not exist; the partitions are 0 to {}",
+                        log.partition_count().saturating_sub(1)
+                    ))
+                })?;
+            let start = start.map_err(|error| event_hubs::receiver::Refusal::argument_error(error.to_string()))?;
+            let first = event_hubs::receiver::first_sequence(&log, partition_id, start).await?;
+            let registration = self
+                .service
+                .receivers
+                .register(&consumer_group, partition_id, owner_level)?;
+            Ok::<_, event_hubs::receiver::Refusal>((partition_id, first, registration))
+        };
+        match opened.await {
+            Ok((partition_id, first, registration)) => {
+                tracing::info!(%path, first, ?owner_level, "Event Hubs receiver attached");
+                tokio::spawn(event_hubs::receiver::serve(
+                    link,
+                    log,
+                    partition_id,
+                    first,
+                    registration,
+                ));
+            }
+            Err(refusal) => {
+                tracing::info!(%path, reason = %refusal.description, "Event Hubs receiver refused");
+                let _ = link.close_with_error(refusal.into_error()).await;
+            }
+        }
+    }
+
+    /// A `$management` request: authorized by its own `security_token` or by an Event Hubs token of the
+    /// connection for this hub; answered with the event hub's or a partition's properties.
+    async fn management_request(
+        &mut self,
+        request: &Message<Body<Value>>,
+        authorizations: &Arc<Mutex<Authorizations>>,
+    ) -> Message<Body<Value>> {
+        use event_hubs::management::{application_string, read, read_request, response};
+        let service = &self.service;
+        let by_token = application_string(request, "security_token")
+            .and_then(|text| twinhub_core::sas::SasToken::parse(&text).ok())
+            .is_some_and(|token| {
+                twinhub_core::device_auth::authorize_event_hubs(
+                    &token,
+                    &service.hub_name,
+                    &service.policies,
+                    twinhub_core::Timestamp::now().unix_seconds(),
+                )
+                .is_ok()
+            });
+        let by_connection = authorizations
+            .lock()
+            .await
+            .has_event_hub_token(&service.hub_name.to_ascii_lowercase());
+        if !(by_token || by_connection) {
+            return response(
+                request,
+                401,
+                "Unauthorized: no valid Event Hubs token for this hub",
+                None,
+            );
+        }
+        let Some(log) = service.hub.event_log() else {
+            return response(request, 404, "this hub keeps no events", None);
+        };
+        match read_request(request, &service.hub_name).and_then(|asked| read(log, &service.hub_name, &asked)) {
+            Ok(body) => response(request, 200, "OK", Some(body)),
+            Err((status, description)) => response(request, status, &description, None),
+        }
+    }
+}
+
 impl TwinLinks {
     /// Sends on the client's twin receiver link, or keeps the message until that link is attached (a
     /// client may send its first request before the link for the answers is up).
@@ -530,11 +745,16 @@ mod tests {
 
     #[test]
     fn addresses_name_cbs_twin_or_other_device_links() {
+        let classify = |address| classify(address, "hub");
         assert_eq!(classify("$cbs"), Address::Cbs);
         assert_eq!(classify("/devices/dev1/twin"), Address::Twin("dev1".into()));
         assert_eq!(classify("/devices/dev%201/twin/"), Address::DeviceOther("dev 1".into()));
         assert_eq!(
             classify("/devices/dev1/messages/events"),
+            Address::Telemetry("dev1".into())
+        );
+        assert_eq!(
+            classify("/devices/dev1/messages/deviceBound"),
             Address::DeviceOther("dev1".into())
         );
         assert_eq!(classify("/messages/devicebound"), Address::ServiceCloudToDevice);
@@ -542,6 +762,11 @@ mod tests {
             classify("amqps://hub.example/messages/devicebound"),
             Address::ServiceCloudToDevice
         );
+        assert_eq!(classify("$management"), Address::EventHub(EventHubAddress::Management));
+        assert!(matches!(
+            classify("hub/ConsumerGroups/$Default/Partitions/0"),
+            Address::EventHub(EventHubAddress::Partition { .. })
+        ));
         assert_eq!(classify("/nowhere"), Address::Unknown);
     }
 }

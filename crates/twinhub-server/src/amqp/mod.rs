@@ -5,12 +5,18 @@
 //! - `sasl`: SASL authenticates nobody (ANONYMOUS, MSSBCBS, PLAIN all pass); tokens come over CBS.
 //! - `cbs`: `put-token` on `$cbs` authorizes a device for the connection until the token expires.
 //! - `twin`: the twin links (GET, reported PATCH, desired subscription and notifications).
+//! - `telemetry`: the device's telemetry sender link, settled once each event is durable.
+//! - `event_hubs`: the Event Hubs-compatible endpoint (receivers of the event log, `$management`).
+//! - `frame_padding`: every performative sent at full length (the Python Event Hubs client needs it).
 //! - `connection`: sessions and links, routed by address, refused when no token covers them.
 
 mod cbs;
 mod connection;
+mod event_hubs;
+mod frame_padding;
 mod header;
 mod sasl;
+mod telemetry;
 mod twin;
 
 use std::collections::HashMap;
@@ -26,7 +32,11 @@ use twinhub_hub::Hub;
 pub struct AmqpService {
     hub: Arc<Hub>,
     hostname: String,
+    /// The Event Hubs-compatible endpoint's name (`EntityPath`).
+    hub_name: String,
     policies: Vec<SharedAccessPolicy>,
+    /// Event Hubs receivers per consumer group and partition, across connections (owner levels).
+    receivers: Arc<event_hubs::receiver::Receivers>,
     /// The desired version each device was given over AMQP, across its connections (AMQP has no sessions
     /// that outlive them). A device missing here is one the hub knows nothing of since it started:
     /// `DesiredCursor::Unknown`, so its subscription brings the whole desired document.
@@ -34,11 +44,13 @@ pub struct AmqpService {
 }
 
 impl AmqpService {
-    pub fn new(hub: Arc<Hub>, hostname: String, policies: Vec<SharedAccessPolicy>) -> Arc<Self> {
+    pub fn new(hub: Arc<Hub>, hostname: String, hub_name: String, policies: Vec<SharedAccessPolicy>) -> Arc<Self> {
         Arc::new(AmqpService {
             hub,
             hostname,
+            hub_name,
             policies,
+            receivers: Arc::default(),
             desired_given: Mutex::new(HashMap::new()),
         })
     }

@@ -5,6 +5,7 @@
 //! them; replies go out as each commit lands), takes desired notifications from its session's mailbox, and
 //! writes everything it produced in one go before waiting again.
 
+use super::property_bag;
 use super::session::{ClientIdentity, Mail, Owner, Session};
 use super::topic::{self, Inbound, Subscription};
 use super::wire::{self, Codec, ConnectAckReason, DecodeError, Packet, PacketWriter, QoS, SubscribeReturnCode};
@@ -12,7 +13,7 @@ use super::MqttService;
 use crate::twin_failure::{parse_reported_patch, TwinFailure};
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
-use futures_util::stream::FuturesUnordered;
+use futures_util::stream::FuturesOrdered;
 use futures_util::{FutureExt, StreamExt};
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -55,6 +56,8 @@ enum End {
     ProtocolViolation(String),
     #[error("not authorized: {0}")]
     NotAuthorized(String),
+    #[error("the hub could not take a telemetry message: {0}")]
+    EventRefused(String),
     #[error("I/O: {0}")]
     Io(std::io::Error),
 }
@@ -119,6 +122,15 @@ impl RequestRate {
     }
 }
 
+/// What a pending request turns into once the hub has answered it.
+enum Completion {
+    TwinReply(TwinReply),
+    /// The event is durable: acknowledge its PUBLISH (QoS 1; nothing for QoS 0).
+    EventStored(Option<NonZeroU16>),
+    /// The hub refused the event (too large, the device gone): IoT Hub closes the connection.
+    EventRefused(String),
+}
+
 /// What the hub still waits on the client to acknowledge (QoS 1 publishes).
 enum Unacknowledged {
     Desired(u64),
@@ -144,7 +156,8 @@ struct Connection<W> {
     out: PacketWriter<W>,
     unacknowledged: HashMap<u16, Unacknowledged>,
     next_packet_id: u16,
-    pending: FuturesUnordered<BoxFuture<'static, TwinReply>>,
+    /// Requests waiting for the hub, answered in the order they came (MQTT 3.1.1 §4.6: PUBACKs in order).
+    pending: FuturesOrdered<BoxFuture<'static, Completion>>,
     rate: RequestRate,
     activity_recorded: Instant,
 }
@@ -241,7 +254,7 @@ pub(crate) async fn serve<R, W>(
         out,
         unacknowledged: HashMap::new(),
         next_packet_id: 1,
-        pending: FuturesUnordered::new(),
+        pending: FuturesOrdered::new(),
         rate: RequestRate::new(config.twin_requests_per_second, config.twin_request_burst),
         activity_recorded: Instant::now(),
     };
@@ -319,7 +332,7 @@ impl<W: AsyncWrite + Unpin + Send> Connection<W> {
                 biased;
                 _ = close.notified() => Err(End::TakenOver),
                 _ = &mut token_expiry => Err(End::TokenExpired),
-                Some(reply) = self.pending.next(), if !self.pending.is_empty() => self.twin_reply(reply),
+                Some(completion) = self.pending.next(), if !self.pending.is_empty() => self.complete(completion),
                 Some(mail) = mail.recv() => self.mail(mail),
                 _ = self.session.resync.notified() => self.send_missed_desired(DesiredCursor::catch_up),
                 packet = packets.next(), if self.pending.len() < in_flight_max => match packet {
@@ -352,8 +365,8 @@ impl<W: AsyncWrite + Unpin + Send> Connection<W> {
                 return end;
             }
             // Whatever else is ready goes into the same write.
-            while let Some(Some(reply)) = self.pending.next().now_or_never() {
-                if let Err(end) = self.twin_reply(reply) {
+            while let Some(Some(completion)) = self.pending.next().now_or_never() {
+                if let Err(end) = self.complete(completion) {
                     return end;
                 }
             }
@@ -411,7 +424,12 @@ impl<W: AsyncWrite + Unpin + Send> Connection<W> {
                 }
                 let inbound = topic::parse_publish(&publish.topic, &self.client)
                     .map_err(|error| End::NotAuthorized(format!("PUBLISH on '{}': {error}", publish.topic)))?;
-                if let Some(packet_id) = publish.packet_id.filter(|_| qos == QoS::AtLeastOnce) {
+                let packet_id = publish.packet_id.filter(|_| qos == QoS::AtLeastOnce);
+                if let Inbound::Telemetry { bag } = inbound {
+                    // Acknowledged once durable, not before: at-least-once.
+                    return self.telemetry(bag, &publish.payload, publish.retain, packet_id);
+                }
+                if let Some(packet_id) = packet_id {
                     self.push(Packet::PublishAck { packet_id })?;
                 }
                 match inbound {
@@ -427,8 +445,8 @@ impl<W: AsyncWrite + Unpin + Send> Connection<W> {
                         ));
                         self.twin_reply(TwinReply::failure(rid, &failure))
                     }
-                    // Accepted and acknowledged; routing telemetry and direct methods comes with their issues.
-                    Inbound::Telemetry | Inbound::MethodResponse => Ok(()),
+                    // Accepted and acknowledged; direct methods come with their issue.
+                    Inbound::Telemetry { .. } | Inbound::MethodResponse => Ok(()),
                 }
             }
             Packet::PublishAck { packet_id } => {
@@ -519,8 +537,8 @@ impl<W: AsyncWrite + Unpin + Send> Connection<W> {
         let hub = Arc::clone(&self.service.hub);
         let device_id = self.client.device_id.clone();
         let rid = rid.to_owned();
-        self.pending.push(Box::pin(async move {
-            match hub.patch_reported(device_id, patch).await {
+        self.pending.push_back(Box::pin(async move {
+            Completion::TwinReply(match hub.patch_reported(device_id, patch).await {
                 Ok(record) => TwinReply {
                     rid,
                     status: 204,
@@ -528,9 +546,38 @@ impl<W: AsyncWrite + Unpin + Send> Connection<W> {
                     body: Bytes::new(),
                 },
                 Err(error) => TwinReply::failure(&rid, &TwinFailure::from(&error)),
+            })
+        }));
+        Ok(())
+    }
+
+    /// A telemetry message: to the event log, acknowledged (QoS 1) once durable. A malformed property bag
+    /// or a message over IoT Hub's size limit closes the connection, as IoT Hub does; nothing is stored.
+    fn telemetry(&mut self, bag: &str, payload: &[u8], retain: bool, packet_id: Option<NonZeroU16>) -> Result<(), End> {
+        let event =
+            property_bag::event(bag, payload, retain).map_err(|error| End::ProtocolViolation(error.to_string()))?;
+        event
+            .check_size()
+            .map_err(|error| End::ProtocolViolation(error.to_string()))?;
+        let hub = Arc::clone(&self.service.hub);
+        let device_id = self.client.device_id.clone();
+        let module_id = self.client.module_id.clone();
+        self.pending.push_back(Box::pin(async move {
+            match hub.send_event(&device_id, module_id.as_deref(), event).await {
+                Ok(_) => Completion::EventStored(packet_id),
+                Err(error) => Completion::EventRefused(error.to_string()),
             }
         }));
         Ok(())
+    }
+
+    fn complete(&mut self, completion: Completion) -> Result<(), End> {
+        match completion {
+            Completion::TwinReply(reply) => self.twin_reply(reply),
+            Completion::EventStored(Some(packet_id)) => self.push(Packet::PublishAck { packet_id }),
+            Completion::EventStored(None) => Ok(()),
+            Completion::EventRefused(reason) => Err(End::EventRefused(reason)),
+        }
     }
 
     /// Publishes a twin reply. Also without a `$iothub/twin/res/#` subscription (at QoS 0 then): Python's

@@ -13,6 +13,7 @@
 
 mod auth;
 mod connection;
+mod property_bag;
 mod router;
 mod session;
 mod topic;

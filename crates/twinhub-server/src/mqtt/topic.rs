@@ -16,8 +16,10 @@ pub enum Inbound<'a> {
     TwinUnsupported {
         rid: &'a str,
     },
-    /// `devices/{id}/messages/events/...` (or the module form): accepted; routing comes with telemetry.
-    Telemetry,
+    /// `devices/{id}/messages/events/{property bag}` (or the module form).
+    Telemetry {
+        bag: &'a str,
+    },
     /// `$iothub/methods/res/{status}/?$rid=`: accepted; direct methods come later.
     MethodResponse,
 }
@@ -79,8 +81,8 @@ pub fn parse_publish<'a>(topic: &'a str, client: &ClientIdentity) -> Result<Inbo
         let own = telemetry_prefix(client);
         let tail = topic.strip_prefix(own.as_str());
         return match tail {
-            Some("") => Ok(Inbound::Telemetry),
-            Some(bag) if bag.starts_with('/') => Ok(Inbound::Telemetry),
+            Some("") => Ok(Inbound::Telemetry { bag: "" }),
+            Some(bag) if bag.starts_with('/') => Ok(Inbound::Telemetry { bag }),
             _ => Err(TopicError::NotOwnTopic),
         };
     }
@@ -216,7 +218,10 @@ mod tests {
             "devices/d1/messages/events",
             "devices/d1/messages/events/%24.mid=1&a=b",
         ] {
-            assert_eq!(parse_publish(topic, &d1), Ok(Inbound::Telemetry), "{topic}");
+            assert!(
+                matches!(parse_publish(topic, &d1), Ok(Inbound::Telemetry { .. })),
+                "{topic}"
+            );
         }
         for topic in [
             "devices/d2/messages/events/",
@@ -229,7 +234,9 @@ mod tests {
         let m1 = module("d1", "m1");
         assert_eq!(
             parse_publish("devices/d1/modules/m1/messages/events/%24.on=out&k=v/", &m1),
-            Ok(Inbound::Telemetry)
+            Ok(Inbound::Telemetry {
+                bag: "/%24.on=out&k=v/"
+            })
         );
         assert_eq!(
             parse_publish("devices/d1/messages/events/", &m1),

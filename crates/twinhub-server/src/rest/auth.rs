@@ -3,10 +3,12 @@
 
 use super::error::RestError;
 use axum::http::HeaderMap;
-use twinhub_core::device_auth::authorize_service;
+use twinhub_core::device_auth::{authorize_device, authorize_service};
 use twinhub_core::policy::{Permission, SharedAccessPolicy};
 use twinhub_core::sas::SasToken;
+use twinhub_core::DeviceId;
 use twinhub_core::Timestamp;
+use twinhub_hub::Hub;
 
 pub struct ServiceAuth {
     pub hostname: String,
@@ -22,13 +24,30 @@ impl ServiceAuth {
         })
     }
 
+    /// The HTTPS device API: a token that lets the client act as `device_id` (its own keys, or a policy
+    /// with DeviceConnect). Every failure is the same 401.
+    pub fn authorize_device(&self, headers: &HeaderMap, device_id: &DeviceId, hub: &Hub) -> Result<(), RestError> {
+        let check = || -> Result<(), String> {
+            let token = token(headers)?;
+            let record = hub.device(device_id).ok();
+            authorize_device(
+                &token,
+                &self.hostname,
+                device_id.as_str(),
+                record.as_ref().map(|record| &*record.identity),
+                &self.policies,
+                Timestamp::now().unix_seconds(),
+            )
+            .map_err(|error| error.to_string())
+        };
+        check().map_err(|reason| {
+            tracing::info!(reason, %device_id, "device request refused");
+            RestError::unauthorized()
+        })
+    }
+
     fn check(&self, headers: &HeaderMap, permission: Permission) -> Result<(), String> {
-        let header = headers
-            .get(axum::http::header::AUTHORIZATION)
-            .ok_or("no Authorization header")?
-            .to_str()
-            .map_err(|_| "Authorization is not text")?;
-        let token = SasToken::parse(header).map_err(|_| "malformed token".to_owned())?;
+        let token = token(headers)?;
         authorize_service(
             &token,
             &self.hostname,
@@ -38,4 +57,13 @@ impl ServiceAuth {
         )
         .map_err(|error| error.to_string())
     }
+}
+
+fn token(headers: &HeaderMap) -> Result<SasToken, String> {
+    let header = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .ok_or("no Authorization header")?
+        .to_str()
+        .map_err(|_| "Authorization is not text")?;
+    SasToken::parse(header).map_err(|_| "malformed token".to_owned())
 }

@@ -44,6 +44,7 @@ pub fn classify(error: &HubError) -> (StatusCode, &'static str) {
         | HubError::InvalidArgument(_) => (StatusCode::BAD_REQUEST, "ArgumentInvalid"),
         HubError::Query(_) => (StatusCode::BAD_REQUEST, "ArgumentInvalid"),
         HubError::DeviceDefinedMultipleTimes(_) => (StatusCode::BAD_REQUEST, "DeviceDefinedMultipleTimes"),
+        HubError::MessageTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "MessageTooLarge"),
         HubError::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable"),
         HubError::Store(_) | HubError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "ServerError"),
     }

@@ -3,6 +3,7 @@
 
 mod auth;
 mod body;
+mod device_events;
 mod error;
 mod registry;
 mod twins;
@@ -51,6 +52,8 @@ pub fn router(state: RestState) -> Router {
             get(twins::get_twin).patch(twins::patch_twin).put(twins::replace_twin),
         )
         .route("/devices/query", post(twins::query))
+        // The HTTPS device API (device SAS tokens).
+        .route("/devices/{id}/messages/events", post(device_events::send_events))
         .fallback(error::not_found)
         .layer(axum::extract::DefaultBodyLimit::max(REQUEST_BYTES_MAX))
         .with_state(state)

@@ -9,10 +9,8 @@ use fe2o3_amqp::link::{Receiver, Sender};
 use fe2o3_amqp::session::SessionHandle;
 use fe2o3_amqp::types::definitions::SenderSettleMode;
 use fe2o3_amqp::types::messaging::annotations::OwnedKey;
-use fe2o3_amqp::types::messaging::{
-    AmqpValue, ApplicationProperties, Body, Message, MessageAnnotations, MessageId, Properties,
-};
-use fe2o3_amqp::types::primitives::{Binary, SimpleValue, Symbol, Value};
+use fe2o3_amqp::types::messaging::{Body, Message, MessageAnnotations, MessageId, Properties};
+use fe2o3_amqp::types::primitives::{Binary, Symbol, Value};
 use fe2o3_amqp::{Connection, Sendable, Session};
 use std::collections::HashMap;
 use std::time::Instant;
@@ -49,33 +47,9 @@ impl AmqpDevice {
             .await
             .context("AMQP open")?;
         let mut session = Session::begin(&mut connection).await.context("AMQP session")?;
-        let mut cbs_requests = Sender::attach(&mut session, "cbs-sender", "$cbs").await?;
-        let mut cbs_answers = Receiver::attach(&mut session, "cbs-receiver", "$cbs").await?;
-        let put_token = Message::builder()
-            .properties(Properties {
-                message_id: Some(MessageId::String("put-token-1".into())),
-                ..Properties::default()
-            })
-            .application_properties(
-                ApplicationProperties::builder()
-                    .insert("operation", SimpleValue::String("put-token".into()))
-                    .insert("type", SimpleValue::String("servicebus.windows.net:sastoken".into()))
-                    .insert("name", SimpleValue::String(format!("{host}/devices/{device_id}")))
-                    .build(),
-            )
-            .body(AmqpValue(token.to_owned()))
-            .build();
-        cbs_requests.send(put_token).await.context("put-token")?;
-        let reply = cbs_answers.recv::<Body<Value>>().await.context("put-token reply")?;
-        cbs_answers.accept(&reply).await?;
-        let status = reply
-            .message()
-            .application_properties
-            .as_ref()
-            .and_then(|properties| properties.0.get("status-code").cloned());
-        if status != Some(SimpleValue::Int(200)) {
-            bail!("{device_id}: CBS put-token answered {status:?}");
-        }
+        crate::event_hubs::put_token(&mut session, &format!("{host}/devices/{device_id}"), token)
+            .await
+            .with_context(|| format!("{device_id}: CBS put-token"))?;
         let requests = Sender::builder()
             .name("twin-sender")
             .target(format!("/devices/{device_id}/twin"))

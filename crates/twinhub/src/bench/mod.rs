@@ -38,8 +38,14 @@ pub enum Scenario {
     Desired,
     /// Twin GET and PATCH over HTTPS with K concurrent clients.
     Rest,
-    /// QoS 1 publishes on devices/{id}/messages/events/: publishes/s and PUBLISH-to-PUBACK round trips.
+    /// QoS 1 publishes on devices/{id}/messages/events/: publishes/s and PUBLISH-to-PUBACK round trips
+    /// (the hub acknowledges once the message is durable).
     Telemetry,
+    /// Telemetry at a steady --rate (default 10,000/s) read by the bench's own Event Hubs consumer: the
+    /// time from a device's PUBLISH to the consumer receiving the event.
+    TelemetryEndToEnd,
+    /// One Event Hubs consumer reading a backlog of --backlog events (sent first, saturating): events/s.
+    Consume,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
@@ -97,6 +103,12 @@ pub struct BenchArgs {
     /// Write every figure as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Telemetry payload size in bytes (telemetry, consume; default: a 34-byte JSON reading).
+    #[arg(long)]
+    payload_bytes: Option<usize>,
+    /// Events sent before the consumer reads them all (consume).
+    #[arg(long, default_value_t = 1_000_000)]
+    backlog: u64,
     #[command(flatten)]
     access: HubAccess,
 }
@@ -124,6 +136,9 @@ pub struct Report {
     /// `reported`: acknowledged patches checked afterwards through the REST API.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub verified_devices: Option<usize>,
+    /// `telemetry`, `consume`: payload bytes per second.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub megabytes_per_second: Option<f64>,
 }
 
 struct Setup {
@@ -251,7 +266,7 @@ impl Service {
     }
 }
 
-fn tls_config(ca: Option<&PathBuf>) -> anyhow::Result<Arc<rustls::ClientConfig>> {
+pub(crate) fn tls_config(ca: Option<&PathBuf>) -> anyhow::Result<Arc<rustls::ClientConfig>> {
     let mut roots = rustls::RootCertStore::empty();
     if let Some(ca) = ca {
         let pem = std::fs::read(ca).with_context(|| format!("cannot read {}", ca.display()))?;
@@ -360,6 +375,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         Scenario::Reported if args.transport == DeviceTransport::Amqp => amqp_reported(&args, &setup).await?,
         Scenario::Reported | Scenario::TwinGet => twin_requests(&args, &setup).await?,
         Scenario::Telemetry => telemetry(&args, &setup).await?,
+        Scenario::TelemetryEndToEnd => telemetry_end_to_end(&args, &setup).await?,
+        Scenario::Consume => consume(&args, &setup).await?,
         Scenario::Desired => desired(&args, &setup).await?,
         Scenario::Rest => rest(&args, &setup).await?,
     };
@@ -569,7 +586,8 @@ async fn telemetry(args: &BenchArgs, setup: &Setup) -> anyhow::Result<Report> {
     let (progress, printer) = Progress::start(format!("\n{} telemetry", setup.label));
     let started = Instant::now();
     let until = started + Duration::from_secs(args.seconds);
-    let payload = Bytes::from_static(br#"{"temperature":21.5,"humidity":40}"#);
+    let payload = telemetry_payload(args.payload_bytes);
+    let payload_bytes = payload.len();
     let mut tasks = Vec::with_capacity(connections.len());
     for (device_id, mut connection) in setup.devices.iter().zip(connections) {
         // The hub's telemetry topic; a plain broker gets a topic of the same length and shape.
@@ -594,7 +612,198 @@ async fn telemetry(args: &BenchArgs, setup: &Setup) -> anyhow::Result<Report> {
     }
     let elapsed = started.elapsed();
     printer.abort();
-    Ok(report(args, setup, elapsed, latencies))
+    let mut report = report(args, setup, elapsed, latencies);
+    report.megabytes_per_second = Some(report.per_second * payload_bytes as f64 / 1e6);
+    Ok(report)
+}
+
+/// A telemetry payload: the usual small JSON reading, or `bytes` bytes of it padded.
+fn telemetry_payload(bytes: Option<usize>) -> Bytes {
+    let reading = br#"{"temperature":21.5,"humidity":40}"#;
+    match bytes {
+        None => Bytes::from_static(reading),
+        Some(size) => {
+            let mut payload = format!(
+                r#"{{"temperature":21.5,"pad":"{}"}}"#,
+                "x".repeat(size.saturating_sub(30))
+            );
+            payload.truncate(size.max(1));
+            Bytes::from(payload)
+        }
+    }
+}
+
+/// The bench's Event Hubs consumer on the hub it measures (the service policy of its connection string).
+async fn event_hubs_consumer(args: &BenchArgs, setup: &Setup) -> anyhow::Result<crate::event_hubs::Consumer> {
+    let service = setup.service.as_ref().context("the Event Hubs consumer needs a hub")?;
+    let (_, ca) = crate::client::connection_and_ca(&args.access)?;
+    let hub_name = match &args.access.data_dir {
+        Some(dir) => twinhub_server::material::read_served_as(dir)?.hub_name,
+        None => twinhub_server::default_hub_name(&service.connection.host_name),
+    };
+    crate::event_hubs::Consumer::connect(crate::event_hubs::ConsumerConfig {
+        host: service.connection.host_name.clone(),
+        port: args.amqp_port,
+        tls: tls_config(ca.as_ref())?,
+        hub_name,
+        policy_name: service.connection.key_name.clone(),
+        policy_key: service.connection.key.clone(),
+        consumer_group: "$Default".into(),
+    })
+    .await
+}
+
+/// Receivers on every partition from `start`, their events funnelled into one channel.
+async fn receive_all(
+    consumer: &mut crate::event_hubs::Consumer,
+    start: crate::event_hubs::Start,
+) -> anyhow::Result<
+    tokio::sync::mpsc::Receiver<
+        fe2o3_amqp::types::messaging::Message<fe2o3_amqp::types::messaging::Body<fe2o3_amqp::types::primitives::Value>>,
+    >,
+> {
+    let (events, incoming) = tokio::sync::mpsc::channel(8192);
+    for partition in consumer.partition_ids().await? {
+        let mut receiver = consumer.receiver(partition.parse()?, start).await?;
+        let events = events.clone();
+        tokio::spawn(async move {
+            while let Ok(delivery) = receiver
+                .recv::<fe2o3_amqp::types::messaging::Body<fe2o3_amqp::types::primitives::Value>>()
+                .await
+            {
+                if events.send(delivery.into_message()).await.is_err() {
+                    break;
+                }
+            }
+        });
+    }
+    Ok(incoming)
+}
+
+fn unix_nanos() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_nanos())
+}
+
+async fn telemetry_end_to_end(args: &BenchArgs, setup: &Setup) -> anyhow::Result<Report> {
+    let mut consumer = event_hubs_consumer(args, setup).await?;
+    let mut incoming = receive_all(&mut consumer, crate::event_hubs::Start::Latest).await?;
+    let (progress, printer) = Progress::start(format!("{} connecting", setup.label));
+    let connections = connect_all(setup, args.connect_concurrency, &progress).await?;
+    printer.abort();
+    let rate = args.rate.unwrap_or(10_000).max(1);
+    let pace = Duration::from_secs_f64(connections.len() as f64 / rate as f64);
+    let (progress, printer) = Progress::start(format!("\n{} telemetry end to end at {rate}/s", setup.label));
+    let started = Instant::now();
+    let until = started + Duration::from_secs(args.seconds);
+    let mut tasks = Vec::with_capacity(connections.len());
+    for (device_id, mut connection) in setup.devices.iter().zip(connections) {
+        let topic = format!("devices/{device_id}/messages/events/");
+        tasks.push(tokio::spawn(async move {
+            // The payload carries its send time; the consumer subtracts it from its arrival.
+            let payload = || Bytes::from(format!(r#"{{"sent":{},"temperature":21.5}}"#, unix_nanos()));
+            let acknowledged = connection.paced_publishes(&topic, payload, pace, until).await?;
+            connection.disconnect().await;
+            anyhow::Ok(acknowledged)
+        }));
+    }
+    let mut sent = 0;
+    for task in tasks {
+        sent += task.await??;
+    }
+    let mut latencies = Latencies::default();
+    let drained = Instant::now() + Duration::from_secs(10);
+    while (latencies.len() as u64) < sent {
+        let Ok(Some(message)) = tokio::time::timeout_at(drained.into(), incoming.recv()).await else {
+            break;
+        };
+        let arrived = unix_nanos();
+        let body: Vec<u8> = match &message.body {
+            fe2o3_amqp::types::messaging::Body::Data(batch) => batch.iter().flat_map(|data| data.0.to_vec()).collect(),
+            _ => continue,
+        };
+        let Some(sent_at) = serde_json::from_slice::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|body| body["sent"].as_u64())
+        else {
+            continue;
+        };
+        latencies.record(Duration::from_nanos(arrived.saturating_sub(u128::from(sent_at)) as u64));
+        progress.add(1);
+    }
+    printer.abort();
+    consumer.close().await;
+    if (latencies.len() as u64) < sent {
+        bail!(
+            "{} of {sent} acknowledged events never reached the consumer",
+            sent - latencies.len() as u64
+        );
+    }
+    Ok(report(args, setup, until - started, latencies))
+}
+
+async fn consume(args: &BenchArgs, setup: &Setup) -> anyhow::Result<Report> {
+    let mut consumer = event_hubs_consumer(args, setup).await?;
+    let mut before = receive_all(&mut consumer, crate::event_hubs::Start::Latest).await?;
+    // The backlog: saturating QoS 1 publishes until `backlog` were acknowledged.
+    let (progress, printer) = Progress::start(format!("{} connecting", setup.label));
+    let connections = connect_all(setup, args.connect_concurrency, &progress).await?;
+    printer.abort();
+    let payload = telemetry_payload(args.payload_bytes);
+    let per_device = args.backlog.div_ceil(connections.len() as u64);
+    let (progress, printer) = Progress::start(format!("\n{} backlog of {}", setup.label, thousands(args.backlog)));
+    let mut tasks = Vec::new();
+    for (device_id, mut connection) in setup.devices.iter().zip(connections) {
+        let topic = format!("devices/{device_id}/messages/events/");
+        let payload = payload.clone();
+        let progress = progress.clone();
+        let in_flight = args.in_flight;
+        tasks.push(tokio::spawn(async move {
+            let mut done = 0;
+            while done < per_device {
+                let batch = (per_device - done).min(in_flight as u64) as usize;
+                let latencies = connection
+                    .publishes(&topic, payload.clone(), batch, Instant::now(), &progress)
+                    .await?;
+                done += latencies.len() as u64;
+            }
+            connection.disconnect().await;
+            anyhow::Ok(done)
+        }));
+    }
+    let mut total = 0;
+    for task in tasks {
+        total += task.await??;
+    }
+    printer.abort();
+    // The consumer attached before the backlog: read from the start of every partition instead.
+    before.close();
+    consumer.close().await;
+    let mut consumer = event_hubs_consumer(args, setup).await?;
+    let (progress, printer) = Progress::start(format!("\n{} consume", setup.label));
+    let started = Instant::now();
+    let mut incoming = receive_all(&mut consumer, crate::event_hubs::Start::Earliest).await?;
+    let mut read = 0u64;
+    let mut latencies = Latencies::default();
+    while read < total {
+        match tokio::time::timeout(Duration::from_secs(10), incoming.recv()).await {
+            Ok(Some(_)) => {
+                read += 1;
+                progress.add(1);
+            }
+            _ => bail!("the consumer stalled after {read} of {total} events"),
+        }
+    }
+    let elapsed = started.elapsed();
+    printer.abort();
+    consumer.close().await;
+    latencies.record(elapsed);
+    let mut report = report(args, setup, elapsed, latencies);
+    report.operations = read;
+    report.per_second = read as f64 / elapsed.as_secs_f64().max(1e-9);
+    report.megabytes_per_second = Some(report.per_second * payload.len() as f64 / 1e6);
+    Ok(report)
 }
 
 async fn desired(args: &BenchArgs, setup: &Setup) -> anyhow::Result<Report> {

@@ -225,6 +225,49 @@ impl Connection {
         Ok((load.latencies, load.last_ok))
     }
 
+    /// QoS 1 publishes on `topic` every `pace` until `until`, each payload made when it is sent (so it can
+    /// carry its send time), PUBACKs read as they come; returns how many were acknowledged.
+    pub async fn paced_publishes(
+        &mut self,
+        topic: &str,
+        payload: impl Fn() -> Bytes,
+        pace: Duration,
+        until: Instant,
+    ) -> anyhow::Result<u64> {
+        let offset = Duration::from_nanos(rand_below(pace.as_nanos() as u64));
+        let mut ticker =
+            tokio::time::interval_at(tokio::time::Instant::now() + offset, pace.max(Duration::from_micros(1)));
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let deadline = tokio::time::sleep_until(until.into());
+        tokio::pin!(deadline);
+        let (mut unacknowledged, mut acknowledged) = (0u64, 0u64);
+        loop {
+            let sending = Instant::now() < until;
+            if !sending && unacknowledged == 0 {
+                return Ok(acknowledged);
+            }
+            tokio::select! {
+                _ = ticker.tick(), if sending => {
+                    self.publish(topic.to_owned(), payload(), QoS::AtLeastOnce)?;
+                    unacknowledged += 1;
+                    self.flush().await?;
+                }
+                packet = self.reader.next() => {
+                    match packet {
+                        Some(Ok((Packet::PublishAck { .. }, _))) => {
+                            unacknowledged = unacknowledged.saturating_sub(1);
+                            acknowledged += 1;
+                        }
+                        Some(Ok(_)) => {}
+                        Some(Err(error)) => bail!("receive: {error}"),
+                        None => bail!("the server closed the connection"),
+                    }
+                }
+                _ = &mut deadline, if sending => {}
+            }
+        }
+    }
+
     /// QoS 1 publishes on `topic`, `in_flight` at a time, until `until`; the round trip is PUBLISH to PUBACK.
     pub async fn publishes(
         &mut self,

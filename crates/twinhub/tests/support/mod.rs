@@ -140,6 +140,24 @@ impl TestHub {
         self.connection_string("iothubowner")
     }
 
+    /// The Event Hubs-compatible endpoint's connection string (`service` policy), as
+    /// `twinhub connection-string --event-hubs` prints it.
+    pub fn event_hubs_connection_string(&self) -> String {
+        let output = Command::new(env!("CARGO_BIN_EXE_twinhub"))
+            .arg("connection-string")
+            .arg("--data-dir")
+            .arg(self.data_dir.path())
+            .arg("--event-hubs")
+            .output()
+            .expect("run twinhub connection-string --event-hubs");
+        assert!(
+            output.status.success(),
+            "connection-string --event-hubs failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        last_line(&output.stdout)
+    }
+
     /// The CA certificate (PEM) clients must trust, from `twinhub ca-cert`.
     pub fn ca_path(&self) -> PathBuf {
         let output = Command::new(env!("CARGO_BIN_EXE_twinhub"))
@@ -302,8 +320,8 @@ fn fingerprint(bytes: &[u8]) -> u64 {
     })
 }
 
-/// The environment every SDK script gets: the hub's owner connection string, a device-less hub host,
-/// and trust in the hub's CA.
+/// The environment every SDK script gets: the hub's owner and Event Hubs connection strings, a device-less
+/// hub host, and trust in the hub's CA.
 fn sdk_command(program: PathBuf, dir: &Path, script: &str, hub: &TestHub, env: &[(&str, String)]) -> Command {
     let ca = hub.ca_path();
     let mut command = Command::new(program);
@@ -311,6 +329,10 @@ fn sdk_command(program: PathBuf, dir: &Path, script: &str, hub: &TestHub, env: &
         .arg(script)
         .current_dir(dir)
         .env("TWINHUB_CONNECTION_STRING", hub.owner_connection_string())
+        .env(
+            "TWINHUB_EVENTHUBS_CONNECTION_STRING",
+            hub.event_hubs_connection_string(),
+        )
         .env("TWINHUB_HOST", hub.host())
         .env("NODE_EXTRA_CA_CERTS", &ca)
         .env("REQUESTS_CA_BUNDLE", &ca)
