@@ -165,6 +165,19 @@ async function main() {
     );
     assert.deepEqual(resumed.map((event) => event.sequenceNumber), following);
   }
+  const checkpointTime = checkpoint.enqueuedTimeUtc.getTime();
+  const later = partitionEvents.filter((event) => event.enqueuedTimeUtc.getTime() > checkpointTime);
+  log(`resume partition ${partitionId} from an enqueued time: exactly the ${later.length} events enqueued after it`);
+  if (later.length > 0) {
+    const resumed = await readUntil(
+      consumer,
+      { enqueuedOn: checkpoint.enqueuedTimeUtc },
+      (seen) => seen.length >= later.length,
+      'the events after an enqueued time',
+      partitionId,
+    );
+    assert.deepEqual(resumed.map((event) => event.sequenceNumber), later.map((event) => event.sequenceNumber));
+  }
   await consumer.close();
 
   const sameEvents = (seen) =>

@@ -20,6 +20,10 @@ pub enum HubError {
     DeviceScope(#[from] twinhub_core::device_scope::ScopeError),
     #[error("{0}")]
     InvalidArgument(String),
+    #[error("{0}")]
+    ConsumerGroupName(#[from] twinhub_core::consumer_group::ConsumerGroupNameError),
+    #[error("The consumer group '{0}' does not exist")]
+    ConsumerGroupNotFound(String),
     #[error("the message is {0} bytes with its properties, more than the 262144 bytes IoT Hub allows")]
     MessageTooLarge(usize),
     #[error("the device ids in the request must be unique; '{0}' appears more than once")]

@@ -41,6 +41,8 @@ pub type Registry = imbl::OrdMap<DeviceId, Arc<DeviceRecord>>;
 pub struct Snapshot {
     pub devices: Registry,
     pub indexes: index::Indexes,
+    /// The consumer groups back ends created (not `$Default`), by lower-cased name, each with its name.
+    pub consumer_groups: imbl::OrdMap<String, String>,
 }
 
 #[derive(Clone, Debug)]
@@ -106,6 +108,13 @@ impl Hub {
         };
         let records = store.load_all().await.map_err(HubError::Store)?;
         let stored_sessions = store.load_sessions().await.map_err(HubError::Store)?;
+        let consumer_groups = store
+            .load_consumer_groups()
+            .await
+            .map_err(HubError::Store)?
+            .into_iter()
+            .map(|name| (twinhub_core::consumer_group::key(&name), name))
+            .collect();
         let started = twinhub_core::Timestamp::now();
         let registry: Registry = records
             .into_iter()
@@ -119,6 +128,7 @@ impl Hub {
         let snapshot = Arc::new(ArcSwap::from_pointee(Snapshot {
             devices: registry,
             indexes: Default::default(),
+            consumer_groups,
         }));
         let (writes, queue) = mpsc::channel(config.write_queue_operations_max);
         let (events, _) = broadcast::channel(events::EVENT_QUEUE_MAX);
@@ -310,6 +320,46 @@ impl Hub {
     /// Makes a device's session durable (its subscriptions), or forgets it (`None`). Returns once durable.
     pub async fn store_session(&self, client_id: String, session: Option<SessionRecord>) -> Result<(), HubError> {
         self.write(WriteOp::Session { client_id, session }).await.map(|_| ())
+    }
+
+    /// The Event Hubs-compatible endpoint's consumer groups: `$Default`, then the created ones by name.
+    pub fn consumer_groups(&self) -> Vec<String> {
+        let snapshot = self.snapshot.load();
+        std::iter::once(twinhub_core::consumer_group::DEFAULT.to_owned())
+            .chain(snapshot.consumer_groups.values().cloned())
+            .collect()
+    }
+
+    /// Whether consumer group `name` exists (names compare without case).
+    pub fn has_consumer_group(&self, name: &str) -> bool {
+        name.eq_ignore_ascii_case(twinhub_core::consumer_group::DEFAULT)
+            || self
+                .snapshot
+                .load()
+                .consumer_groups
+                .contains_key(&twinhub_core::consumer_group::key(name))
+    }
+
+    /// Creates consumer group `name`, durably; creating one that exists changes nothing.
+    pub async fn create_consumer_group(&self, name: &str) -> Result<(), HubError> {
+        twinhub_core::consumer_group::check_name(name)?;
+        self.write(WriteOp::ConsumerGroup {
+            name: name.to_owned(),
+            create: true,
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// Deletes consumer group `name`, durably. `$Default` cannot be deleted.
+    pub async fn delete_consumer_group(&self, name: &str) -> Result<(), HubError> {
+        twinhub_core::consumer_group::check_name(name)?;
+        self.write(WriteOp::ConsumerGroup {
+            name: name.to_owned(),
+            create: false,
+        })
+        .await
+        .map(|_| ())
     }
 
     /// Bulk create/update/delete, at most [`BULK_DEVICES_MAX`], committed together.

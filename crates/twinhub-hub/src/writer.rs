@@ -48,6 +48,11 @@ pub(crate) enum WriteOp {
         client_id: String,
         session: Option<twinhub_core::session::SessionRecord>,
     },
+    /// Create (or, `create: false`, delete) a consumer group of the Event Hubs-compatible endpoint.
+    ConsumerGroup {
+        name: String,
+        create: bool,
+    },
     /// Start indexing a path (built over the batch's final registry, then kept up to date).
     AddIndex(twinhub_query::document::FieldPath),
 }
@@ -90,6 +95,7 @@ pub(crate) struct WriteCommand {
 /// The batch being built: the registry as it will be after the commit, the store writes, the events.
 pub(crate) struct Batch<'a> {
     pub(crate) registry: Registry,
+    consumer_groups: imbl::OrdMap<String, String>,
     pub(crate) writes: Vec<StoreWrite>,
     pub(crate) events: Vec<HubEvent>,
     pub(crate) config: &'a HubConfig,
@@ -116,6 +122,7 @@ pub(crate) async fn run(
         let previous = snapshot.load_full();
         let mut batch = Batch {
             registry: Registry::clone(&previous.devices),
+            consumer_groups: previous.consumer_groups.clone(),
             writes: Vec::with_capacity(commands.len()),
             events: Vec::new(),
             config: &config,
@@ -155,6 +162,7 @@ pub(crate) async fn run(
         snapshot.store(Arc::new(Snapshot {
             devices: batch.registry,
             indexes,
+            consumer_groups: batch.consumer_groups,
         }));
         for event in batch.events {
             // No subscriber is fine: nobody is waiting for notifications.
@@ -219,6 +227,21 @@ impl Batch<'_> {
                 Ok(WriteOutcome::Done)
             }
             WriteOp::Bulk(operations) => Ok(WriteOutcome::Bulk(bulk::apply(self, operations, now))),
+            WriteOp::ConsumerGroup { name, create } => {
+                let key = twinhub_core::consumer_group::key(&name);
+                if create {
+                    if !self.consumer_groups.contains_key(&key) {
+                        self.consumer_groups.insert(key, name.clone());
+                        self.writes.push(StoreWrite::UpsertConsumerGroup(name));
+                    }
+                } else {
+                    if self.consumer_groups.remove(&key).is_none() {
+                        return Err(HubError::ConsumerGroupNotFound(name));
+                    }
+                    self.writes.push(StoreWrite::DeleteConsumerGroup(name));
+                }
+                Ok(WriteOutcome::Done)
+            }
             WriteOp::AddIndex(path) => {
                 self.new_indexes.push(path);
                 Ok(WriteOutcome::Done)

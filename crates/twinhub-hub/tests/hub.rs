@@ -38,7 +38,10 @@ impl Store for MemoryStore {
                 StoreWrite::Delete(id) => {
                     records.remove(&id);
                 }
-                StoreWrite::UpsertSession(_) | StoreWrite::DeleteSession(_) => {}
+                StoreWrite::UpsertSession(_)
+                | StoreWrite::DeleteSession(_)
+                | StoreWrite::UpsertConsumerGroup(_)
+                | StoreWrite::DeleteConsumerGroup(_) => {}
             }
         }
         Ok(())

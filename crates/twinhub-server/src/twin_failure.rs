@@ -67,6 +67,8 @@ impl From<&HubError> for TwinFailure {
             | HubError::DeviceAlreadyExists(_)
             | HubError::DeviceDefinedMultipleTimes(_) => (400, 400004),
             HubError::MessageTooLarge(_) => (413, 413001),
+            HubError::ConsumerGroupName(_) => (400, 400004),
+            HubError::ConsumerGroupNotFound(_) => (404, 404001),
             HubError::ShuttingDown => (503, 503001),
             HubError::Store(_) | HubError::Internal(_) => (500, 500001),
         };

@@ -1,7 +1,8 @@
 //! The embedded store: fjall (an LSM tree with a write-ahead journal) in `<data-dir>/store`.
 //!
 //! Two keyspaces: `devices` (key = the device id's UTF-8 bytes, value = the record as [`crate::codec`]
-//! encodes it) and `sessions` (key = the MQTT client id, value = the session's subscriptions). The
+//! encodes it), `sessions` (key = the MQTT client id, value = the session's subscriptions) and
+//! `consumer_groups` (the Event Hubs-compatible endpoint's, created by back ends). The
 //! telemetry event log lives in the same database, in keyspaces of its own (`event_log`).
 //!
 //! Durability: a commit is one fjall write batch (atomic in the journal) followed by an `fsync` of the
@@ -49,6 +50,8 @@ struct Inner {
     db: Database,
     devices: Keyspace,
     sessions: Keyspace,
+    /// Key: the consumer group's name in lower case; value: the name as created.
+    consumer_groups: Keyspace,
     path: PathBuf,
 }
 
@@ -81,6 +84,9 @@ impl EmbeddedStore {
         let sessions = db
             .keyspace("sessions", KeyspaceCreateOptions::default)
             .map_err(|e| open_error(Box::new(e)))?;
+        let consumer_groups = db
+            .keyspace("consumer_groups", KeyspaceCreateOptions::default)
+            .map_err(|e| open_error(Box::new(e)))?;
         let events = EventLog::open(&db, dir, options.event_partitions)?;
         Ok(EmbeddedStore {
             events: Arc::new(events),
@@ -88,6 +94,7 @@ impl EmbeddedStore {
                 db,
                 devices,
                 sessions,
+                consumer_groups,
                 path: dir.to_path_buf(),
             }),
         })
@@ -117,6 +124,19 @@ impl Inner {
         Ok(sessions)
     }
 
+    fn load_consumer_groups(&self) -> Result<Vec<String>, StoreError> {
+        let mut names = Vec::new();
+        for guard in self.consumer_groups.iter() {
+            let (key, value) = guard.into_inner().map_err(|e| StoreError::Read(Box::new(e)))?;
+            let name = String::from_utf8(value.to_vec()).map_err(|_| StoreError::Corrupt {
+                key: String::from_utf8_lossy(&key).into_owned(),
+                reason: "a consumer group name that is not UTF-8".into(),
+            })?;
+            names.push(name);
+        }
+        Ok(names)
+    }
+
     fn commit(&self, batch: Vec<StoreWrite>) -> Result<(), StoreError> {
         if batch.is_empty() {
             return Ok(());
@@ -134,6 +154,14 @@ impl Inner {
                     writes.insert(&self.sessions, key, encode_session(&session)?);
                 }
                 StoreWrite::DeleteSession(client_id) => writes.remove(&self.sessions, client_id.into_bytes()),
+                StoreWrite::UpsertConsumerGroup(name) => {
+                    let key = twinhub_core::consumer_group::key(&name).into_bytes();
+                    writes.insert(&self.consumer_groups, key, name.into_bytes());
+                }
+                StoreWrite::DeleteConsumerGroup(name) => writes.remove(
+                    &self.consumer_groups,
+                    twinhub_core::consumer_group::key(&name).into_bytes(),
+                ),
             }
         }
         writes.commit().map_err(|e| StoreError::Write(Box::new(e)))
@@ -152,6 +180,13 @@ impl Store for EmbeddedStore {
     async fn load_sessions(&self) -> Result<Vec<SessionRecord>, StoreError> {
         let inner = Arc::clone(&self.inner);
         tokio::task::spawn_blocking(move || inner.load_sessions())
+            .await
+            .map_err(|e| StoreError::Read(Box::new(e)))?
+    }
+
+    async fn load_consumer_groups(&self) -> Result<Vec<String>, StoreError> {
+        let inner = Arc::clone(&self.inner);
+        tokio::task::spawn_blocking(move || inner.load_consumer_groups())
             .await
             .map_err(|e| StoreError::Read(Box::new(e)))?
     }

@@ -52,6 +52,9 @@ pub enum StoreWrite {
     /// A device's persistent session (its subscriptions), by client id.
     UpsertSession(SessionRecord),
     DeleteSession(String),
+    /// A consumer group of the Event Hubs-compatible endpoint, by name (stored as given, keyed without case).
+    UpsertConsumerGroup(String),
+    DeleteConsumerGroup(String),
 }
 
 /// A durable home for device records.
@@ -67,6 +70,12 @@ pub trait Store: Send + Sync + 'static {
     /// Every persistent session. Called once at start. A store that keeps none returns none: devices
     /// then start fresh sessions after a restart.
     async fn load_sessions(&self) -> Result<Vec<SessionRecord>, StoreError> {
+        Ok(Vec::new())
+    }
+
+    /// The consumer groups created by back ends (not `$Default`). Called once at start; a store that
+    /// keeps none returns none.
+    async fn load_consumer_groups(&self) -> Result<Vec<String>, StoreError> {
         Ok(Vec::new())
     }
 

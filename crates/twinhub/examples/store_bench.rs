@@ -121,7 +121,10 @@ impl Store for RedbStore {
                                 .map_err(|e| StoreError::Write(boxed(e)))?;
                         }
                         // The benchmark measures device records only; sessions are not written by it.
-                        StoreWrite::UpsertSession(_) | StoreWrite::DeleteSession(_) => {}
+                        StoreWrite::UpsertSession(_)
+                        | StoreWrite::DeleteSession(_)
+                        | StoreWrite::UpsertConsumerGroup(_)
+                        | StoreWrite::DeleteConsumerGroup(_) => {}
                     }
                 }
             }

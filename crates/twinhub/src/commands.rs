@@ -183,3 +183,45 @@ pub fn print_table<const N: usize>(headers: &[&str; N], rows: &[[String; N]]) {
         line(row.iter().map(String::as_str).collect());
     }
 }
+
+#[derive(Subcommand)]
+pub enum ConsumerGroupCommand {
+    /// Create a consumer group of the Event Hubs-compatible endpoint (creating one that exists is fine).
+    Create { name: String },
+    /// List the consumer groups ($Default first).
+    List,
+    /// Delete a consumer group ($Default cannot be deleted).
+    Delete { name: String },
+}
+
+const CONSUMER_GROUPS: &str = "/eventHubEndpoints/events/ConsumerGroups";
+
+pub async fn consumer_group(command: ConsumerGroupCommand, access: &HubAccess) -> anyhow::Result<()> {
+    let client = ServiceClient::new(access)?;
+    match command {
+        ConsumerGroupCommand::Create { name } => {
+            client
+                .send(Method::PUT, &format!("{CONSUMER_GROUPS}/{}", encode(&name)), None, None)
+                .await?;
+            println!("created {name}");
+        }
+        ConsumerGroupCommand::List => {
+            let groups = client.send(Method::GET, CONSUMER_GROUPS, None, None).await?;
+            for group in groups["value"].as_array().map(Vec::as_slice).unwrap_or_default() {
+                println!("{}", group["name"].as_str().unwrap_or_default());
+            }
+        }
+        ConsumerGroupCommand::Delete { name } => {
+            client
+                .send(
+                    Method::DELETE,
+                    &format!("{CONSUMER_GROUPS}/{}", encode(&name)),
+                    None,
+                    None,
+                )
+                .await?;
+            println!("deleted {name}");
+        }
+    }
+    Ok(())
+}

@@ -87,6 +87,13 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Print device-to-cloud events as they arrive, from the hub's Event Hubs-compatible endpoint.
     MonitorEvents(monitor::MonitorArgs),
+    /// Consumer groups of the Event Hubs-compatible endpoint.
+    ConsumerGroup {
+        #[command(subcommand)]
+        command: commands::ConsumerGroupCommand,
+        #[command(flatten)]
+        access: HubAccess,
+    },
     /// Device twins.
     Twin {
         #[command(subcommand)]
@@ -157,6 +164,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Bench(args) => bench::run(args).await,
         Command::MonitorEvents(args) => monitor::run(args).await,
+        Command::ConsumerGroup { command, access } => commands::consumer_group(command, &access).await,
         Command::Device { command, access } => commands::device(command, &access).await,
         Command::Twin { command, access } => commands::twin(command, &access).await,
         Command::Query {

@@ -16,6 +16,8 @@ fn node_device_sdk_telemetry_over_every_transport_read_with_event_hubs() {
         return;
     }
     let hub = TestHub::start_with(&["--event-hubs-emulator-port", "5672"]);
+    // The script reads with a second consumer group too, created as a user creates one.
+    hub.cli(&["consumer-group", "create", "cg2"]);
     // The SDKs' development-emulator mode: the same endpoint as plain AMQP on a port of its own.
     let emulator = hub
         .event_hubs_connection_string()

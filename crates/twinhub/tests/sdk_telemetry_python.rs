@@ -47,6 +47,8 @@ fn python_device_and_event_hubs_sdks_carry_telemetry() {
         return;
     }
     let hub = TestHub::start();
+    // The script reads with a second consumer group too, created as a user creates one.
+    hub.cli(&["consumer-group", "create", "cg2"]);
     let device_policy = event_hubs_connection_string_for(&hub, "device");
     assert!(
         device_policy.contains("SharedAccessKeyName=device;"),

@@ -263,7 +263,21 @@ impl Consumer {
     /// A receiver on `<hub>/ConsumerGroups/$Default/Partitions/<partition>`, starting where the selector
     /// `expression` says (a described string, as the SDKs send it), with an owner level if given.
     async fn receiver(&mut self, partition: &str, expression: &str, owner_level: Option<i64>) -> Receiver {
-        let address = format!("{}/ConsumerGroups/$Default/Partitions/{partition}", self.hub_name);
+        self.receiver_in("$Default", partition, expression, owner_level).await
+    }
+
+    /// The same in consumer group `consumer_group`.
+    async fn receiver_in(
+        &mut self,
+        consumer_group: &str,
+        partition: &str,
+        expression: &str,
+        owner_level: Option<i64>,
+    ) -> Receiver {
+        let address = format!(
+            "{}/ConsumerGroups/{consumer_group}/Partitions/{partition}",
+            self.hub_name
+        );
         let source = Source::builder()
             .address(address)
             .add_to_filter_using_legacy_format(SELECTOR_FILTER, selector(expression))
@@ -915,4 +929,75 @@ async fn an_https_batch_arrives_as_one_event_per_message_contiguous_in_one_parti
         );
         assert_eq!(device_of(event), "dev1");
     }
+}
+
+#[tokio::test]
+async fn consumer_groups_are_created_listed_kept_deleted_and_only_existing_ones_read() {
+    // Scenario: every hub has `$Default`; a back end creates `analytics` (the REST API
+    // `twinhub consumer-group create` uses), which is listed, survives a restart and reads the same
+    // events as `$Default`; a receiver in a group nobody created is detached with amqp:not-found;
+    // `$Default` cannot be deleted, nor a group that does not exist, and a bad name is refused.
+    let mut hub = TestHub::start();
+    let ca = hub.ca_path();
+    let api = Service::new(&hub.owner_connection_string(), &ca);
+    let host = hub.host();
+    let key = api.register_device("dev1").await;
+    let groups = "/eventHubEndpoints/events/ConsumerGroups";
+    let names = async |api: &Service| -> Vec<String> {
+        let listed = api.call(reqwest::Method::GET, groups, None, None).await;
+        assert_eq!(listed.status, 200, "{}", listed.body);
+        listed.body["value"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|group| group["name"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(names(&api).await, ["$Default"]);
+    for _ in 0..2 {
+        let created = api
+            .call(reqwest::Method::PUT, &format!("{groups}/analytics"), None, None)
+            .await;
+        assert_eq!(created.status, 200, "creating twice is fine: {}", created.body);
+    }
+    for (name, status) in [("$Default", 400), ("bad%20name", 400), ("nobody", 404)] {
+        let refused = api
+            .call(reqwest::Method::DELETE, &format!("{groups}/{name}"), None, None)
+            .await;
+        assert_eq!(refused.status, status, "delete {name}: {}", refused.body);
+    }
+    let reply = post_events(
+        &api,
+        &host,
+        "dev1",
+        &device_token(&host, "dev1", &key),
+        "application/json",
+        &[],
+        b"{\"n\":1}".to_vec(),
+    )
+    .await;
+    assert_eq!(reply.status, 204, "{}", reply.body);
+
+    hub.restart();
+    let api = Service::new(&hub.owner_connection_string(), &ca);
+    assert_eq!(names(&api).await, ["$Default", "analytics"], "kept across a restart");
+    let mut consumer = Consumer::service(&hub).await;
+    let partition = partition("dev1").to_string();
+    let mut analytics = consumer
+        .receiver_in("Analytics", &partition, "amqp.annotation.x-opt-offset > '-1'", None)
+        .await;
+    assert_eq!(body(&next_event(&mut analytics).await), b"{\"n\":1}");
+    let nobody = consumer
+        .receiver_in("nobody", &partition, "amqp.annotation.x-opt-offset > '-1'", None)
+        .await;
+    assert_eq!(
+        detach_condition(nobody).await,
+        ErrorCondition::AmqpError(AmqpError::NotFound)
+    );
+    consumer.close().await;
+    let deleted = api
+        .call(reqwest::Method::DELETE, &format!("{groups}/analytics"), None, None)
+        .await;
+    assert_eq!(deleted.status, 200, "{}", deleted.body);
+    assert_eq!(names(&api).await, ["$Default"]);
 }

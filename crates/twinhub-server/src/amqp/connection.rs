@@ -596,6 +596,18 @@ impl SessionState {
             .await;
             return;
         }
+        if !self.service.hub.has_consumer_group(&consumer_group) {
+            tracing::info!(%path, "Event Hubs receiver detached: no such consumer group");
+            let error = AmqpErrorBody::new(
+                ErrorCondition::AmqpError(AmqpError::NotFound),
+                Some(format!(
+                    "The messaging entity '{hub_name}/ConsumerGroups/{consumer_group}' could not be found."
+                )),
+                None,
+            );
+            let _ = link.close_with_error(error).await;
+            return;
+        }
         let Some(log) = self.service.hub.event_log().cloned() else {
             detach(
                 LinkEndpoint::Sender(link),

@@ -45,6 +45,8 @@ pub fn classify(error: &HubError) -> (StatusCode, &'static str) {
         HubError::Query(_) => (StatusCode::BAD_REQUEST, "ArgumentInvalid"),
         HubError::DeviceDefinedMultipleTimes(_) => (StatusCode::BAD_REQUEST, "DeviceDefinedMultipleTimes"),
         HubError::MessageTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "MessageTooLarge"),
+        HubError::ConsumerGroupName(_) => (StatusCode::BAD_REQUEST, "ArgumentInvalid"),
+        HubError::ConsumerGroupNotFound(_) => (StatusCode::NOT_FOUND, "ConsumerGroupNotFound"),
         HubError::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable"),
         HubError::Store(_) | HubError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "ServerError"),
     }

@@ -3,6 +3,7 @@
 
 mod auth;
 mod body;
+mod consumer_groups;
 mod device_events;
 mod error;
 mod registry;
@@ -52,6 +53,13 @@ pub fn router(state: RestState) -> Router {
             get(twins::get_twin).patch(twins::patch_twin).put(twins::replace_twin),
         )
         .route("/devices/query", post(twins::query))
+        .route("/eventHubEndpoints/events/ConsumerGroups", get(consumer_groups::list))
+        .route(
+            "/eventHubEndpoints/events/ConsumerGroups/{name}",
+            get(consumer_groups::get)
+                .put(consumer_groups::create)
+                .delete(consumer_groups::delete),
+        )
         // The HTTPS device API (device SAS tokens).
         .route("/devices/{id}/messages/events", post(device_events::send_events))
         .fallback(error::not_found)

@@ -140,6 +140,23 @@ impl TestHub {
         self.connection_string("iothubowner")
     }
 
+    /// Runs `twinhub <args> --data-dir <this hub's>` (a CLI command against this hub) and fails unless it
+    /// succeeds; returns what it printed.
+    pub fn cli(&self, args: &[&str]) -> String {
+        let output = Command::new(env!("CARGO_BIN_EXE_twinhub"))
+            .args(args)
+            .arg("--data-dir")
+            .arg(self.data_dir.path())
+            .output()
+            .expect("run twinhub");
+        assert!(
+            output.status.success(),
+            "twinhub {args:?} failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
     /// The Event Hubs-compatible endpoint's connection string (`service` policy), as
     /// `twinhub connection-string --event-hubs` prints it.
     pub fn event_hubs_connection_string(&self) -> String {
