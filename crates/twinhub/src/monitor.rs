@@ -4,7 +4,6 @@
 use crate::event_hubs::{annotation, event_json, Consumer, ConsumerConfig, Start};
 use crate::HubAccess;
 use anyhow::Context;
-use fe2o3_amqp::types::messaging::Body;
 use fe2o3_amqp::types::primitives::Value;
 use std::time::Duration;
 use twinhub_core::policy::ServiceConnectionString;
@@ -65,8 +64,8 @@ pub async fn run(args: MonitorArgs) -> anyhow::Result<()> {
         let mut receiver = consumer.receiver(partition, start).await?;
         let events = events.clone();
         tokio::spawn(async move {
-            while let Ok(delivery) = receiver.recv::<Body<Value>>().await {
-                if events.send(delivery.into_message()).await.is_err() {
+            while let Some(message) = crate::event_hubs::next_event(&mut receiver).await {
+                if events.send(message).await.is_err() {
                     break;
                 }
             }
