@@ -11,10 +11,10 @@ use fe2o3_amqp::connection::ConnectionHandle;
 use fe2o3_amqp::link::{DetachError, Receiver, Sender};
 use fe2o3_amqp::sasl_profile::SaslProfile;
 use fe2o3_amqp::session::SessionHandle;
-use fe2o3_amqp::types::definitions::{AmqpError, ErrorCondition, SenderSettleMode};
+use fe2o3_amqp::types::definitions::{AmqpError, ErrorCondition, LinkError, SenderSettleMode};
 use fe2o3_amqp::types::messaging::annotations::OwnedKey;
 use fe2o3_amqp::types::messaging::{
-    AmqpValue, ApplicationProperties, Body, Data, Message, MessageAnnotations, MessageId, Properties,
+    AmqpValue, ApplicationProperties, Body, Data, Message, MessageAnnotations, MessageId, Outcome, Properties,
 };
 use fe2o3_amqp::types::primitives::{Binary, SimpleValue, Symbol, Value};
 use fe2o3_amqp::{Connection, Session};
@@ -444,4 +444,47 @@ async fn desired_changes_before_a_subscription_and_across_a_hub_restart_are_not_
     assert_eq!(annotation(&catch_up, "version"), Some(Value::Long(4)));
     assert_eq!(body_json(&catch_up), json!({"b": 2, "$version": 4}));
     let _ = client.connection.close().await;
+}
+
+#[tokio::test]
+async fn telemetry_is_accepted_once_stored_and_an_oversized_message_is_rejected() {
+    // Scenario: a device sends telemetry on `/devices/dev1/messages/events`: the message is accepted
+    // (once durable); a 300 KB one is rejected with amqp:link:message-size-exceeded and never stored:
+    // `twinhub monitor-events` reads back the first alone.
+    let hub = TestHub::start();
+    let api = Service::new(&hub.owner_connection_string(), &hub.ca_path());
+    let key = api.register_device("dev1").await;
+    let (mut client, _requests, _answers) = dev1_twin(&hub, &key, 1).await;
+    let mut telemetry = Sender::attach(&mut client.session, "telemetry", "/devices/dev1/messages/events")
+        .await
+        .expect("telemetry link");
+    let message = |body: Vec<u8>| {
+        Message::builder()
+            .properties(Properties {
+                message_id: Some(MessageId::String("m1".into())),
+                ..Properties::default()
+            })
+            .data(Binary::from(body))
+            .build()
+    };
+    let outcome = telemetry.send(message(br#"{"t":1}"#.to_vec())).await.expect("sent");
+    assert!(matches!(outcome, Outcome::Accepted(_)), "{outcome:?}");
+    let outcome = telemetry.send(message(vec![b'x'; 300 * 1024])).await.expect("sent");
+    match outcome {
+        Outcome::Rejected(rejected) => assert_eq!(
+            rejected.error.map(|error| error.condition),
+            Some(ErrorCondition::LinkError(LinkError::MessageSizeExceeded))
+        ),
+        other => panic!("expected a rejection, got {other:?}"),
+    }
+    let _ = client.connection.close().await;
+    let printed = hub.cli(&["monitor-events", "--from-start", "--timeout", "3"]);
+    let events: Vec<serde_json::Value> = printed
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("one JSON event per line"))
+        .collect();
+    assert_eq!(events.len(), 1, "{printed}");
+    assert_eq!(events[0]["event"]["origin"], "dev1");
+    assert_eq!(events[0]["event"]["payload"], json!({"t": 1}));
+    assert_eq!(events[0]["event"]["properties"]["system"]["message-id"], "m1");
 }
