@@ -1,4 +1,4 @@
-//! The hub service: the one API every transport calls (REST and MQTT today; AMQP next).
+//! The hub service: the one API every transport calls (REST, MQTT, AMQP, the HTTPS device API).
 //!
 //! Reads come from an immutable snapshot of every device record (an ordered persistent map swapped
 //! atomically), so they never wait for writes and a query pages over a consistent, sorted view.
