@@ -32,6 +32,8 @@ from azure.iot.hub import IoTHubRegistryManager
 CONNECTION_STRING = os.environ.get("TWINHUB_CONNECTION_STRING")
 EVENTHUBS_CONNECTION_STRING = os.environ.get("TWINHUB_EVENTHUBS_CONNECTION_STRING")
 DEVICE_POLICY_EVENTHUBS_CONNECTION_STRING = os.environ.get("TWINHUB_DEVICE_POLICY_EVENTHUBS_CONNECTION_STRING")
+# The SDK's development-emulator mode (UseDevelopmentEmulator=true: plain AMQP), when the hub serves it.
+EMULATOR_CONNECTION_STRING = os.environ.get("TWINHUB_EVENTHUBS_EMULATOR_CONNECTION_STRING")
 CA = os.environ.get("TWINHUB_CA")
 if not (CONNECTION_STRING and EVENTHUBS_CONNECTION_STRING and DEVICE_POLICY_EVENTHUBS_CONNECTION_STRING and CA):
     print(
@@ -384,6 +386,17 @@ def main():
         sorted(positions(records)),
         "events read by cg2 (partition, sequence number, offset, message id)",
     )
+
+    if EMULATOR_CONNECTION_STRING:
+        log("development-emulator mode (UseDevelopmentEmulator=true, plain AMQP): the same {} events".format(total))
+        plain = receive_sync(
+            EMULATOR_CONNECTION_STRING, total, partition_ids, "emulator mode from -1", starting_position="-1"
+        )
+        check_equal(
+            sorted(positions(plain)),
+            sorted(positions(records)),
+            "events read in emulator mode (partition, sequence number, offset, message id)",
+        )
 
     log("partition {} properties agree with what was read".format(partition))
     client = consumer(EVENTHUBS_CONNECTION_STRING)

@@ -46,10 +46,15 @@ fn python_device_and_event_hubs_sdks_carry_telemetry() {
         println!("python_device_and_event_hubs_sdks_carry_telemetry: skipped (TWINHUB_SKIP_SDK_TESTS=1)");
         return;
     }
-    let hub = TestHub::start();
+    let hub = TestHub::start_with(&["--event-hubs-emulator-port", "5672"]);
     // The script reads with a second consumer group too, created as a user creates one.
     hub.cli(&["consumer-group", "create", "cg2"]);
     let device_policy = event_hubs_connection_string_for(&hub, "device");
+    // The same endpoint as plain AMQP on a port of its own, as the SDK's emulator mode reaches it.
+    let emulator = hub
+        .event_hubs_connection_string()
+        .replace(&format!("sb://{}/", hub.host()), &format!("sb://{}:5672/", hub.host()))
+        + ";UseDevelopmentEmulator=true";
     assert!(
         device_policy.contains("SharedAccessKeyName=device;"),
         "the device policy's Event Hubs connection string: {device_policy}"
@@ -57,7 +62,10 @@ fn python_device_and_event_hubs_sdks_carry_telemetry() {
     let output = run_python(
         "telemetry_test.py",
         &hub,
-        &[("TWINHUB_DEVICE_POLICY_EVENTHUBS_CONNECTION_STRING", device_policy)],
+        &[
+            ("TWINHUB_DEVICE_POLICY_EVENTHUBS_CONNECTION_STRING", device_policy),
+            ("TWINHUB_EVENTHUBS_EMULATOR_CONNECTION_STRING", emulator),
+        ],
     );
     println!(
         "python_device_and_event_hubs_sdks_carry_telemetry: telemetry_test.py passed:\n{}",
