@@ -50,6 +50,23 @@ pub enum ServiceAuthError {
     MissingPermission,
 }
 
+/// The policy `token` names, if one of its keys signed it (`signed_with` says how a key signs).
+fn signing_policy<'p>(
+    token: &SasToken,
+    policies: &'p [SharedAccessPolicy],
+    signed_with: fn(&SasToken, &str) -> bool,
+) -> Result<&'p SharedAccessPolicy, ServiceAuthError> {
+    let key_name = token.key_name.as_deref().ok_or(ServiceAuthError::NoPolicyNamed)?;
+    let policy = policies
+        .iter()
+        .find(|policy| policy.name == key_name)
+        .ok_or(ServiceAuthError::UnknownPolicy)?;
+    if !(signed_with(token, &policy.primary_key) | signed_with(token, &policy.secondary_key)) {
+        return Err(ServiceAuthError::BadSignature);
+    }
+    Ok(policy)
+}
+
 /// Checks a back end's `token` (signed with a shared access policy's key, `skn`) for `permission` on hub
 /// `hostname` at `now_unix_seconds`. Device tokens carry no key name and never pass.
 pub fn authorize_service(
@@ -59,14 +76,7 @@ pub fn authorize_service(
     permission: Permission,
     now_unix_seconds: i64,
 ) -> Result<(), ServiceAuthError> {
-    let key_name = token.key_name.as_deref().ok_or(ServiceAuthError::NoPolicyNamed)?;
-    let policy = policies
-        .iter()
-        .find(|policy| policy.name == key_name)
-        .ok_or(ServiceAuthError::UnknownPolicy)?;
-    if !(token.is_signed_with(&policy.primary_key) | token.is_signed_with(&policy.secondary_key)) {
-        return Err(ServiceAuthError::BadSignature);
-    }
+    let policy = signing_policy(token, policies, SasToken::is_signed_with)?;
     if token.is_expired(now_unix_seconds) {
         return Err(ServiceAuthError::Expired);
     }
@@ -89,14 +99,8 @@ pub fn authorize_event_hubs(
     policies: &[SharedAccessPolicy],
     now_unix_seconds: i64,
 ) -> Result<String, ServiceAuthError> {
-    let key_name = token.key_name.as_deref().ok_or(ServiceAuthError::NoPolicyNamed)?;
-    let policy = policies
-        .iter()
-        .find(|policy| policy.name == key_name)
-        .ok_or(ServiceAuthError::UnknownPolicy)?;
-    if !(token.is_signed_with_key_text(&policy.primary_key) | token.is_signed_with_key_text(&policy.secondary_key)) {
-        return Err(ServiceAuthError::BadSignature);
-    }
+    // Event Hubs clients sign with the key's text, not its Base64 decoding.
+    let policy = signing_policy(token, policies, SasToken::is_signed_with_key_text)?;
     if token.is_expired(now_unix_seconds) {
         return Err(ServiceAuthError::Expired);
     }

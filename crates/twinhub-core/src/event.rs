@@ -81,6 +81,16 @@ pub struct StoredEvent {
     pub event: DeviceEvent,
 }
 
+/// Refuses messages sent together (an HTTPS batch, or one message) over IoT Hub's size limit, which
+/// counts a batch as one message.
+pub fn check_size(events: &[DeviceEvent]) -> Result<(), MessageTooLarge> {
+    let size = events.iter().map(DeviceEvent::size).sum();
+    if size > MESSAGE_BYTES_MAX {
+        return Err(MessageTooLarge { size });
+    }
+    Ok(())
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("the message is {size} bytes with its properties, more than the {MESSAGE_BYTES_MAX} bytes IoT Hub allows")]
 pub struct MessageTooLarge {
@@ -90,11 +100,7 @@ pub struct MessageTooLarge {
 impl DeviceEvent {
     /// Refuses a message over IoT Hub's size limit.
     pub fn check_size(&self) -> Result<(), MessageTooLarge> {
-        let size = self.size();
-        if size > MESSAGE_BYTES_MAX {
-            return Err(MessageTooLarge { size });
-        }
-        Ok(())
+        check_size(std::slice::from_ref(self))
     }
 
     /// Bytes it counts for against IoT Hub's 256 KB message limit: the body, the properties and the

@@ -123,13 +123,9 @@ impl EventLog {
     }
 
     /// Appends a device's events, contiguous in its partition; answers once they are durable. Refuses
-    /// them all when one is over IoT Hub's size limit.
+    /// them all when together they are over IoT Hub's size limit (a batch counts as one message).
     pub async fn append(&self, origin: EventOrigin, events: Vec<DeviceEvent>) -> Result<Vec<Enqueued>, HubError> {
-        for event in &events {
-            event
-                .check_size()
-                .map_err(|too_large| HubError::MessageTooLarge(too_large.size))?;
-        }
+        twinhub_core::event::check_size(&events).map_err(|too_large| HubError::MessageTooLarge(too_large.size))?;
         let (reply, answer) = oneshot::channel();
         self.appends
             .send(AppendCommand { origin, events, reply })

@@ -15,6 +15,9 @@ use std::sync::Arc;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
+/// An event as the consumer receives it.
+pub type Event = Message<Body<Value>>;
+
 /// Who reads, and where.
 #[derive(Clone)]
 pub struct ConsumerConfig {
@@ -148,6 +151,24 @@ impl Consumer {
         Ok(ids)
     }
 
+    /// Receivers on every partition from `start`, their events funnelled into one channel as they come.
+    pub async fn receive_all(&mut self, start: Start) -> anyhow::Result<tokio::sync::mpsc::Receiver<Event>> {
+        let (events, incoming) = tokio::sync::mpsc::channel(8192);
+        for partition in self.partition_ids().await? {
+            let partition: u16 = partition.parse().context("a partition id that is not a number")?;
+            let mut receiver = self.receiver(partition, start).await?;
+            let events = events.clone();
+            tokio::spawn(async move {
+                while let Some(event) = next_event(&mut receiver).await {
+                    if events.send(event).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        Ok(incoming)
+    }
+
     /// A receiver on `partition` from `start`.
     pub async fn receiver(&mut self, partition: u16, start: Start) -> anyhow::Result<Receiver> {
         let address = format!(
@@ -180,7 +201,7 @@ impl Consumer {
 
 /// The next event of a receiver. Each is acknowledged: the hub sends them pre-settled, so that puts
 /// nothing on the wire, but fe2o3 renews the link credit only as deliveries are settled here.
-pub async fn next_event(receiver: &mut Receiver) -> Option<Message<Body<Value>>> {
+async fn next_event(receiver: &mut Receiver) -> Option<Event> {
     let delivery = receiver.recv::<Body<Value>>().await.ok()?;
     receiver.accept(&delivery).await.ok()?;
     Some(delivery.into_message())

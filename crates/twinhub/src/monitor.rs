@@ -58,20 +58,7 @@ pub async fn run(args: MonitorArgs) -> anyhow::Result<()> {
     } else {
         Start::Latest
     };
-    let (events, mut incoming) = tokio::sync::mpsc::channel(1024);
-    for partition in consumer.partition_ids().await? {
-        let partition: u16 = partition.parse().context("a partition id that is not a number")?;
-        let mut receiver = consumer.receiver(partition, start).await?;
-        let events = events.clone();
-        tokio::spawn(async move {
-            while let Some(message) = crate::event_hubs::next_event(&mut receiver).await {
-                if events.send(message).await.is_err() {
-                    break;
-                }
-            }
-        });
-    }
-    drop(events);
+    let mut incoming = consumer.receive_all(start).await?;
     eprintln!("monitoring events (Ctrl-C to stop)");
     let deadline = args
         .timeout

@@ -5,9 +5,10 @@
 //! `amqps://`) and carries the SAS token as an amqp-value string body. The response must echo the
 //! request's message-id as correlation-id *with its AMQP type*, and `status-code` must be an AMQP int.
 
+use super::request_response::application_string;
 use super::AmqpService;
 use fe2o3_amqp_types::messaging::{Body, Message};
-use fe2o3_amqp_types::primitives::{SimpleValue, Value};
+use fe2o3_amqp_types::primitives::Value;
 use std::collections::HashMap;
 use twinhub_core::device_auth::{authorize_device, authorize_event_hubs, authorize_service, entity_path};
 use twinhub_core::sas::SasToken;
@@ -35,20 +36,25 @@ impl Authorizations {
         self.service_expiry.is_some_and(|expiry| expiry > now)
     }
 
-    /// Whether an Event Hubs token of this connection covers the entity `path` (lower case).
-    pub fn covers_event_hub(&self, path: &str) -> bool {
+    /// The entity paths this connection's unexpired Event Hubs tokens cover.
+    fn event_hub_scopes(&self) -> impl Iterator<Item = &str> {
         let now = Timestamp::now().unix_seconds().max(0) as u64;
         self.event_hub_scopes
             .iter()
-            .any(|(scope, expiry)| *expiry > now && super::event_hubs::address::covers(scope, path))
+            .filter(move |(_, expiry)| *expiry > now)
+            .map(|(scope, _)| scope.as_str())
+    }
+
+    /// Whether an Event Hubs token of this connection covers the entity `path` (lower case).
+    pub fn covers_event_hub(&self, path: &str) -> bool {
+        self.event_hub_scopes()
+            .any(|scope| super::event_hubs::address::covers(scope, path))
     }
 
     /// Whether this connection holds a valid Event Hubs token for anything under `hub` (lower case).
     pub fn has_event_hub_token(&self, hub: &str) -> bool {
-        let now = Timestamp::now().unix_seconds().max(0) as u64;
-        self.event_hub_scopes
-            .iter()
-            .any(|(scope, expiry)| *expiry > now && super::event_hubs::address::covers(hub, scope))
+        self.event_hub_scopes()
+            .any(|scope| super::event_hubs::address::covers(hub, scope))
     }
 
     pub fn covers(&self, device_id: &DeviceId) -> bool {
@@ -106,14 +112,6 @@ fn audience_device(audience: &str) -> Result<DeviceId, String> {
         return Err("module identities are not supported yet".into());
     }
     DeviceId::new(rest.trim_end_matches('/')).map_err(|error| error.to_string())
-}
-
-fn application_string(message: &Message<Body<Value>>, key: &str) -> Option<String> {
-    match message.application_properties.as_ref()?.0.get(key)? {
-        SimpleValue::String(text) => Some(text.clone()),
-        SimpleValue::Symbol(symbol) => Some(symbol.as_str().to_owned()),
-        _ => None,
-    }
 }
 
 fn body_string(message: &Message<Body<Value>>) -> Option<String> {
@@ -241,12 +239,6 @@ fn event_hub_token(service: &AmqpService, authorizations: &mut Authorizations, t
             refused(401, "Unauthorized")
         }
     }
-}
-
-/// The response to `request`: correlation-id = its message-id (same AMQP type), `to` = its reply-to, the
-/// status and description (the same reply shape as `$management`'s).
-pub fn response(request: &Message<Body<Value>>, status: i32, description: String) -> Message<Body<Value>> {
-    super::event_hubs::management::response(request, status, &description, None)
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@
 use super::cbs::{self, Authorizations};
 use super::event_hubs::{self, address::EventHubAddress};
 use super::header::{self, Protocol};
+use super::request_response;
 use super::sasl::IotHubSasl;
 use super::twin;
 use super::AmqpService;
@@ -329,7 +330,7 @@ impl SessionState {
                             tracing::info!(%error, "could not record the connection");
                         }
                     }
-                    let response = cbs::response(&request, outcome.status, outcome.description);
+                    let response = request_response::response(&request, outcome.status, &outcome.description, None);
                     self.cbs.respond(response).await;
                 }
                 Incoming::Cbs(Err(error)) => {
@@ -596,18 +597,6 @@ impl SessionState {
             .await;
             return;
         }
-        if !self.service.hub.has_consumer_group(&consumer_group) {
-            tracing::info!(%path, "Event Hubs receiver detached: no such consumer group");
-            let error = AmqpErrorBody::new(
-                ErrorCondition::AmqpError(AmqpError::NotFound),
-                Some(format!(
-                    "The messaging entity '{hub_name}/ConsumerGroups/{consumer_group}' could not be found."
-                )),
-                None,
-            );
-            let _ = link.close_with_error(error).await;
-            return;
-        }
         let Some(log) = self.service.hub.event_log().cloned() else {
             detach(
                 LinkEndpoint::Sender(link),
@@ -617,6 +606,11 @@ impl SessionState {
             return;
         };
         let opened = async {
+            if !self.service.hub.has_consumer_group(&consumer_group) {
+                return Err(event_hubs::receiver::Refusal::not_found(format!(
+                    "The messaging entity '{hub_name}/ConsumerGroups/{consumer_group}' could not be found."
+                )));
+            }
             let partition_id = partition
                 .parse::<u16>()
                 .ok()
@@ -660,7 +654,8 @@ impl SessionState {
         request: &Message<Body<Value>>,
         authorizations: &Arc<Mutex<Authorizations>>,
     ) -> Message<Body<Value>> {
-        use event_hubs::management::{application_string, read, read_request, response};
+        use super::request_response::{application_string, response};
+        use event_hubs::management::{read, read_request};
         let service = &self.service;
         let by_token = application_string(request, "security_token")
             .and_then(|text| twinhub_core::sas::SasToken::parse(&text).ok())

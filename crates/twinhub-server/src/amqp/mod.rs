@@ -15,6 +15,7 @@ mod connection;
 mod event_hubs;
 mod frame_padding;
 mod header;
+mod request_response;
 mod sasl;
 mod telemetry;
 mod twin;

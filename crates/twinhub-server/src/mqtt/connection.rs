@@ -551,14 +551,12 @@ impl<W: AsyncWrite + Unpin + Send> Connection<W> {
         Ok(())
     }
 
-    /// A telemetry message: to the event log, acknowledged (QoS 1) once durable. A malformed property bag
-    /// or a message over IoT Hub's size limit closes the connection, as IoT Hub does; nothing is stored.
+    /// A telemetry message: to the event log, acknowledged (QoS 1) once durable. A malformed property bag,
+    /// or a message the hub refuses (over IoT Hub's size limit), closes the connection, as IoT Hub does;
+    /// nothing is stored.
     fn telemetry(&mut self, bag: &str, payload: &[u8], retain: bool, packet_id: Option<NonZeroU16>) -> Result<(), End> {
         let event =
             property_bag::event(bag, payload, retain).map_err(|error| End::ProtocolViolation(error.to_string()))?;
-        event
-            .check_size()
-            .map_err(|error| End::ProtocolViolation(error.to_string()))?;
         let hub = Arc::clone(&self.service.hub);
         let device_id = self.client.device_id.clone();
         let module_id = self.client.module_id.clone();

@@ -653,30 +653,6 @@ async fn event_hubs_consumer(args: &BenchArgs, setup: &Setup) -> anyhow::Result<
     .await
 }
 
-/// Receivers on every partition from `start`, their events funnelled into one channel.
-async fn receive_all(
-    consumer: &mut crate::event_hubs::Consumer,
-    start: crate::event_hubs::Start,
-) -> anyhow::Result<
-    tokio::sync::mpsc::Receiver<
-        fe2o3_amqp::types::messaging::Message<fe2o3_amqp::types::messaging::Body<fe2o3_amqp::types::primitives::Value>>,
-    >,
-> {
-    let (events, incoming) = tokio::sync::mpsc::channel(8192);
-    for partition in consumer.partition_ids().await? {
-        let mut receiver = consumer.receiver(partition.parse()?, start).await?;
-        let events = events.clone();
-        tokio::spawn(async move {
-            while let Some(message) = crate::event_hubs::next_event(&mut receiver).await {
-                if events.send(message).await.is_err() {
-                    break;
-                }
-            }
-        });
-    }
-    Ok(incoming)
-}
-
 fn unix_nanos() -> u128 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -685,7 +661,7 @@ fn unix_nanos() -> u128 {
 
 async fn telemetry_end_to_end(args: &BenchArgs, setup: &Setup) -> anyhow::Result<Report> {
     let mut consumer = event_hubs_consumer(args, setup).await?;
-    let mut incoming = receive_all(&mut consumer, crate::event_hubs::Start::Latest).await?;
+    let mut incoming = consumer.receive_all(crate::event_hubs::Start::Latest).await?;
     let (progress, printer) = Progress::start(format!("{} connecting", setup.label));
     let connections = connect_all(setup, args.connect_concurrency, &progress).await?;
     printer.abort();
@@ -755,8 +731,6 @@ async fn telemetry_end_to_end(args: &BenchArgs, setup: &Setup) -> anyhow::Result
 }
 
 async fn consume(args: &BenchArgs, setup: &Setup) -> anyhow::Result<Report> {
-    let mut consumer = event_hubs_consumer(args, setup).await?;
-    let mut before = receive_all(&mut consumer, crate::event_hubs::Start::Latest).await?;
     // The backlog: saturating QoS 1 publishes until `backlog` were acknowledged.
     let (progress, printer) = Progress::start(format!("{} connecting", setup.label));
     let connections = connect_all(setup, args.connect_concurrency, &progress).await?;
@@ -788,13 +762,11 @@ async fn consume(args: &BenchArgs, setup: &Setup) -> anyhow::Result<Report> {
         total += task.await??;
     }
     printer.abort();
-    // The consumer attached before the backlog: read from the start of every partition instead.
-    before.close();
-    consumer.close().await;
+    // Then one consumer reads from the start of every partition.
     let mut consumer = event_hubs_consumer(args, setup).await?;
     let (progress, printer) = Progress::start(format!("\n{} consume", setup.label));
     let started = Instant::now();
-    let mut incoming = receive_all(&mut consumer, crate::event_hubs::Start::Earliest).await?;
+    let mut incoming = consumer.receive_all(crate::event_hubs::Start::Earliest).await?;
     let mut read = 0u64;
     while read < total {
         match tokio::time::timeout(Duration::from_secs(10), incoming.recv()).await {

@@ -5,8 +5,9 @@
 //! connection that covers the hub. Ref: eventhubs-endpoint notes §4.
 
 use super::message::millis;
-use fe2o3_amqp_types::messaging::{AmqpValue, ApplicationProperties, Body, Message, Properties};
-use fe2o3_amqp_types::primitives::{OrderedMap, SimpleValue, Timestamp, Value};
+use crate::amqp::request_response::application_string;
+use fe2o3_amqp_types::messaging::{Body, Message};
+use fe2o3_amqp_types::primitives::{OrderedMap, Timestamp, Value};
 use twinhub_hub::EventLog;
 
 /// What a READ asks for.
@@ -37,14 +38,6 @@ pub fn read_request(request: &Message<Body<Value>>, hub_name: &str) -> Result<Re
             .map(ReadRequest::Partition)
             .ok_or_else(|| (400, "a partition READ names no partition".into())),
         other => Err((400, format!("unknown management type {other:?}"))),
-    }
-}
-
-pub fn application_string(message: &Message<Body<Value>>, key: &str) -> Option<String> {
-    match message.application_properties.as_ref()?.0.get(key)? {
-        SimpleValue::String(text) => Some(text.clone()),
-        SimpleValue::Symbol(symbol) => Some(symbol.as_str().to_owned()),
-        _ => None,
     }
 }
 
@@ -99,36 +92,4 @@ pub fn read(log: &EventLog, hub_name: &str, read: &ReadRequest) -> Result<Value,
 
 fn to_long(number: u64) -> i64 {
     i64::try_from(number).unwrap_or(i64::MAX)
-}
-
-/// The reply to `request`: its message-id as correlation-id (same AMQP type), the int status and the
-/// description each under both names the SDKs read, and the body (a map) on success.
-pub fn response(
-    request: &Message<Body<Value>>,
-    status: i32,
-    description: &str,
-    body: Option<Value>,
-) -> Message<Body<Value>> {
-    let request_properties = request.properties.as_ref();
-    let properties = Properties {
-        correlation_id: request_properties.and_then(|p| p.message_id.clone()),
-        to: request_properties.and_then(|p| p.reply_to.clone()),
-        ..Properties::default()
-    };
-    let application_properties = ApplicationProperties::builder()
-        .insert("status-code", SimpleValue::Int(status))
-        // pyamqp's management link reads `statusCode` and `statusDescription` (its defaults, which the
-        // Event Hubs client's own names never reach), Node the hyphenated ones.
-        .insert("statusCode", SimpleValue::Int(status))
-        .insert("status-description", SimpleValue::String(description.to_owned()))
-        .insert("statusDescription", SimpleValue::String(description.to_owned()))
-        .build();
-    Message::builder()
-        .properties(properties)
-        .application_properties(application_properties)
-        .body(match body {
-            Some(value) => Body::Value(AmqpValue(value)),
-            None => Body::Empty,
-        })
-        .build()
 }

@@ -43,6 +43,10 @@ impl Refusal {
         )
     }
 
+    pub fn not_found(description: impl Into<String>) -> Self {
+        Refusal::new(ErrorCondition::AmqpError(AmqpError::NotFound), description)
+    }
+
     pub fn argument_error(description: impl Into<String>) -> Self {
         Refusal::new(
             ErrorCondition::Custom("com.microsoft:argument-error".into()),
