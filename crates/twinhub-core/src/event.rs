@@ -52,6 +52,9 @@ pub struct EventProperties {
 /// An event as a device sent it, before the hub stamps it.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct DeviceEvent {
+    /// Stored as postcard's byte string (a length, then the bytes) in one copy: the same bytes as a
+    /// sequence of `u8`, which serde would otherwise encode and decode a byte at a time.
+    #[serde(with = "serde_bytes")]
     pub body: Vec<u8>,
     pub properties: EventProperties,
     /// Application properties, in the order the device gave them.

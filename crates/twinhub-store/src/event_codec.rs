@@ -141,3 +141,18 @@ pub fn decode_partition_count(name: &str, value: &[u8]) -> Result<u16, StoreErro
         }),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    /// Event bodies are encoded as byte strings; logs written when they were sequences of `u8` must read
+    /// the same, which holds because postcard gives both forms the same bytes.
+    #[test]
+    fn a_body_as_byte_string_has_the_bytes_of_a_byte_sequence() {
+        for body in [vec![], vec![0u8, 1, 127, 128, 255], vec![b'x'; 300]] {
+            assert_eq!(
+                postcard::to_allocvec(&body).expect("a sequence encodes"),
+                postcard::to_allocvec(&serde_bytes::Bytes::new(&body)).expect("a byte string encodes"),
+            );
+        }
+    }
+}
