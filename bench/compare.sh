@@ -21,6 +21,7 @@ REST_CLIENTS=${REST_CLIENTS:-64}
 # Reported patches are also timed at a steady rate: half the 50,000/s target by default.
 REPORTED_RATE=${REPORTED_RATE:-25000}
 TELEMETRY_RATE=${TELEMETRY_RATE:-10000}
+METHOD_RATE=${METHOD_RATE:-1000}
 BACKLOG=${BACKLOG:-1000000}
 HOST=${HOST:-127.77.0.1}
 BROKER=${BROKER:-127.0.0.1:18883}
@@ -97,6 +98,9 @@ echo "== twin GET over MQTT"
 hub twin-get --devices "$DEVICES" --in-flight "$IN_FLIGHT" --seconds "$SECONDS_RUN" --json "$OUT/hub-twin-get.json"
 echo "== REST: twin GET, then PATCH, $REST_CLIENTS clients"
 hub rest --devices "$DEVICES" --clients "$REST_CLIENTS" --seconds "$SECONDS_RUN" --json "$OUT/hub-rest.json"
+echo "== direct methods over HTTPS, answered over MQTT: $REST_CLIENTS clients saturating, then $METHOD_RATE/s"
+hub method --devices "$DEVICES" --clients "$REST_CLIENTS" --seconds "$SECONDS_RUN" --json "$OUT/hub-method.json"
+hub method --devices "$DEVICES" --clients "$REST_CLIENTS" --rate "$METHOD_RATE" --seconds "$SECONDS_RUN" --json "$OUT/hub-method-rate.json"
 echo "== desired notifications at $DESIRED_RATE PATCH/s"
 hub desired --devices "$DEVICES" --rate "$DESIRED_RATE" --seconds "$SECONDS_RUN" --json "$OUT/hub-desired.json"
 
@@ -111,6 +115,7 @@ he, hcons = load("hub-telemetry-e2e"), load("hub-consume")
 hr, hh = load("hub-reported"), load("hub-reported-half")
 ha = load("hub-reported-amqp")
 hg, rest, hd = load("hub-twin-get"), load("hub-rest"), load("hub-desired")
+hm, hmr = load("hub-method"), load("hub-method-rate")
 
 def row(what, value, unit, p50=None, p99=None, ratio=None, target=""):
     lat = "" if p50 is None else "{:>8.2f} {:>8.2f}".format(p50, p99)
@@ -144,6 +149,8 @@ row("twinhub:   twin GET over MQTT/s", hg["per_second"], "/s", *l(hg), target=">
 row("twinhub:   twin GET over REST/s", rest["per_second"], "/s", *l(rest), target=">= 50,000/s")
 row("twinhub:   twin PATCH over REST/s", rest["patch_per_second"], "/s",
     rest["patch_latency"]["p50_ms"], rest["patch_latency"]["p99_ms"])
+row("twinhub:   direct method round trips/s", hm["per_second"], "/s", *l(hm), target=">= 20,000/s")
+row("twinhub:   direct methods at a steady rate", hmr["per_second"], "/s", *l(hmr), target="p99 < 5 ms at 1,000/s")
 row("twinhub:   desired PATCH -> notification", hd["per_second"], "/s", *l(hd), target="p99 < 5 ms at 1,000/s")
 print()
 print("ratio: twinhub / mosquitto (memory: lower is better). Figures: " + out)

@@ -13,6 +13,7 @@ pub mod etag;
 pub mod event;
 pub mod ids;
 pub mod json;
+pub mod method;
 pub mod policy;
 pub mod record;
 pub mod rules;

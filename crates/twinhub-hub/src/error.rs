@@ -30,6 +30,12 @@ pub enum HubError {
     DeviceDefinedMultipleTimes(DeviceId),
     #[error("{0}")]
     Query(#[from] twinhub_query::QueryError),
+    #[error("The device '{0}' is not online: it is not connected, or not subscribed to direct methods")]
+    DeviceNotOnline(String),
+    #[error("Timed out waiting for the device to answer the method within {0} seconds")]
+    MethodTimeout(u64),
+    #[error("{0}")]
+    MethodCall(#[from] twinhub_core::method::MethodCallError),
     #[error("the store failed; the write was not applied: {0}")]
     Store(#[source] StoreError),
     #[error("the hub is shutting down")]

@@ -8,6 +8,7 @@
 //! after an acknowledgement sees it, and versions and etags cannot race.
 
 mod bulk;
+pub mod device_router;
 mod error;
 pub mod event_log;
 mod events;
@@ -27,6 +28,9 @@ use twinhub_core::{DeviceId, DeviceRecord, DeviceStatus, TwinRules};
 use twinhub_store::{EventStore, Store};
 
 pub use bulk::{BulkError, BulkOperation, BulkOutcome, ImportMode};
+pub use device_router::{
+    DeviceMail, DeviceRouter, Endpoint, Interests, Mailbox, MethodRequest, MethodRequestId, Registration,
+};
 pub use error::HubError;
 pub use event_log::{Enqueued, EventLog, EventLogConfig, PartitionState};
 pub use events::HubEvent;
@@ -78,6 +82,8 @@ pub struct Hub {
     events: broadcast::Sender<HubEvent>,
     /// Device-to-cloud events; `None` for a hub started without an event store (benchmarks of the registry).
     event_log: Option<Arc<EventLog>>,
+    /// Device connections by device, for desired notifications and direct methods.
+    router: Arc<DeviceRouter>,
     config: HubConfig,
 }
 
@@ -132,6 +138,8 @@ impl Hub {
         }));
         let (writes, queue) = mpsc::channel(config.write_queue_operations_max);
         let (events, _) = broadcast::channel(events::EVENT_QUEUE_MAX);
+        let router = Arc::new(DeviceRouter::default());
+        tokio::spawn(device_router::route_events(events.subscribe(), Arc::clone(&router)));
         tokio::spawn(writer::run(
             queue,
             Arc::clone(&snapshot),
@@ -145,6 +153,7 @@ impl Hub {
             writes,
             events,
             event_log,
+            router,
             config,
         }))
     }
@@ -186,6 +195,22 @@ impl Hub {
             generation_id,
         };
         log.append(origin, events).await
+    }
+
+    /// Where device connections register to receive desired notifications and method requests.
+    pub fn device_router(&self) -> &Arc<DeviceRouter> {
+        &self.router
+    }
+
+    /// A direct method on a device (or module): its answer, `DeviceNotFound`, `DeviceNotOnline` once the
+    /// call's connect timeout passed, or `MethodTimeout` once its response timeout passed.
+    pub async fn invoke_method(
+        &self,
+        endpoint: &Endpoint,
+        call: twinhub_core::method::MethodCall,
+    ) -> Result<twinhub_core::method::MethodAnswer, HubError> {
+        self.device(&endpoint.device_id)?;
+        self.router.call(endpoint, call).await
     }
 
     pub fn rules(&self) -> &TwinRules {

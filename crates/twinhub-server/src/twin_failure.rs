@@ -70,6 +70,9 @@ impl From<&HubError> for TwinFailure {
             HubError::ConsumerGroupName(_) => (400, 400004),
             HubError::ConsumerGroupNotFound(_) => (404, 404001),
             HubError::ShuttingDown => (503, 503001),
+            HubError::DeviceNotOnline(_) => (404, 404103),
+            HubError::MethodTimeout(_) => (504, 504101),
+            HubError::MethodCall(_) => (400, 400004),
             HubError::Store(_) | HubError::Internal(_) => (500, 500001),
         };
         if status >= 500 {

@@ -1,4 +1,4 @@
-//! `twinhub device ...` and `twinhub twin ...`: tables for lists, JSON for documents.
+//! `twinhub device ...`, `twinhub twin ...` and `twinhub method ...`: tables for lists, JSON for documents.
 
 use crate::client::ServiceClient;
 use crate::HubAccess;
@@ -45,6 +45,29 @@ pub enum TwinCommand {
         /// Only update if the twin's etag is still this one.
         #[arg(long)]
         etag: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum MethodCommand {
+    /// Call a direct method on a connected device and print its answer: `{"status":..,"payload":..}`.
+    Invoke {
+        /// The device.
+        id: String,
+        /// The method's name.
+        name: String,
+        /// The payload, as JSON.
+        #[arg(long, default_value = "null")]
+        payload: String,
+        /// Call it on this module of the device.
+        #[arg(long)]
+        module: Option<String>,
+        /// Seconds to wait for the answer (5 to 300).
+        #[arg(long, default_value_t = 30)]
+        response_timeout: u64,
+        /// Seconds to wait for the device to come online first (0 to 300).
+        #[arg(long, default_value_t = 0)]
+        connect_timeout: u64,
     },
 }
 
@@ -159,6 +182,33 @@ pub async fn twin(command: TwinCommand, access: &HubAccess) -> anyhow::Result<()
                     )
                     .await?,
             )
+        }
+    }
+}
+
+pub async fn method(command: MethodCommand, access: &HubAccess) -> anyhow::Result<()> {
+    let client = ServiceClient::new(access)?;
+    match command {
+        MethodCommand::Invoke {
+            id,
+            name,
+            payload,
+            module,
+            response_timeout,
+            connect_timeout,
+        } => {
+            let payload: serde_json::Value = serde_json::from_str(&payload).context("--payload is not valid JSON")?;
+            let body = json!({
+                "methodName": name,
+                "payload": payload,
+                "responseTimeoutInSeconds": response_timeout,
+                "connectTimeoutInSeconds": connect_timeout,
+            });
+            let path = match module {
+                Some(module) => format!("/twins/{}/modules/{}/methods", encode(&id), encode(&module)),
+                None => format!("/twins/{}/methods", encode(&id)),
+            };
+            print_json(&client.send(Method::POST, &path, Some(&body), None).await?)
         }
     }
 }

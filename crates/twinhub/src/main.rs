@@ -94,6 +94,13 @@ enum Command {
         #[command(flatten)]
         access: HubAccess,
     },
+    /// Direct methods on devices.
+    Method {
+        #[command(subcommand)]
+        command: commands::MethodCommand,
+        #[command(flatten)]
+        access: HubAccess,
+    },
     /// Device twins.
     Twin {
         #[command(subcommand)]
@@ -167,6 +174,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::ConsumerGroup { command, access } => commands::consumer_group(command, &access).await,
         Command::Device { command, access } => commands::device(command, &access).await,
         Command::Twin { command, access } => commands::twin(command, &access).await,
+        Command::Method { command, access } => commands::method(command, &access).await,
         Command::Query {
             sql,
             page_size,

@@ -5,6 +5,7 @@
 use super::cbs::{self, Authorizations};
 use super::event_hubs::{self, address::EventHubAddress};
 use super::header::{self, Protocol};
+use super::methods;
 use super::request_response;
 use super::sasl::IotHubSasl;
 use super::twin;
@@ -24,9 +25,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::{broadcast, Mutex};
+use tokio::sync::{Mutex, Notify};
 use twinhub_core::DeviceId;
-use twinhub_hub::HubEvent;
+use twinhub_hub::{DeviceMail, Endpoint, Interests, Mailbox, Registration};
 
 /// IoT Edge's idle timeout, advertised so clients send empty frames at half of it.
 const IDLE_TIMEOUT_MS: u32 = 240_000;
@@ -158,6 +159,15 @@ struct SessionState {
     twin_requests: Option<Receiver>,
     /// Answers waiting for their commit.
     pending: FuturesUnordered<BoxFuture<'static, Message<Body<Value>>>>,
+    /// The device this session serves in the hub's device router (one per session, as every SDK does
+    /// it): desired notifications and method requests arrive in its mailbox.
+    route: Option<(Registration, Mailbox)>,
+    /// The route's resync signal, apart from `route` so both can be awaited at once.
+    route_resync: Option<Arc<Notify>>,
+    /// Method requests go out on the client's receiver link `/devices/{id}/methods/devicebound`.
+    method_requests: Option<Sender>,
+    /// Method answers come in on the client's sender link of the same address.
+    method_answers: Option<Receiver>,
     /// Links kept open without behaviour yet (telemetry, C2D, methods): a later issue serves them.
     idle: Vec<LinkEndpoint>,
 }
@@ -167,7 +177,6 @@ struct TwinLinks {
     responses: Option<Sender>,
     unsent: Vec<Message<Body<Value>>>,
     subscribed: bool,
-    events: broadcast::Receiver<HubEvent>,
 }
 
 enum Incoming {
@@ -176,9 +185,14 @@ enum Incoming {
     Cbs(Result<fe2o3_amqp::link::delivery::Delivery<Body<Value>>, fe2o3_amqp::link::RecvError>),
     Management(Result<fe2o3_amqp::link::delivery::Delivery<Body<Value>>, fe2o3_amqp::link::RecvError>),
     Twin(Result<fe2o3_amqp::link::delivery::Delivery<Body<Value>>, fe2o3_amqp::link::RecvError>),
-    Desired(Result<HubEvent, broadcast::error::RecvError>),
+    Mail(Option<DeviceMail>),
+    Resync,
+    MethodAnswer(Result<fe2o3_amqp::link::delivery::Delivery<Body<Value>>, fe2o3_amqp::link::RecvError>),
     Answered(Message<Body<Value>>),
 }
+
+/// Mail (desired changes, method requests) a session may have queued in the device router.
+const ROUTE_MAILBOX_CAPACITY: usize = 64;
 
 /// Reported patches of one session waiting for their commit; past this the twin link is not read
 /// until some complete (back-pressure), as over MQTT.
@@ -218,6 +232,8 @@ enum Address {
     Twin(String),
     /// The device's telemetry (`/devices/{id}/messages/events`).
     Telemetry(String),
+    /// The device's direct methods (`/devices/{id}/methods/devicebound`).
+    Methods(String),
     /// C2D, methods and the like, for this device.
     DeviceOther(String),
     /// The Event Hubs-compatible endpoint: `$management` or a partition of a consumer group.
@@ -262,6 +278,8 @@ fn classify(address: &str, hub_name: &str) -> Address {
         Address::Twin(device)
     } else if tail.trim_end_matches('/').eq_ignore_ascii_case("messages/events") {
         Address::Telemetry(device)
+    } else if tail.trim_end_matches('/').eq_ignore_ascii_case("methods/devicebound") {
+        Address::Methods(device)
     } else {
         Address::DeviceOther(device)
     }
@@ -289,6 +307,10 @@ impl SessionState {
             twin: None,
             twin_requests: None,
             pending: FuturesUnordered::new(),
+            route: None,
+            route_resync: None,
+            method_requests: None,
+            method_answers: None,
             idle: Vec::new(),
         }
     }
@@ -305,12 +327,19 @@ impl SessionState {
                     delivery = recv_on(&mut self.management.requests) => Incoming::Management(delivery),
                     delivery = recv_on(&mut self.twin_requests), if self.pending.len() < TWIN_REQUESTS_IN_FLIGHT_MAX => Incoming::Twin(delivery),
                     Some(answer) = self.pending.next(), if !self.pending.is_empty() => Incoming::Answered(answer),
-                    event = async {
-                        match self.twin.as_mut() {
-                            Some(twin) if twin.subscribed => twin.events.recv().await,
-                            _ => std::future::pending().await,
+                    mail = async {
+                        match self.route.as_mut() {
+                            Some((_, mailbox)) => mailbox.mail.recv().await,
+                            None => std::future::pending().await,
                         }
-                    } => Incoming::Desired(event),
+                    } => Incoming::Mail(mail),
+                    () = async {
+                        match self.route_resync.as_ref() {
+                            Some(resync) => resync.notified().await,
+                            None => std::future::pending().await,
+                        }
+                    } => Incoming::Resync,
+                    delivery = recv_on(&mut self.method_answers) => Incoming::MethodAnswer(delivery),
                 }
             };
             match incoming {
@@ -354,7 +383,23 @@ impl SessionState {
                     tracing::debug!(%error, "twin request link ended");
                     self.twin_requests = None;
                 }
-                Incoming::Desired(event) => self.desired(event).await,
+                Incoming::Mail(Some(DeviceMail::Desired(change))) => self.desired(&change).await,
+                Incoming::Mail(Some(DeviceMail::Method(request))) => {
+                    // Without the requests link the call times out, as for a device that never answers.
+                    if let Some(sender) = self.method_requests.as_mut() {
+                        send_settled(sender, methods::request_message(&request)).await;
+                    }
+                }
+                Incoming::Mail(None) => {
+                    self.route = None;
+                    self.route_resync = None;
+                }
+                Incoming::Resync => self.resync_desired().await,
+                Incoming::MethodAnswer(Ok(delivery)) => self.method_answer(delivery).await,
+                Incoming::MethodAnswer(Err(error)) => {
+                    tracing::debug!(%error, "method answer link ended");
+                    self.method_answers = None;
+                }
                 Incoming::Answered(answer) => {
                     if let Some(twin) = self.twin.as_mut() {
                         twin.deliver(answer).await;
@@ -378,7 +423,10 @@ impl SessionState {
             return;
         }
         let device = match &kind {
-            Address::Twin(device) | Address::Telemetry(device) | Address::DeviceOther(device) => Some(device.clone()),
+            Address::Twin(device)
+            | Address::Telemetry(device)
+            | Address::Methods(device)
+            | Address::DeviceOther(device) => Some(device.clone()),
             _ => None,
         };
         let link = match link_acceptor().accept_incoming_attach(attach, session).await {
@@ -413,12 +461,15 @@ impl SessionState {
             (Address::Cbs, link) => self.cbs.attach(link).await,
             (Address::Twin(device), link) => {
                 let Ok(device_id) = DeviceId::new(&device) else { return };
+                if !self.route_for(&device_id) {
+                    detach(link, ErrorCondition::AmqpError(AmqpError::NotAllowed)).await;
+                    return;
+                }
                 let twin = self.twin.get_or_insert_with(|| TwinLinks {
                     device_id: device_id.clone(),
                     responses: None,
                     unsent: Vec::new(),
                     subscribed: false,
-                    events: self.service.hub.subscribe(),
                 });
                 if twin.device_id != device_id {
                     // One device's twin per session, as every SDK does it.
@@ -451,10 +502,20 @@ impl SessionState {
                     Arc::clone(authorizations),
                 ));
             }
-            (Address::DeviceOther(_), LinkEndpoint::Receiver(receiver)) => {
-                // A client sender (method responses): each message is accepted, so the SDK's send
-                // completes; direct methods come with their issue.
-                tokio::spawn(accept_everything(receiver));
+            (Address::Methods(device), link) => {
+                let Ok(device_id) = DeviceId::new(&device) else { return };
+                if !self.route_for(&device_id) {
+                    // One device per session, as every SDK does it.
+                    detach(link, ErrorCondition::AmqpError(AmqpError::NotAllowed)).await;
+                    return;
+                }
+                match link {
+                    LinkEndpoint::Receiver(receiver) => self.method_answers = Some(receiver),
+                    LinkEndpoint::Sender(sender) => {
+                        self.method_requests = Some(sender);
+                        self.listen(|interests| interests.methods = true);
+                    }
+                }
             }
             (_, link) => self.idle.push(link),
         }
@@ -487,10 +548,15 @@ impl SessionState {
         let answer = twin::answer(&self.service, &twin.device_id, &request, &mut twin.subscribed);
         let device_id = twin.device_id.clone();
         let newly_subscribed = twin.subscribed && !was_subscribed;
+        let subscribed = twin.subscribed;
         match answer {
             twin::Answer::Now(message) => twin.deliver(*message).await,
             twin::Answer::Later(future) => self.pending.push(future),
         }
+        if subscribed != was_subscribed {
+            self.listen(|interests| interests.desired = subscribed);
+        }
+        let Some(twin) = self.twin.as_mut() else { return };
         if newly_subscribed {
             // Beyond IoT Hub, as over MQTT: right after the answer, the whole document to a device that
             // missed changes (since its GET, or while the hub knew nothing of it).
@@ -506,38 +572,98 @@ impl SessionState {
         }
     }
 
-    async fn desired(&mut self, event: Result<HubEvent, broadcast::error::RecvError>) {
+    /// Registers this session's device in the hub's device router, once; false when the session
+    /// already serves another device.
+    fn route_for(&mut self, device_id: &DeviceId) -> bool {
+        if let Some((registration, _)) = &self.route {
+            return &registration.endpoint().device_id == device_id;
+        }
+        let (registration, mailbox) = self.service.hub.device_router().register(
+            Endpoint::device(device_id.clone()),
+            Interests::default(),
+            ROUTE_MAILBOX_CAPACITY,
+        );
+        self.route_resync = Some(Arc::clone(&mailbox.resync));
+        self.route = Some((registration, mailbox));
+        true
+    }
+
+    /// Changes what the session's device listens to in the router.
+    fn listen(&self, change: impl FnOnce(&mut Interests)) {
+        if let Some((registration, _)) = &self.route {
+            registration.update(change);
+        }
+    }
+
+    /// A committed desired change, sent unless the device already has it.
+    async fn desired(&mut self, change: &twinhub_core::twin::DesiredChange) {
         let Some(twin) = self.twin.as_mut() else { return };
-        let message = match event {
-            Ok(HubEvent::DesiredChanged { device_id, change }) if device_id == twin.device_id => {
-                if !self
+        if !twin.subscribed
+            || !self
+                .service
+                .desired_cursor(&twin.device_id, |cursor| cursor.take_change(change.version))
+        {
+            return;
+        }
+        twin.deliver(twin::desired_notification(change)).await;
+    }
+
+    /// The device missed desired changes (its mailbox was full, or the router lagged): the whole
+    /// document, if the version moved past what it was given.
+    async fn resync_desired(&mut self) {
+        let Some(twin) = self.twin.as_mut() else { return };
+        if !twin.subscribed {
+            return;
+        }
+        let Ok(record) = self.service.hub.device(&twin.device_id) else {
+            return;
+        };
+        let version = record.twin.desired.version;
+        if self
+            .service
+            .desired_cursor(&twin.device_id, |cursor| cursor.catch_up(version))
+        {
+            twin.deliver(twin::full_desired(&record)).await;
+        }
+    }
+
+    /// A device's answer to a direct method: accepted (Node waits for it), then handed to the waiting
+    /// call. An answer the hub cannot match is rejected with `amqp:not-found`, an unreadable one with
+    /// `amqp:decode-error`.
+    async fn method_answer(&mut self, delivery: fe2o3_amqp::link::delivery::Delivery<Body<Value>>) {
+        let Some(receiver) = self.method_answers.as_mut() else {
+            return;
+        };
+        let Some((registration, _)) = &self.route else { return };
+        let refusal = match methods::read_answer(delivery.message()) {
+            Ok((request_id, answer)) => {
+                match self
                     .service
-                    .desired_cursor(&device_id, |cursor| cursor.take_change(change.version))
+                    .hub
+                    .device_router()
+                    .answer(registration.endpoint(), request_id, answer)
                 {
-                    return;
+                    Ok(()) => None,
+                    Err(refused) => Some((ErrorCondition::AmqpError(AmqpError::NotFound), refused.to_string())),
                 }
-                twin::desired_notification(&change)
             }
-            Ok(_) => return,
-            Err(broadcast::error::RecvError::Lagged(_)) => match self.service.hub.device(&twin.device_id) {
-                Ok(record) => {
-                    let version = record.twin.desired.version;
-                    if !self
-                        .service
-                        .desired_cursor(&twin.device_id, |cursor| cursor.catch_up(version))
-                    {
-                        return;
-                    }
-                    twin::full_desired(&record)
-                }
-                Err(_) => return,
-            },
-            Err(broadcast::error::RecvError::Closed) => {
-                twin.subscribed = false;
-                return;
+            Err(unreadable) => Some((
+                ErrorCondition::AmqpError(AmqpError::DecodeError),
+                unreadable.to_string(),
+            )),
+        };
+        let settled = match refusal {
+            None => receiver.accept(&delivery).await,
+            Some((condition, description)) => {
+                tracing::info!(device_id = %registration.endpoint(), %description, "method answer refused");
+                receiver
+                    .reject(&delivery, AmqpErrorBody::new(condition, Some(description), None))
+                    .await
             }
         };
-        twin.deliver(message).await;
+        if let Err(error) = settled {
+            tracing::debug!(%error, "could not settle a method answer");
+        }
     }
 }
 
@@ -710,14 +836,6 @@ async fn send_settled(sender: &mut Sender, message: Message<Body<Value>>) {
     }
 }
 
-async fn accept_everything(mut receiver: Receiver) {
-    while let Ok(delivery) = receiver.recv::<Body<Value>>().await {
-        if receiver.accept(&delivery).await.is_err() {
-            break;
-        }
-    }
-}
-
 /// A link whose messages the hub cannot act on yet: each is rejected with `amqp:not-implemented`, so the
 /// sender learns it at once instead of believing it delivered.
 async fn refuse_everything(mut receiver: Receiver, description: &'static str) {
@@ -763,6 +881,10 @@ mod tests {
         assert_eq!(
             classify("/devices/dev1/messages/deviceBound"),
             Address::DeviceOther("dev1".into())
+        );
+        assert_eq!(
+            classify("/devices/dev1/methods/devicebound"),
+            Address::Methods("dev1".into())
         );
         assert_eq!(classify("/messages/devicebound"), Address::ServiceCloudToDevice);
         assert_eq!(

@@ -6,6 +6,7 @@
 //! - `cbs`: `put-token` on `$cbs` authorizes a device for the connection until the token expires.
 //! - `twin`: the twin links (GET, reported PATCH, desired subscription and notifications).
 //! - `telemetry`: the device's telemetry sender link, settled once each event is durable.
+//! - `methods`: direct method requests and answers on the device's methods links.
 //! - `event_hubs`: the Event Hubs-compatible endpoint (receivers of the event log, `$management`).
 //! - `frame_padding`: every performative sent at full length (the Python Event Hubs client needs it).
 //! - `connection`: sessions and links, routed by address, refused when no token covers them.
@@ -15,6 +16,7 @@ mod connection;
 mod event_hubs;
 mod frame_padding;
 mod header;
+mod methods;
 mod request_response;
 mod sasl;
 mod telemetry;

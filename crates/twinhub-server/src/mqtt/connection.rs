@@ -6,7 +6,7 @@
 //! writes everything it produced in one go before waiting again.
 
 use super::property_bag;
-use super::session::{ClientIdentity, Mail, Owner, Session};
+use super::session::{ClientIdentity, Owner, Session};
 use super::topic::{self, Inbound, Subscription};
 use super::wire::{self, Codec, ConnectAckReason, DecodeError, Packet, PacketWriter, QoS, SubscribeReturnCode};
 use super::MqttService;
@@ -22,11 +22,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::Notify;
 use tokio_util::codec::FramedRead;
 use twinhub_core::desired_delivery::DesiredCursor;
+use twinhub_hub::{DeviceMail, Endpoint, Mailbox, MethodRequest, MethodRequestId, Registration};
 
-/// Desired notifications a connection may have queued before the router asks it for a full resync instead.
+/// Mail (desired notifications, method requests) a connection may have queued; past it, desired changes
+/// become a full resync and method calls wait.
 const MAILBOX_CAPACITY: usize = 64;
 
 /// Initial read buffer of a connection.
@@ -135,6 +137,7 @@ enum Completion {
 enum Unacknowledged {
     Desired(u64),
     TwinReply,
+    MethodRequest,
 }
 
 /// What handling a packet leaves to do that needs waiting.
@@ -153,6 +156,8 @@ struct Connection<W> {
     client: ClientIdentity,
     clean_session: bool,
     session: Arc<Session>,
+    /// This connection in the hub's device router: what it listens to follows the session's subscriptions.
+    registration: Registration,
     out: PacketWriter<W>,
     unacknowledged: HashMap<u16, Unacknowledged>,
     next_packet_id: u16,
@@ -230,11 +235,9 @@ pub(crate) async fn serve<R, W>(
     }
 
     let connection_id = NEXT_CONNECTION_ID.fetch_add(1, Ordering::Relaxed);
-    let (mailbox, mut mail) = mpsc::channel(MAILBOX_CAPACITY);
     let close = Arc::new(Notify::new());
     let owner = Owner {
         connection_id,
-        mailbox,
         close: Arc::clone(&close),
     };
     let (session, session_present) = service.sessions.attach(&client, connect.clean_session, owner);
@@ -246,11 +249,21 @@ pub(crate) async fn serve<R, W>(
     }
     tracing::info!(%peer, transport, client_id = %connect.client_id, clean_session = connect.clean_session, session_present, "device connected");
 
+    let endpoint = Endpoint {
+        device_id: client.device_id.clone(),
+        module_id: client.module_id.clone(),
+    };
+    let interests = session.state().interests();
+    let (registration, mut mailbox) = service
+        .hub
+        .device_router()
+        .register(endpoint, interests, MAILBOX_CAPACITY);
     let mut connection = Connection {
         service: Arc::clone(&service),
         client,
         clean_session: connect.clean_session,
         session: Arc::clone(&session),
+        registration,
         out,
         unacknowledged: HashMap::new(),
         next_packet_id: 1,
@@ -261,7 +274,7 @@ pub(crate) async fn serve<R, W>(
     let end = connection
         .run(
             &mut packets,
-            &mut mail,
+            &mut mailbox,
             &close,
             connect.keep_alive,
             session_present,
@@ -273,7 +286,7 @@ pub(crate) async fn serve<R, W>(
         .values()
         .filter_map(|unacknowledged| match unacknowledged {
             Unacknowledged::Desired(version) => Some(*version),
-            Unacknowledged::TwinReply => None,
+            Unacknowledged::TwinReply | Unacknowledged::MethodRequest => None,
         })
         .min();
     service
@@ -296,7 +309,7 @@ impl<W: AsyncWrite + Unpin + Send> Connection<W> {
     async fn run<R: AsyncRead + Unpin>(
         &mut self,
         packets: &mut FramedRead<R, Codec>,
-        mail: &mut mpsc::Receiver<Mail>,
+        mailbox: &mut Mailbox,
         close: &Notify,
         keep_alive_seconds: u16,
         session_present: bool,
@@ -333,8 +346,8 @@ impl<W: AsyncWrite + Unpin + Send> Connection<W> {
                 _ = close.notified() => Err(End::TakenOver),
                 _ = &mut token_expiry => Err(End::TokenExpired),
                 Some(completion) = self.pending.next(), if !self.pending.is_empty() => self.complete(completion),
-                Some(mail) = mail.recv() => self.mail(mail),
-                _ = self.session.resync.notified() => self.send_missed_desired(DesiredCursor::catch_up),
+                Some(mail) = mailbox.mail.recv() => self.mail(mail),
+                _ = mailbox.resync.notified() => self.send_missed_desired(DesiredCursor::catch_up),
                 packet = packets.next(), if self.pending.len() < in_flight_max => match packet {
                     None => Err(End::ClientClosed),
                     Some(Err(DecodeError::Io(error))) => Err(End::ConnectionLost(error.to_string())),
@@ -404,6 +417,7 @@ impl<W: AsyncWrite + Unpin + Send> Connection<W> {
                         self.session.state().grant(subscription, None);
                     }
                 }
+                self.listen_as_subscribed();
                 Ok(Step::PersistThenAck {
                     ack: Packet::UnsubscribeAck { packet_id },
                     desired_subscribed: false,
@@ -445,8 +459,11 @@ impl<W: AsyncWrite + Unpin + Send> Connection<W> {
                         ));
                         self.twin_reply(TwinReply::failure(rid, &failure))
                     }
-                    // Accepted and acknowledged; direct methods come with their issue.
-                    Inbound::Telemetry { .. } | Inbound::MethodResponse => Ok(()),
+                    Inbound::MethodResponse { status, rid } => {
+                        self.method_answer(status, rid, &publish.payload);
+                        Ok(())
+                    }
+                    Inbound::Telemetry { .. } => Ok(()),
                 }
             }
             Packet::PublishAck { packet_id } => {
@@ -496,6 +513,7 @@ impl<W: AsyncWrite + Unpin + Send> Connection<W> {
         };
         let granted = wire::granted(requested);
         self.session.state().grant(subscription, Some(granted));
+        self.listen_as_subscribed();
         if subscription == Subscription::DesiredPatches {
             // From now on the router hands the session every change; read after the grant, the twin shows
             // every change it did not hand over, so a fresh device starts from this version.
@@ -504,6 +522,30 @@ impl<W: AsyncWrite + Unpin + Send> Connection<W> {
             }
         }
         SubscribeReturnCode::Success(granted)
+    }
+
+    /// The device router hands this connection what its subscriptions ask for, from now on.
+    fn listen_as_subscribed(&self) {
+        let interests = self.session.state().interests();
+        self.registration.update(|listening| *listening = interests);
+    }
+
+    /// A device's answer to a direct method, to the call waiting for it. An answer to a request this
+    /// device was not sent, or to a call that is over, is dropped (MQTT has nowhere to say so).
+    fn method_answer(&mut self, status: i32, rid: &str, payload: &[u8]) {
+        let Some(request_id) = MethodRequestId::parse(rid) else {
+            tracing::info!(client_id = %self.client.client_id(), rid, "method answer dropped: not a request id the hub gave");
+            return;
+        };
+        let answer = twinhub_core::method::parse_answer(status, payload);
+        if let Err(refused) = self
+            .service
+            .hub
+            .device_router()
+            .answer(self.registration.endpoint(), request_id, answer)
+        {
+            tracing::info!(client_id = %self.client.client_id(), %refused, "method answer dropped");
+        }
     }
 
     fn twin_get(&mut self, rid: &str) -> TwinReply {
@@ -590,9 +632,10 @@ impl<W: AsyncWrite + Unpin + Send> Connection<W> {
         self.publish(topic, reply.body, qos, Unacknowledged::TwinReply)
     }
 
-    fn mail(&mut self, mail: Mail) -> Result<(), End> {
+    fn mail(&mut self, mail: DeviceMail) -> Result<(), End> {
         match mail {
-            Mail::Desired(change) => {
+            DeviceMail::Method(request) => self.method_request(request),
+            DeviceMail::Desired(change) => {
                 let Some(qos) = self.session.state().granted(Subscription::DesiredPatches) else {
                     return Ok(());
                 };
@@ -611,6 +654,16 @@ impl<W: AsyncWrite + Unpin + Send> Connection<W> {
                 )
             }
         }
+    }
+
+    /// A direct method call, published on `$iothub/methods/POST/{name}/?$rid=` at the QoS granted.
+    fn method_request(&mut self, request: MethodRequest) -> Result<(), End> {
+        let Some(qos) = self.session.state().granted(Subscription::Methods) else {
+            // Unsubscribed since the router sent it: the call times out, as on IoT Hub.
+            return Ok(());
+        };
+        let topic = topic::method_request(&request.name, &request.request_id.to_string());
+        self.publish(topic, Bytes::from(request.payload), qos, Unacknowledged::MethodRequest)
     }
 
     /// Beyond IoT Hub: the whole desired document as one notification, when `decide` (a rule of

@@ -1,6 +1,6 @@
-//! Hub events to the sessions they concern: desired changes to the device's session, in commit order;
-//! a disabled or deleted device's connections closed. Never blocks on a connection: a full mailbox, or
-//! events this router missed because it lagged, become a request for a full desired resync.
+//! Hub events to the MQTT sessions they concern: a disabled or deleted device's connections closed, a
+//! deleted device's sessions forgotten. (Desired changes and method requests reach connections through
+//! the hub's device router.)
 
 use super::session::Sessions;
 use std::sync::{Arc, Weak};
@@ -11,11 +11,7 @@ use twinhub_hub::{Hub, HubEvent};
 pub(crate) async fn run(mut events: broadcast::Receiver<HubEvent>, hub: Weak<Hub>, sessions: Arc<Sessions>) {
     loop {
         match events.recv().await {
-            Ok(HubEvent::DesiredChanged { device_id, change }) => {
-                if let Some(session) = sessions.get(device_id.as_str()) {
-                    session.deliver_desired(&Arc::new(change));
-                }
-            }
+            Ok(HubEvent::DesiredChanged { .. }) => {}
             Ok(HubEvent::DeviceUpdated { device_id }) => {
                 let Some(hub) = hub.upgrade() else { return };
                 let disabled = hub
@@ -42,12 +38,20 @@ pub(crate) async fn run(mut events: broadcast::Receiver<HubEvent>, hub: Weak<Hub
                 }
             }
             Err(RecvError::Lagged(missed)) => {
+                // Whatever was missed, the registry tells: close the connections of devices now disabled
+                // or gone (a gone device's sessions are forgotten when the device id is used again).
                 tracing::warn!(
                     missed,
-                    "desired notifications fell behind; connected devices get the full desired document"
+                    "the MQTT router fell behind the hub's events; checking every session"
                 );
+                let Some(hub) = hub.upgrade() else { return };
                 for session in sessions.all() {
-                    session.request_resync();
+                    let usable = hub
+                        .device(&session.client.device_id)
+                        .is_ok_and(|record| record.identity.status != DeviceStatus::Disabled);
+                    if !usable {
+                        session.close_owner();
+                    }
                 }
             }
             Err(RecvError::Closed) => return,

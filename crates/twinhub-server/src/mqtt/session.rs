@@ -9,11 +9,11 @@ use super::topic::{self, Subscription};
 use super::wire::QoS;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::Notify;
 use twinhub_core::desired_delivery::DesiredCursor;
 use twinhub_core::session::{SessionRecord, StoredSubscription};
-use twinhub_core::twin::DesiredChange;
 use twinhub_core::DeviceId;
+use twinhub_hub::Interests;
 
 /// Who a connection acts as: a device, or one of its modules (`deviceId/moduleId`).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -48,16 +48,10 @@ impl ClientIdentity {
     }
 }
 
-/// What the hub hands a connection from outside (the event router).
-#[derive(Debug)]
-pub enum Mail {
-    Desired(Arc<DesiredChange>),
-}
-
-/// How the rest of the hub reaches the connection that owns a session.
+/// The connection that owns a session, as the session layer reaches it. (Desired changes and method
+/// requests reach it through the hub's device router, where it registers.)
 pub struct Owner {
     pub connection_id: u64,
-    pub mailbox: mpsc::Sender<Mail>,
     /// Told to close: taken over by a new connection, or the device was disabled or deleted.
     pub close: Arc<Notify>,
 }
@@ -83,6 +77,14 @@ impl SessionState {
         self.granted[subscription.index()] = qos;
     }
 
+    /// What the owning connection listens to in the hub's device router.
+    pub fn interests(&self) -> Interests {
+        Interests {
+            desired: self.granted(Subscription::DesiredPatches).is_some(),
+            methods: self.granted(Subscription::Methods).is_some(),
+        }
+    }
+
     /// What the store keeps of the session: its subscriptions.
     pub fn record(&self, client: &ClientIdentity) -> SessionRecord {
         SessionRecord {
@@ -103,34 +105,12 @@ impl SessionState {
 pub struct Session {
     pub client: ClientIdentity,
     state: Mutex<SessionState>,
-    /// Raised when a desired notification could not be queued (the connection is slow, or the router
-    /// lagged behind the hub's events): the owner then sends the full desired document instead.
-    pub resync: Notify,
 }
 
 impl Session {
     pub fn state(&self) -> MutexGuard<'_, SessionState> {
         // A panic while holding this lock leaves plain data behind; carry on with it.
         self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    /// Hands a desired change to the owning connection, if the device subscribed to desired patches.
-    pub fn deliver_desired(&self, change: &Arc<DesiredChange>) {
-        let state = self.state();
-        if state.granted(Subscription::DesiredPatches).is_none() {
-            return;
-        }
-        if let Some(owner) = &state.owner {
-            if owner.mailbox.try_send(Mail::Desired(Arc::clone(change))).is_err() {
-                self.resync.notify_one();
-            }
-        }
-    }
-
-    pub fn request_resync(&self) {
-        if self.state().owner.is_some() {
-            self.resync.notify_one();
-        }
     }
 
     pub fn close_owner(&self) {
@@ -181,7 +161,6 @@ impl Sessions {
                 let session = Arc::new(Session {
                     client: client.clone(),
                     state: Mutex::new(SessionState::default()),
-                    resync: Notify::new(),
                 });
                 map.insert(key, Arc::clone(&session));
                 (session, false)
@@ -244,7 +223,6 @@ impl Sessions {
             let session = Session {
                 client: client.clone(),
                 state: Mutex::new(state),
-                resync: Notify::new(),
             };
             map.insert(record.client_id, Arc::new(session));
         }
@@ -269,6 +247,7 @@ impl Sessions {
             .collect()
     }
 
+    #[cfg(test)]
     pub fn get(&self, client_id: &str) -> Option<Arc<Session>> {
         self.map().get(client_id).cloned()
     }
@@ -291,25 +270,16 @@ impl Sessions {
 mod tests {
     use super::*;
 
-    fn owner(connection_id: u64) -> (Owner, mpsc::Receiver<Mail>, Arc<Notify>) {
-        let (mailbox, receiver) = mpsc::channel(1);
+    fn owner(connection_id: u64) -> (Owner, (), Arc<Notify>) {
         let close = Arc::new(Notify::new());
         (
             Owner {
                 connection_id,
-                mailbox,
                 close: Arc::clone(&close),
             },
-            receiver,
+            (),
             close,
         )
-    }
-
-    fn change(version: u64) -> Arc<DesiredChange> {
-        Arc::new(DesiredChange {
-            version,
-            patch: Default::default(),
-        })
     }
 
     #[test]
@@ -334,7 +304,7 @@ mod tests {
             .state()
             .grant(Subscription::DesiredPatches, Some(QoS::AtLeastOnce));
 
-        let (second, mut second_mail, _) = owner(2);
+        let (second, (), second_close) = owner(2);
         let (again, present) = sessions.attach(&client, false, second);
         assert!(present && Arc::ptr_eq(&session, &again));
         tokio::time::timeout(std::time::Duration::from_secs(1), first_close.notified())
@@ -345,17 +315,20 @@ mod tests {
             Some(QoS::AtLeastOnce)
         );
 
+        assert_eq!(
+            again.state().interests(),
+            Interests {
+                desired: true,
+                methods: false
+            }
+        );
+
         // The old connection's late detach does not take the session from the new owner.
         sessions.detach(&session, 1, false, None);
-        again.deliver_desired(&change(2));
-        assert!(matches!(second_mail.try_recv(), Ok(Mail::Desired(c)) if c.version == 2));
-
-        // A full mailbox turns into a resync request rather than a lost notification.
-        again.deliver_desired(&change(3));
-        again.deliver_desired(&change(4));
-        tokio::time::timeout(std::time::Duration::from_secs(1), again.resync.notified())
+        again.close_owner();
+        tokio::time::timeout(std::time::Duration::from_secs(1), second_close.notified())
             .await
-            .expect("resync requested");
+            .expect("the session still belongs to the second connection");
     }
 
     #[test]

@@ -20,8 +20,11 @@ pub enum Inbound<'a> {
     Telemetry {
         bag: &'a str,
     },
-    /// `$iothub/methods/res/{status}/?$rid=`: accepted; direct methods come later.
-    MethodResponse,
+    /// `$iothub/methods/res/{status}/?$rid=`: a device's answer to a direct method.
+    MethodResponse {
+        status: i32,
+        rid: &'a str,
+    },
 }
 
 /// Why a PUBLISH is refused. The connection is closed: IoT Hub does the same for unauthorized topics.
@@ -71,11 +74,10 @@ pub fn parse_publish<'a>(topic: &'a str, client: &ClientIdentity) -> Result<Inbo
         });
     }
     if let Some(rest) = topic.strip_prefix("$iothub/methods/res/") {
-        let (path, _) = split_query(rest);
-        return match path.parse::<u16>() {
-            Ok(_) => Ok(Inbound::MethodResponse),
-            Err(_) => Err(TopicError::Unknown),
-        };
+        let (path, query) = split_query(rest);
+        let status = path.parse::<i32>().map_err(|_| TopicError::Unknown)?;
+        let rid = request_id(query).ok_or(TopicError::MissingRequestId)?;
+        return Ok(Inbound::MethodResponse { status, rid });
     }
     if topic.starts_with("devices/") {
         let own = telemetry_prefix(client);
@@ -155,6 +157,11 @@ pub fn twin_response(status: u16, rid: &str, version: Option<u64>) -> String {
         Some(version) => format!("$iothub/twin/res/{status}/?$rid={rid}&$version={version}"),
         None => format!("$iothub/twin/res/{status}/?$rid={rid}"),
     }
+}
+
+/// `$iothub/methods/POST/{name}/?$rid={rid}`, the slash before `?` kept as IoT Hub sends it.
+pub fn method_request(name: &str, rid: &str) -> String {
+    format!("$iothub/methods/POST/{name}/?$rid={rid}")
 }
 
 pub fn desired_patch(version: u64) -> String {
@@ -243,8 +250,16 @@ mod tests {
             Err(TopicError::NotOwnTopic)
         );
         assert_eq!(
-            parse_publish("$iothub/methods/res/200/?$rid=1", &d1),
-            Ok(Inbound::MethodResponse)
+            parse_publish("$iothub/methods/res/200/?$rid=1f", &d1),
+            Ok(Inbound::MethodResponse { status: 200, rid: "1f" })
+        );
+        assert_eq!(
+            parse_publish("$iothub/methods/res/-1?$rid=2", &d1),
+            Ok(Inbound::MethodResponse { status: -1, rid: "2" })
+        );
+        assert_eq!(
+            parse_publish("$iothub/methods/res/200/", &d1),
+            Err(TopicError::MissingRequestId)
         );
         assert_eq!(
             parse_publish("$iothub/methods/res/x/?$rid=1", &d1),
@@ -307,5 +322,6 @@ mod tests {
             "$iothub/twin/res/204/?$rid=r1&$version=6"
         );
         assert_eq!(desired_patch(4), "$iothub/twin/PATCH/properties/desired/?$version=4");
+        assert_eq!(method_request("reboot", "a1"), "$iothub/methods/POST/reboot/?$rid=a1");
     }
 }

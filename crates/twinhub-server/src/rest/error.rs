@@ -48,6 +48,14 @@ pub fn classify(error: &HubError) -> (StatusCode, &'static str) {
         HubError::ConsumerGroupName(_) => (StatusCode::BAD_REQUEST, "ArgumentInvalid"),
         HubError::ConsumerGroupNotFound(_) => (StatusCode::NOT_FOUND, "ConsumerGroupNotFound"),
         HubError::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable"),
+        HubError::DeviceNotOnline(_) => (StatusCode::NOT_FOUND, "DeviceNotOnline"),
+        HubError::MethodTimeout(_) => (StatusCode::GATEWAY_TIMEOUT, "GatewayTimeoutException"),
+        // A device's answer IoT Hub cannot pass on (not JSON): the device's fault, not the caller's.
+        HubError::MethodCall(
+            twinhub_core::method::MethodCallError::AnswerNotJson(_)
+            | twinhub_core::method::MethodCallError::AnswerTooLarge(_),
+        ) => (StatusCode::BAD_GATEWAY, "BadDeviceResponse"),
+        HubError::MethodCall(_) => (StatusCode::BAD_REQUEST, "ArgumentInvalid"),
         HubError::Store(_) | HubError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "ServerError"),
     }
 }
@@ -55,7 +63,9 @@ pub fn classify(error: &HubError) -> (StatusCode, &'static str) {
 impl From<HubError> for RestError {
     fn from(error: HubError) -> Self {
         let (status, code) = classify(&error);
-        if status.is_server_error() {
+        // A device that does not answer, or answers badly, is the device's business, not a hub failure.
+        let device_caused = matches!(error, HubError::MethodTimeout(_) | HubError::MethodCall(_));
+        if status.is_server_error() && !device_caused {
             tracing::error!(%error, "request failed");
         }
         RestError::new(status, code, error.to_string())

@@ -6,6 +6,7 @@ mod body;
 mod consumer_groups;
 mod device_events;
 mod error;
+mod methods;
 mod registry;
 mod twins;
 
@@ -53,6 +54,8 @@ pub fn router(state: RestState) -> Router {
             get(twins::get_twin).patch(twins::patch_twin).put(twins::replace_twin),
         )
         .route("/devices/query", post(twins::query))
+        .route("/twins/{id}/methods", post(methods::invoke_on_device))
+        .route("/twins/{id}/modules/{module}/methods", post(methods::invoke_on_module))
         .route("/eventHubEndpoints/events/ConsumerGroups", get(consumer_groups::list))
         .route(
             "/eventHubEndpoints/events/ConsumerGroups/{name}",

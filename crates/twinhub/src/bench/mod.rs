@@ -46,6 +46,9 @@ pub enum Scenario {
     TelemetryEndToEnd,
     /// One Event Hubs consumer reading a backlog of --backlog events (sent first, saturating): events/s.
     Consume,
+    /// Direct methods: K back-end clients (--clients) call over HTTPS, round robin over the devices,
+    /// which answer at once over MQTT; saturating, or at a total --rate. Round trips/s and latency.
+    Method,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
@@ -378,6 +381,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         Scenario::TelemetryEndToEnd => telemetry_end_to_end(&args, &setup).await?,
         Scenario::Consume => consume(&args, &setup).await?,
         Scenario::Desired => desired(&args, &setup).await?,
+        Scenario::Method => method(&args, &setup).await?,
         Scenario::Rest => rest(&args, &setup).await?,
     };
     eprintln!();
@@ -863,13 +867,17 @@ async fn desired(args: &BenchArgs, setup: &Setup) -> anyhow::Result<Report> {
 }
 
 /// K clients doing one kind of twin request for `seconds`: (latencies, elapsed).
-async fn rest_phase(
+async fn rest_phase<R>(
     setup: &Setup,
     clients: usize,
     seconds: u64,
-    method: hyper::Method,
+    pace: Option<Duration>,
+    request: R,
     progress: &Progress,
-) -> anyhow::Result<(Latencies, Duration)> {
+) -> anyhow::Result<(Latencies, Duration)>
+where
+    R: Fn(&str, usize) -> (hyper::Method, String, Option<Bytes>) + Clone + Send + 'static,
+{
     let service = setup.service.as_ref().context("rest needs a hub")?;
     let https = SocketAddr::new(setup.endpoint.address.ip(), service.https_port);
     let authorization: Arc<str> = Arc::from(service.authorization.as_str());
@@ -892,16 +900,22 @@ async fn rest_phase(
     for (client, mut connection) in connections.into_iter().enumerate() {
         let progress = progress.clone();
         let devices = Arc::clone(&devices);
-        let method = method.clone();
+        let request = request.clone();
         tasks.push(tokio::spawn(async move {
             let mut latencies = Latencies::default();
+            let mut ticker = pace.map(|pace| {
+                let mut ticker = tokio::time::interval(pace);
+                ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+                ticker
+            });
             let mut n = client;
             while Instant::now() < until {
-                let path = format!("/twins/{}", devices[n % devices.len()]);
-                let body =
-                    (method == hyper::Method::PATCH).then(|| Bytes::from(format!(r#"{{"tags":{{"bench":{n}}}}}"#)));
+                if let Some(ticker) = ticker.as_mut() {
+                    ticker.tick().await;
+                }
+                let (method, path, body) = request(&devices[n % devices.len()], n);
                 let sent = Instant::now();
-                connection.call(method.clone(), &path, body).await?;
+                connection.call(method, &path, body).await?;
                 latencies.record(sent.elapsed());
                 progress.add(1);
                 n += REST_DEVICE_STRIDE;
@@ -916,14 +930,62 @@ async fn rest_phase(
     Ok((latencies, started.elapsed()))
 }
 
+/// Direct methods, called over HTTPS and answered over MQTT by every device at once.
+async fn method(args: &BenchArgs, setup: &Setup) -> anyhow::Result<Report> {
+    let (progress, printer) = Progress::start(format!("{} connecting", setup.label));
+    let mut connections = connect_all(setup, args.connect_concurrency, &progress).await?;
+    printer.abort();
+    for connection in &mut connections {
+        connection.subscribe(&["$iothub/methods/POST/#"]).await?;
+    }
+    // Devices answer a little longer than the back end calls, for the last calls.
+    let answer_until = Instant::now() + Duration::from_secs(args.seconds + 5);
+    let answerers: Vec<_> = connections
+        .into_iter()
+        .map(|mut connection| {
+            tokio::spawn(async move {
+                let answered = connection.answer_methods(answer_until).await;
+                connection.disconnect().await;
+                answered
+            })
+        })
+        .collect();
+    let clients = args.clients.max(1);
+    // A total rate is shared by the clients: each calls once per clients/rate seconds.
+    let pace = args
+        .rate
+        .map(|rate| Duration::from_secs_f64(clients as f64 / rate.max(1) as f64));
+    let (progress, printer) = Progress::start(format!("\n{} method", setup.label));
+    let call = |device: &str, n: usize| {
+        let body = format!(r#"{{"methodName":"bench","payload":{{"n":{n}}},"responseTimeoutInSeconds":30}}"#);
+        (
+            hyper::Method::POST,
+            format!("/twins/{device}/methods"),
+            Some(Bytes::from(body)),
+        )
+    };
+    let (latencies, elapsed) = rest_phase(setup, clients, args.seconds, pace, call, &progress).await?;
+    printer.abort();
+    for answerer in answerers {
+        answerer.await??;
+    }
+    let mut report = report(args, setup, elapsed, latencies);
+    report.in_flight = clients;
+    Ok(report)
+}
+
 /// GETs for `seconds`, then PATCHes (tags) for `seconds`, each with K clients.
 async fn rest(args: &BenchArgs, setup: &Setup) -> anyhow::Result<Report> {
     let (progress, printer) = Progress::start(format!("{} rest GET", setup.label));
-    let (gets, get_elapsed) = rest_phase(setup, args.clients, args.seconds, hyper::Method::GET, &progress).await?;
+    let twin_get = |device: &str, _: usize| (hyper::Method::GET, format!("/twins/{device}"), None);
+    let (gets, get_elapsed) = rest_phase(setup, args.clients, args.seconds, None, twin_get, &progress).await?;
     printer.abort();
     let (progress, printer) = Progress::start(format!("\n{} rest PATCH", setup.label));
-    let (patches, patch_elapsed) =
-        rest_phase(setup, args.clients, args.seconds, hyper::Method::PATCH, &progress).await?;
+    let tag_patch = |device: &str, n: usize| {
+        let body = Bytes::from(format!(r#"{{"tags":{{"bench":{n}}}}}"#));
+        (hyper::Method::PATCH, format!("/twins/{device}"), Some(body))
+    };
+    let (patches, patch_elapsed) = rest_phase(setup, args.clients, args.seconds, None, tag_patch, &progress).await?;
     printer.abort();
     let get_count = gets.len() as u64;
     let patch_count = patches.len() as u64;

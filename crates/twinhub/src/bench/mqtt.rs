@@ -307,6 +307,39 @@ impl Connection {
         Ok(latencies)
     }
 
+    /// Answers every direct method request at once, with status 200 and the request's payload, until
+    /// `until`. Returns how many it answered.
+    pub async fn answer_methods(&mut self, until: Instant) -> anyhow::Result<u64> {
+        let mut answered = 0;
+        loop {
+            let left = until.saturating_duration_since(Instant::now());
+            let packet = match tokio::time::timeout(left, self.reader.next()).await {
+                Err(_) => {
+                    self.flush().await?;
+                    return Ok(answered);
+                }
+                Ok(Some(Ok((packet, _)))) => packet,
+                Ok(Some(Err(error))) => bail!("receive: {error}"),
+                Ok(None) => bail!("the hub closed the connection"),
+            };
+            if let Packet::Publish(publish) = packet {
+                let rid = publish
+                    .topic
+                    .strip_prefix("$iothub/methods/POST/")
+                    .and_then(|rest| rest.split_once("?$rid="))
+                    .map(|(_, rid)| rid.to_owned());
+                if let Some(rid) = rid {
+                    let topic = format!("$iothub/methods/res/200/?$rid={rid}");
+                    self.publish(topic, publish.payload.clone(), QoS::AtMostOnce)?;
+                    answered += 1;
+                }
+            }
+            if self.reader.read_buffer().is_empty() {
+                self.flush().await?;
+            }
+        }
+    }
+
     /// Desired notifications until `until`: (desired `$version`, arrival) pairs.
     pub async fn desired_notifications(&mut self, until: Instant) -> anyhow::Result<Vec<(u64, Instant)>> {
         let mut arrivals = Vec::new();
