@@ -4,6 +4,7 @@
 //! Every transport (REST, MQTT, AMQP) and every store works with these types; none of them is allowed to
 //! change a twin except through [`twin::Twin::apply`] and friends, so that the rules hold everywhere.
 
+pub mod c2d;
 pub mod consumer_group;
 pub mod desired_delivery;
 pub mod device;

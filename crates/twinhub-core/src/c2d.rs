@@ -1,0 +1,457 @@
+//! Cloud-to-device messages: IoT Hub's rules for a device's queue, with no I/O. A back end enqueues; the
+//! device receives the oldest message under a lock and completes, rejects or abandons it; a lock that
+//! times out, like an abandon, puts the message back with one more delivery; expiry and too many
+//! deliveries dead-letter it. Each end of a message that its `ack` asks about yields a feedback record.
+//!
+//! Times are given by the caller (`now`), so the rules are tested without clocks; storing the queue and
+//! waking devices are the hub's.
+
+use crate::time::Timestamp;
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
+
+/// Messages a device's queue holds at most (IoT Hub: 50); more are refused.
+pub const QUEUE_DEPTH_MAX: usize = 50;
+/// Largest message, body and properties (IoT Hub: 64 KB).
+pub const MESSAGE_BYTES_MAX: usize = 64 * 1024;
+/// Time to live when the back end sets no expiry, and the longest allowed.
+pub const TIME_TO_LIVE_DEFAULT: Duration = Duration::from_secs(3600);
+pub const TIME_TO_LIVE_MAX: Duration = Duration::from_secs(48 * 3600);
+/// How long a received message stays locked for its device before it goes back to the queue.
+pub const LOCK_DURATION: Duration = Duration::from_secs(60);
+/// Deliveries before a message is dead-lettered (IoT Hub's default maximum delivery count).
+pub const DELIVERY_COUNT_MAX: u32 = 10;
+
+/// Which ends of a message the back end wants feedback on (`iothub-ack`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Ack {
+    #[default]
+    None,
+    /// Completion.
+    Positive,
+    /// Expiry, too many deliveries, rejection.
+    Negative,
+    Full,
+}
+
+impl Ack {
+    /// `none`, `positive`, `negative` or `full`, as the SDKs send it; anything else is refused.
+    pub fn parse(text: &str) -> Option<Ack> {
+        match text {
+            "none" => Some(Ack::None),
+            "positive" => Some(Ack::Positive),
+            "negative" => Some(Ack::Negative),
+            "full" => Some(Ack::Full),
+            _ => None,
+        }
+    }
+
+    fn wants(self, status: FeedbackStatus) -> bool {
+        match self {
+            Ack::None => false,
+            Ack::Full => true,
+            Ack::Positive => status == FeedbackStatus::Success,
+            Ack::Negative => status != FeedbackStatus::Success,
+        }
+    }
+}
+
+/// How a message ended, as feedback records name it (`statusCode`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FeedbackStatus {
+    Success,
+    Expired,
+    DeliveryCountExceeded,
+    Rejected,
+}
+
+impl FeedbackStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FeedbackStatus::Success => "Success",
+            FeedbackStatus::Expired => "Expired",
+            FeedbackStatus::DeliveryCountExceeded => "DeliveryCountExceeded",
+            FeedbackStatus::Rejected => "Rejected",
+        }
+    }
+}
+
+/// A feedback record for the back end: which message, and how it ended.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Feedback {
+    pub original_message_id: Option<String>,
+    pub status: FeedbackStatus,
+    /// When the message ended.
+    pub enqueued_time: Timestamp,
+}
+
+/// A message as the back end sent it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutgoingMessage {
+    pub message_id: Option<String>,
+    pub correlation_id: Option<String>,
+    pub user_id: Option<String>,
+    pub content_type: Option<String>,
+    pub content_encoding: Option<String>,
+    /// Absolute expiry; `None`: [`TIME_TO_LIVE_DEFAULT`] from enqueueing.
+    pub expiry: Option<Timestamp>,
+    pub ack: Ack,
+    pub properties: Vec<(String, String)>,
+    #[serde(with = "serde_bytes")]
+    pub body: Vec<u8>,
+}
+
+impl OutgoingMessage {
+    /// Bytes it counts for against [`MESSAGE_BYTES_MAX`].
+    pub fn size(&self) -> usize {
+        let text = |value: &Option<String>| value.as_ref().map_or(0, String::len);
+        self.body.len()
+            + text(&self.message_id)
+            + text(&self.correlation_id)
+            + text(&self.user_id)
+            + text(&self.content_type)
+            + text(&self.content_encoding)
+            + self
+                .properties
+                .iter()
+                .map(|(name, value)| name.len() + value.len())
+                .sum::<usize>()
+    }
+}
+
+/// A lock on a delivered message: the token the device settles it with, and until when it holds.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lock {
+    pub token: String,
+    pub until: Timestamp,
+}
+
+/// A message in a device's queue.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueuedMessage {
+    /// Unique in the device's queue, rising: the order of delivery.
+    pub sequence_number: u64,
+    pub enqueued_time: Timestamp,
+    pub expiry: Timestamp,
+    /// Times it was handed to the device.
+    pub delivery_count: u32,
+    pub lock: Option<Lock>,
+    pub message: OutgoingMessage,
+}
+
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum QueueError {
+    #[error("the device's queue holds {QUEUE_DEPTH_MAX} messages, the most IoT Hub allows")]
+    QueueFull,
+    #[error("the message is {0} bytes with its properties, more than the 65536 bytes IoT Hub allows")]
+    TooLarge(usize),
+    #[error("the expiry is in the past or more than 48 hours away")]
+    Expiry,
+    #[error("no message of this device is locked with this lock token, or its lock expired")]
+    LockLost,
+}
+
+/// How a device settles a message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Settlement {
+    Complete,
+    Reject,
+    Abandon,
+}
+
+/// One device's queue: messages in sequence order, the oldest delivered first.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceQueue {
+    messages: Vec<QueuedMessage>,
+    next_sequence_number: u64,
+}
+
+/// What a change to a queue produced for the back end.
+pub type FeedbackRecords = Vec<Feedback>;
+
+impl DeviceQueue {
+    pub fn len(&self) -> usize {
+        self.messages.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.messages.is_empty()
+    }
+
+    pub fn messages(&self) -> &[QueuedMessage] {
+        &self.messages
+    }
+
+    /// Adds a message, after dropping expired ones (whose feedback is returned). Refused when the queue
+    /// is full, the message too large, or its expiry outside now..now+48 h.
+    pub fn enqueue(&mut self, message: OutgoingMessage, now: Timestamp) -> Result<(u64, FeedbackRecords), QueueError> {
+        let size = message.size();
+        if size > MESSAGE_BYTES_MAX {
+            return Err(QueueError::TooLarge(size));
+        }
+        let expiry = match message.expiry {
+            None => after(now, TIME_TO_LIVE_DEFAULT),
+            Some(expiry) if expiry > now && expiry <= after(now, TIME_TO_LIVE_MAX) => expiry,
+            Some(_) => return Err(QueueError::Expiry),
+        };
+        let feedback = self.expire(now);
+        if self.messages.len() >= QUEUE_DEPTH_MAX {
+            return Err(QueueError::QueueFull);
+        }
+        let sequence_number = self.next_sequence_number;
+        self.next_sequence_number += 1;
+        self.messages.push(QueuedMessage {
+            sequence_number,
+            enqueued_time: now,
+            expiry,
+            delivery_count: 0,
+            lock: None,
+            message,
+        });
+        Ok((sequence_number, feedback))
+    }
+
+    /// The oldest message not locked, now locked with `token` for [`LOCK_DURATION`] and counted as one
+    /// more delivery; first, expired messages and those past their last delivery leave the queue.
+    pub fn receive(&mut self, token: String, now: Timestamp) -> (Option<QueuedMessage>, FeedbackRecords) {
+        let feedback = self.expire(now);
+        let next = self.messages.iter_mut().find(|queued| queued.lock.is_none());
+        let received = next.map(|queued| {
+            queued.delivery_count += 1;
+            queued.lock = Some(Lock {
+                token,
+                until: after(now, LOCK_DURATION),
+            });
+            queued.clone()
+        });
+        (received, feedback)
+    }
+
+    /// Settles the message locked with `token`: complete removes it (Success), reject dead-letters it
+    /// (Rejected), abandon unlocks it for another delivery, or dead-letters it when it had its last one
+    /// (DeliveryCountExceeded). A token that locks nothing (settled already, lock expired) is refused
+    /// and changes nothing.
+    pub fn settle(
+        &mut self,
+        token: &str,
+        settlement: Settlement,
+        now: Timestamp,
+    ) -> Result<FeedbackRecords, QueueError> {
+        // Nothing changes before the token is known good: a refusal leaves the queue as it was.
+        let index = self
+            .messages
+            .iter()
+            .position(|queued| {
+                queued
+                    .lock
+                    .as_ref()
+                    .is_some_and(|lock| lock.token == token && lock.until > now)
+            })
+            .ok_or(QueueError::LockLost)?;
+        let ended = match settlement {
+            Settlement::Complete => Some(FeedbackStatus::Success),
+            Settlement::Reject => Some(FeedbackStatus::Rejected),
+            Settlement::Abandon if self.messages[index].delivery_count >= DELIVERY_COUNT_MAX => {
+                Some(FeedbackStatus::DeliveryCountExceeded)
+            }
+            Settlement::Abandon => None,
+        };
+        let mut feedback = Vec::new();
+        match ended {
+            Some(status) => {
+                let queued = self.messages.remove(index);
+                feedback.extend(feedback_for(&queued, status, now));
+            }
+            None => self.messages[index].lock = None,
+        }
+        feedback.extend(self.expire(now));
+        Ok(feedback)
+    }
+
+    /// Empties the queue (`DELETE /devices/{id}/commands`); returns how many messages it held.
+    pub fn purge(&mut self) -> usize {
+        std::mem::take(&mut self.messages).len()
+    }
+
+    /// Locks that timed out are released; a message that had its last delivery is dead-lettered instead.
+    fn release_expired_locks(&mut self, now: Timestamp) -> FeedbackRecords {
+        let mut feedback = Vec::new();
+        self.messages.retain_mut(|queued| {
+            if queued.lock.as_ref().is_none_or(|lock| lock.until > now) {
+                return true;
+            }
+            queued.lock = None;
+            if queued.delivery_count >= DELIVERY_COUNT_MAX {
+                feedback.extend(feedback_for(queued, FeedbackStatus::DeliveryCountExceeded, now));
+                return false;
+            }
+            true
+        });
+        feedback
+    }
+
+    /// Drops expired messages (locked or not) and releases timed-out locks.
+    fn expire(&mut self, now: Timestamp) -> FeedbackRecords {
+        let mut feedback = self.release_expired_locks(now);
+        self.messages.retain(|queued| {
+            if queued.expiry > now {
+                return true;
+            }
+            feedback.extend(feedback_for(queued, FeedbackStatus::Expired, now));
+            false
+        });
+        feedback
+    }
+}
+
+fn feedback_for(queued: &QueuedMessage, status: FeedbackStatus, now: Timestamp) -> Option<Feedback> {
+    queued.message.ack.wants(status).then(|| Feedback {
+        original_message_id: queued.message.message_id.clone(),
+        status,
+        enqueued_time: now,
+    })
+}
+
+fn after(time: Timestamp, duration: Duration) -> Timestamp {
+    Timestamp(
+        time.0
+            .saturating_add(i64::try_from(duration.as_nanos()).unwrap_or(i64::MAX)),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECOND: i64 = 1_000_000_000;
+
+    fn at(seconds: i64) -> Timestamp {
+        Timestamp(1_700_000_000 * SECOND + seconds * SECOND)
+    }
+
+    fn message(id: &str, ack: Ack) -> OutgoingMessage {
+        OutgoingMessage {
+            message_id: Some(id.to_owned()),
+            ack,
+            body: b"hello".to_vec(),
+            ..OutgoingMessage::default()
+        }
+    }
+
+    fn statuses(feedback: &[Feedback]) -> Vec<(Option<&str>, FeedbackStatus)> {
+        feedback
+            .iter()
+            .map(|record| (record.original_message_id.as_deref(), record.status))
+            .collect()
+    }
+
+    #[test]
+    fn messages_are_received_in_order_under_a_lock_and_completed_once() {
+        let mut queue = DeviceQueue::default();
+        queue.enqueue(message("a", Ack::Full), at(0)).unwrap();
+        queue.enqueue(message("b", Ack::None), at(1)).unwrap();
+        let (first, _) = queue.receive("t1".into(), at(2));
+        let first = first.unwrap();
+        assert_eq!(
+            (first.message.message_id.as_deref(), first.delivery_count),
+            (Some("a"), 1)
+        );
+        // Locked: the next receive gets the next message.
+        let (second, _) = queue.receive("t2".into(), at(2));
+        assert_eq!(second.unwrap().message.message_id.as_deref(), Some("b"));
+        assert_eq!(queue.receive("t3".into(), at(2)).0, None);
+        let feedback = queue.settle("t1", Settlement::Complete, at(3)).unwrap();
+        assert_eq!(statuses(&feedback), [(Some("a"), FeedbackStatus::Success)]);
+        assert_eq!(
+            queue.settle("t1", Settlement::Complete, at(3)),
+            Err(QueueError::LockLost)
+        );
+        // No ack asked: no feedback.
+        assert!(queue.settle("t2", Settlement::Reject, at(3)).unwrap().is_empty());
+        assert!(queue.is_empty());
+    }
+
+    #[test]
+    fn abandons_and_lock_timeouts_redeliver_until_the_last_delivery() {
+        let mut queue = DeviceQueue::default();
+        queue.enqueue(message("a", Ack::Negative), at(0)).unwrap();
+        for delivery in 1..DELIVERY_COUNT_MAX {
+            let (received, _) = queue.receive(format!("t{delivery}"), at(0));
+            assert_eq!(received.unwrap().delivery_count, delivery);
+            assert!(queue
+                .settle(&format!("t{delivery}"), Settlement::Abandon, at(0))
+                .unwrap()
+                .is_empty());
+        }
+        // The last delivery's lock times out: dead-lettered.
+        let (received, _) = queue.receive("last".into(), at(0));
+        assert_eq!(received.unwrap().delivery_count, DELIVERY_COUNT_MAX);
+        let lock_over = LOCK_DURATION.as_secs() as i64;
+        let (nothing, feedback) = queue.receive("after".into(), at(lock_over));
+        assert_eq!(nothing, None);
+        assert_eq!(
+            statuses(&feedback),
+            [(Some("a"), FeedbackStatus::DeliveryCountExceeded)]
+        );
+        assert_eq!(
+            queue.settle("last", Settlement::Complete, at(lock_over)),
+            Err(QueueError::LockLost)
+        );
+    }
+
+    #[test]
+    fn a_timed_out_lock_gives_the_message_back() {
+        let mut queue = DeviceQueue::default();
+        queue.enqueue(message("a", Ack::None), at(0)).unwrap();
+        queue.receive("t1".into(), at(0));
+        let (again, _) = queue.receive("t2".into(), at(LOCK_DURATION.as_secs() as i64));
+        assert_eq!(again.unwrap().delivery_count, 2);
+        assert_eq!(
+            queue.settle("t1", Settlement::Complete, at(61)),
+            Err(QueueError::LockLost),
+            "the old lock no longer settles it"
+        );
+    }
+
+    #[test]
+    fn the_queue_holds_fifty_messages_of_at_most_64_kb_that_expire() {
+        let mut queue = DeviceQueue::default();
+        for n in 0..QUEUE_DEPTH_MAX {
+            queue.enqueue(message(&n.to_string(), Ack::Negative), at(0)).unwrap();
+        }
+        assert_eq!(
+            queue.enqueue(message("full", Ack::None), at(0)),
+            Err(QueueError::QueueFull)
+        );
+        let large = OutgoingMessage {
+            body: vec![0; MESSAGE_BYTES_MAX + 1],
+            ..OutgoingMessage::default()
+        };
+        assert_eq!(
+            queue.enqueue(large, at(0)),
+            Err(QueueError::TooLarge(MESSAGE_BYTES_MAX + 1))
+        );
+        let too_late = OutgoingMessage {
+            expiry: Some(at(48 * 3600 + 1)),
+            ..OutgoingMessage::default()
+        };
+        assert_eq!(queue.enqueue(too_late, at(0)), Err(QueueError::Expiry));
+        // An hour later every message expired, with negative feedback, and there is room again.
+        let (_, feedback) = queue
+            .enqueue(message("later", Ack::None), at(TIME_TO_LIVE_DEFAULT.as_secs() as i64))
+            .unwrap();
+        assert_eq!(feedback.len(), QUEUE_DEPTH_MAX);
+        assert!(feedback.iter().all(|record| record.status == FeedbackStatus::Expired));
+        assert_eq!(queue.len(), 1);
+        assert_eq!(queue.purge(), 1);
+    }
+
+    #[test]
+    fn acks_parse_as_the_sdks_send_them() {
+        assert_eq!(Ack::parse("full"), Some(Ack::Full));
+        assert_eq!(Ack::parse("positive"), Some(Ack::Positive));
+        assert_eq!(Ack::parse("Full"), None);
+        assert!(Ack::Negative.wants(FeedbackStatus::Rejected));
+        assert!(!Ack::Positive.wants(FeedbackStatus::Expired));
+    }
+}
