@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # twinhub and Mosquitto on this machine, in one run, driven by the same client code (`twinhub bench`):
 # connection setup and QoS 1 publish-to-PUBACK round trips with the same devices and in-flight window,
-# then the hub's own scenarios (reported patches, twin GET over MQTT, REST, desired notifications).
+# then the hub's own scenarios (reported patches, twin GET over MQTT, REST, desired notifications, direct
+# methods, cloud-to-device messages).
 # Prints one table with the ratios; every figure also lands in $OUT/*.json.
 #
 #   bench/compare.sh                       # defaults below
@@ -22,6 +23,7 @@ REST_CLIENTS=${REST_CLIENTS:-64}
 REPORTED_RATE=${REPORTED_RATE:-25000}
 TELEMETRY_RATE=${TELEMETRY_RATE:-10000}
 METHOD_RATE=${METHOD_RATE:-1000}
+C2D_RATE=${C2D_RATE:-1000}
 BACKLOG=${BACKLOG:-1000000}
 HOST=${HOST:-127.77.0.1}
 BROKER=${BROKER:-127.0.0.1:18883}
@@ -101,6 +103,9 @@ hub rest --devices "$DEVICES" --clients "$REST_CLIENTS" --seconds "$SECONDS_RUN"
 echo "== direct methods over HTTPS, answered over MQTT: $REST_CLIENTS clients saturating, then $METHOD_RATE/s"
 hub method --devices "$DEVICES" --clients "$REST_CLIENTS" --seconds "$SECONDS_RUN" --json "$OUT/hub-method.json"
 hub method --devices "$DEVICES" --clients "$REST_CLIENTS" --rate "$METHOD_RATE" --seconds "$SECONDS_RUN" --json "$OUT/hub-method-rate.json"
+echo "== cloud-to-device messages over AMQP, taken over MQTT: saturating, then $C2D_RATE/s"
+hub c2d --devices "$DEVICES" --seconds "$SECONDS_RUN" --json "$OUT/hub-c2d.json"
+hub c2d --devices "$DEVICES" --rate "$C2D_RATE" --seconds "$SECONDS_RUN" --json "$OUT/hub-c2d-rate.json"
 echo "== desired notifications at $DESIRED_RATE PATCH/s"
 hub desired --devices "$DEVICES" --rate "$DESIRED_RATE" --seconds "$SECONDS_RUN" --json "$OUT/hub-desired.json"
 
@@ -116,6 +121,7 @@ hr, hh = load("hub-reported"), load("hub-reported-half")
 ha = load("hub-reported-amqp")
 hg, rest, hd = load("hub-twin-get"), load("hub-rest"), load("hub-desired")
 hm, hmr = load("hub-method"), load("hub-method-rate")
+hc2d, hc2dr = load("hub-c2d"), load("hub-c2d-rate")
 
 def row(what, value, unit, p50=None, p99=None, ratio=None, target=""):
     lat = "" if p50 is None else "{:>8.2f} {:>8.2f}".format(p50, p99)
@@ -151,6 +157,8 @@ row("twinhub:   twin PATCH over REST/s", rest["patch_per_second"], "/s",
     rest["patch_latency"]["p50_ms"], rest["patch_latency"]["p99_ms"])
 row("twinhub:   direct method round trips/s", hm["per_second"], "/s", *l(hm), target=">= 20,000/s")
 row("twinhub:   direct methods at a steady rate", hmr["per_second"], "/s", *l(hmr), target="p99 < 5 ms at 1,000/s")
+row("twinhub:   c2d sends accepted/s (-> device)", hc2d["per_second"], "/s", *l(hc2d))
+row("twinhub:   c2d at a steady rate (-> device)", hc2dr["per_second"], "/s", *l(hc2dr))
 row("twinhub:   desired PATCH -> notification", hd["per_second"], "/s", *l(hd), target="p99 < 5 ms at 1,000/s")
 print()
 print("ratio: twinhub / mosquitto (memory: lower is better). Figures: " + out)

@@ -14,6 +14,20 @@ class CheckFailed(Exception):
 _step = ""
 
 
+def connection_string_part(connection_string, wanted):
+    """The value of `wanted` in a `Name=value;...` connection string."""
+    for part in connection_string.split(";"):
+        name, _, value = part.partition("=")
+        if name == wanted:
+            return value
+    raise CheckFailed("no {} in the connection string".format(wanted))
+
+
+def transport_name(websockets):
+    """How a device test names the MQTT transport it uses."""
+    return "mqttws" if websockets else "mqtt"
+
+
 def log(message):
     global _step
     _step = message

@@ -22,7 +22,7 @@ import sys
 import threading
 import time
 
-from checks import CheckFailed, check, check_equal, expect_http_error, log, run
+from checks import check, check_equal, connection_string_part, expect_http_error, log, run, transport_name
 from azure.iot.device import IoTHubDeviceClient, MethodResponse
 from azure.iot.hub import IoTHubRegistryManager
 from azure.iot.hub.models import CloudToDeviceMethod
@@ -60,18 +60,6 @@ PAYLOAD = {
     "list": [1, "two", {"three": 3}],
     "nested": {"a": {"b": "c"}},
 }
-
-
-def connection_string_part(connection_string, wanted):
-    for part in connection_string.split(";"):
-        name, _, value = part.partition("=")
-        if name == wanted:
-            return value
-    raise CheckFailed("no {} in the connection string".format(wanted))
-
-
-def transport_name(websockets):
-    return "mqttws" if websockets else "mqtt"
 
 
 def method(name, payload=None, response_timeout=RESPONSE_TIMEOUT_SECONDS, connect_timeout=None):

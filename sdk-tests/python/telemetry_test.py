@@ -22,7 +22,7 @@ import os
 import sys
 import threading
 
-from checks import CheckFailed, check, check_equal, log, run
+from checks import CheckFailed, check, check_equal, connection_string_part, log, run, transport_name
 from azure.eventhub import EventHubConsumerClient
 from azure.eventhub.aio import EventHubConsumerClient as AsyncEventHubConsumerClient
 from azure.eventhub.exceptions import AuthenticationError
@@ -59,23 +59,11 @@ RESUME_FROM_INDEX = 3  # the 4th event of the device
 WRONG_KEY = base64.b64encode(b"not the key at all, but long enough").decode()
 
 
-def connection_string_part(connection_string, wanted):
-    for part in connection_string.split(";"):
-        name, _, value = part.partition("=")
-        if name == wanted:
-            return value
-    raise CheckFailed("no {} in the connection string".format(wanted))
-
-
 def with_key(connection_string, key):
     return ";".join(
         "SharedAccessKey=" + key if part.startswith("SharedAccessKey=") else part
         for part in connection_string.split(";")
     )
-
-
-def transport_name(websockets):
-    return "mqttws" if websockets else "mqtt"
 
 
 def message_id(device_id, seq):

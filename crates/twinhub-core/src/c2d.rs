@@ -85,6 +85,67 @@ pub struct Feedback {
     pub enqueued_time: Timestamp,
 }
 
+/// A feedback record as the back end reads it: [`Feedback`] and the device it is about.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FeedbackRecord {
+    pub device_id: String,
+    pub device_generation_id: String,
+    pub feedback: Feedback,
+}
+
+impl FeedbackRecord {
+    /// IoT Hub's JSON for one record, as the service SDKs parse a feedback batch (a JSON array of these).
+    pub fn to_json(&self) -> serde_json::Value {
+        let status = self.feedback.status.as_str();
+        serde_json::json!({
+            "originalMessageId": self.feedback.original_message_id,
+            "deviceGenerationId": self.device_generation_id,
+            "deviceId": self.device_id,
+            "enqueuedTimeUtc": self.feedback.enqueued_time.to_iso8601(),
+            "statusCode": status,
+            "description": status,
+        })
+    }
+}
+
+/// A fresh lock token: a random UUID's text, which HTTP puts in an `ETag` and AMQP in a 16-byte
+/// delivery tag.
+pub fn new_lock_token() -> String {
+    use rand::RngCore;
+    let mut bytes = [0u8; 16];
+    rand::rng().fill_bytes(&mut bytes);
+    // Version 4, variant 1: a well-formed random UUID.
+    bytes[6] = (bytes[6] & 0x0f) | 0x40;
+    bytes[8] = (bytes[8] & 0x3f) | 0x80;
+    uuid_text(&bytes)
+}
+
+/// A UUID's 16 bytes as its text (`xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx`, lower case).
+pub fn uuid_text(bytes: &[u8; 16]) -> String {
+    let hex: String = bytes.iter().map(|byte| format!("{byte:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &hex[..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..]
+    )
+}
+
+/// A UUID's text as its 16 bytes (hyphens optional); `None` for anything else.
+pub fn uuid_bytes(text: &str) -> Option<[u8; 16]> {
+    let hex: String = text.chars().filter(|c| *c != '-').collect();
+    if hex.len() != 32 {
+        return None;
+    }
+    let mut bytes = [0u8; 16];
+    for (index, byte) in bytes.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(hex.get(index * 2..index * 2 + 2)?, 16).ok()?;
+    }
+    Some(bytes)
+}
+
 /// A message as the back end sent it.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OutgoingMessage {
@@ -170,6 +231,33 @@ pub struct DeviceQueue {
 pub type FeedbackRecords = Vec<Feedback>;
 
 impl DeviceQueue {
+    /// A queue as the store kept it: its messages in sequence order, none locked (no connection survives
+    /// a restart), numbering on after the last.
+    pub fn restore(mut messages: Vec<QueuedMessage>) -> DeviceQueue {
+        messages.sort_by_key(|queued| queued.sequence_number);
+        for queued in &mut messages {
+            queued.lock = None;
+        }
+        let next_sequence_number = messages.last().map_or(0, |last| last.sequence_number + 1);
+        DeviceQueue {
+            messages,
+            next_sequence_number,
+        }
+    }
+
+    /// Whether a message expires or a lock times out at or before `now`: then [`Self::expire_due`] has
+    /// something to do.
+    pub fn has_due(&self, now: Timestamp) -> bool {
+        self.messages
+            .iter()
+            .any(|queued| queued.expiry <= now || queued.lock.as_ref().is_some_and(|lock| lock.until <= now))
+    }
+
+    /// Expires messages and releases timed-out locks now, as any other change would first.
+    pub fn expire_due(&mut self, now: Timestamp) -> FeedbackRecords {
+        self.expire(now)
+    }
+
     pub fn len(&self) -> usize {
         self.messages.len()
     }
@@ -194,10 +282,12 @@ impl DeviceQueue {
             Some(expiry) if expiry > now && expiry <= after(now, TIME_TO_LIVE_MAX) => expiry,
             Some(_) => return Err(QueueError::Expiry),
         };
-        let feedback = self.expire(now);
-        if self.messages.len() >= QUEUE_DEPTH_MAX {
+        // Refused before anything changes: a refusal leaves the queue as it was.
+        let live = self.messages.iter().filter(|queued| queued.expiry > now).count();
+        if live >= QUEUE_DEPTH_MAX {
             return Err(QueueError::QueueFull);
         }
+        let feedback = self.expire(now);
         let sequence_number = self.next_sequence_number;
         self.next_sequence_number += 1;
         self.messages.push(QueuedMessage {
@@ -444,6 +534,33 @@ mod tests {
         assert!(feedback.iter().all(|record| record.status == FeedbackStatus::Expired));
         assert_eq!(queue.len(), 1);
         assert_eq!(queue.purge(), 1);
+    }
+
+    #[test]
+    fn a_restored_queue_unlocks_and_numbers_on() {
+        let mut queue = DeviceQueue::default();
+        queue.enqueue(message("a", Ack::None), at(0)).unwrap();
+        queue.enqueue(message("b", Ack::None), at(0)).unwrap();
+        queue.receive("t".into(), at(0));
+        let mut stored = queue.messages().to_vec();
+        stored.reverse();
+        let mut restored = DeviceQueue::restore(stored);
+        assert!(restored.messages().iter().all(|queued| queued.lock.is_none()));
+        assert_eq!(restored.messages()[0].delivery_count, 1, "deliveries are kept");
+        let (sequence_number, _) = restored.enqueue(message("c", Ack::None), at(0)).unwrap();
+        assert_eq!(sequence_number, 2);
+        assert!(!restored.has_due(at(0)));
+        assert!(restored.has_due(at(TIME_TO_LIVE_DEFAULT.as_secs() as i64)));
+    }
+
+    #[test]
+    fn lock_tokens_are_random_uuids() {
+        let token = new_lock_token();
+        assert_eq!((token.len(), &token[14..15]), (36, "4"));
+        assert_ne!(token, new_lock_token());
+        let bytes = uuid_bytes(&token).unwrap();
+        assert_eq!(uuid_text(&bytes), token);
+        assert_eq!(uuid_bytes("not a uuid"), None);
     }
 
     #[test]

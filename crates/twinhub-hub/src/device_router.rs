@@ -47,6 +47,8 @@ impl std::fmt::Display for Endpoint {
 pub struct Interests {
     pub desired: bool,
     pub methods: bool,
+    /// Cloud-to-device messages.
+    pub c2d: bool,
 }
 
 /// A method request's id, unique in the hub; on the wire as lower-case hex (MQTT `$rid`, AMQP
@@ -84,10 +86,12 @@ pub enum DeviceMail {
     Method(MethodRequest),
 }
 
-/// A registered connection's side: its mail, and the signal that it missed desired changes.
+/// A registered connection's side: its mail, the signal that it missed desired changes, and the signal
+/// that its device's cloud-to-device queue may have a message for it.
 pub struct Mailbox {
     pub mail: mpsc::Receiver<DeviceMail>,
     pub resync: Arc<Notify>,
+    pub c2d_ready: Arc<Notify>,
 }
 
 /// Why a device's method answer was not taken.
@@ -103,6 +107,7 @@ struct Route {
     id: u64,
     mailbox: mpsc::Sender<DeviceMail>,
     resync: Arc<Notify>,
+    c2d_ready: Arc<Notify>,
     interests: Interests,
 }
 
@@ -209,11 +214,13 @@ impl DeviceRouter {
     ) -> (Registration, Mailbox) {
         let (mailbox, mail) = mpsc::channel(capacity.max(1));
         let resync = Arc::new(Notify::new());
+        let c2d_ready = Arc::new(Notify::new());
         let id = self.next_id();
         self.state().routes.entry(endpoint.clone()).or_default().push(Route {
             id,
             mailbox,
             resync: Arc::clone(&resync),
+            c2d_ready: Arc::clone(&c2d_ready),
             interests,
         });
         self.routes_changed.send_modify(|generation| *generation += 1);
@@ -223,7 +230,11 @@ impl DeviceRouter {
                 endpoint,
                 id,
             },
-            Mailbox { mail, resync },
+            Mailbox {
+                mail,
+                resync,
+                c2d_ready,
+            },
         )
     }
 
@@ -237,6 +248,18 @@ impl DeviceRouter {
             if route.mailbox.try_send(DeviceMail::Desired(Arc::clone(change))).is_err() {
                 route.resync.notify_one();
             }
+        }
+    }
+
+    /// The device's queue may have a message to take: every connection of it that takes cloud-to-device
+    /// messages is told (a signal that is kept until taken, so none is lost to a busy connection).
+    pub fn cloud_to_device_ready(&self, device_id: &DeviceId) {
+        let state = self.state();
+        let Some(routes) = state.routes.get(&Endpoint::device(device_id.clone())) else {
+            return;
+        };
+        for route in routes.iter().filter(|route| route.interests.c2d) {
+            route.c2d_ready.notify_one();
         }
     }
 

@@ -36,6 +36,8 @@ pub enum HubError {
     MethodTimeout(u64),
     #[error("{0}")]
     MethodCall(#[from] twinhub_core::method::MethodCallError),
+    #[error("{0}")]
+    CloudToDevice(#[from] twinhub_core::c2d::QueueError),
     #[error("the store failed; the write was not applied: {0}")]
     Store(#[source] StoreError),
     #[error("the hub is shutting down")]

@@ -8,6 +8,7 @@
 //! after an acknowledgement sees it, and versions and etags cannot race.
 
 mod bulk;
+pub mod cloud_to_device;
 pub mod device_router;
 mod error;
 pub mod event_log;
@@ -28,6 +29,8 @@ use twinhub_core::{DeviceId, DeviceRecord, DeviceStatus, TwinRules};
 use twinhub_store::{EventStore, Store};
 
 pub use bulk::{BulkError, BulkOperation, BulkOutcome, ImportMode};
+pub use cloud_to_device::FeedbackQueue;
+use cloud_to_device::{CloudToDeviceOp, CloudToDeviceOutcome};
 pub use device_router::{
     DeviceMail, DeviceRouter, Endpoint, Interests, Mailbox, MethodRequest, MethodRequestId, Registration,
 };
@@ -82,8 +85,10 @@ pub struct Hub {
     events: broadcast::Sender<HubEvent>,
     /// Device-to-cloud events; `None` for a hub started without an event store (benchmarks of the registry).
     event_log: Option<Arc<EventLog>>,
-    /// Device connections by device, for desired notifications and direct methods.
+    /// Device connections by device, for desired notifications, direct methods and cloud-to-device messages.
     router: Arc<DeviceRouter>,
+    /// Cloud-to-device feedback for back ends.
+    feedback: Arc<FeedbackQueue>,
     config: HubConfig,
 }
 
@@ -121,8 +126,10 @@ impl Hub {
             .into_iter()
             .map(|name| (twinhub_core::consumer_group::key(&name), name))
             .collect();
+        let c2d_messages = store.load_cloud_to_device().await.map_err(HubError::Store)?;
+        let feedback_records = store.load_feedback().await.map_err(HubError::Store)?;
         let started = twinhub_core::Timestamp::now();
-        let registry: Registry = records
+        let mut registry: Registry = records
             .into_iter()
             .map(|record| {
                 (
@@ -131,6 +138,19 @@ impl Hub {
                 )
             })
             .collect();
+        let c2d = cloud_to_device::CloudToDeviceState::restore(c2d_messages, &feedback_records, |id| {
+            registry.contains_key(id)
+        });
+        // `cloudToDeviceMessageCount` is the queue's depth, which the store keeps with the queue.
+        for (device_id, depth) in c2d.depths() {
+            if let Some(record) = registry.get(device_id).cloned() {
+                let mut identity = (*record.identity).clone();
+                identity.cloud_to_device_message_count = u32::try_from(depth).unwrap_or(u32::MAX);
+                let record = DeviceRecord::new(identity, record.twin.clone(), record.presence.clone());
+                registry.insert(device_id.clone(), Arc::new(record));
+            }
+        }
+        let feedback = Arc::new(FeedbackQueue::restore(feedback_records));
         let snapshot = Arc::new(ArcSwap::from_pointee(Snapshot {
             devices: registry,
             indexes: Default::default(),
@@ -146,7 +166,13 @@ impl Hub {
             store,
             events.clone(),
             config.clone(),
+            c2d,
+            writer::Deliveries {
+                router: Arc::clone(&router),
+                feedback: Arc::clone(&feedback),
+            },
         ));
+        tokio::spawn(sweep_cloud_to_device(writes.downgrade()));
         Ok(Arc::new(Hub {
             snapshot,
             stored_sessions: std::sync::Mutex::new(stored_sessions),
@@ -154,6 +180,7 @@ impl Hub {
             events,
             event_log,
             router,
+            feedback,
             config,
         }))
     }
@@ -211,6 +238,81 @@ impl Hub {
     ) -> Result<twinhub_core::method::MethodAnswer, HubError> {
         self.device(&endpoint.device_id)?;
         self.router.call(endpoint, call).await
+    }
+
+    /// Queues a cloud-to-device message for a device; answers once it is durable. `DeviceNotFound`, or
+    /// the queue's refusals (full, too large, an expiry out of range).
+    pub async fn send_cloud_to_device(
+        &self,
+        device_id: DeviceId,
+        message: twinhub_core::c2d::OutgoingMessage,
+    ) -> Result<(), HubError> {
+        self.cloud_to_device(device_id, CloudToDeviceOp::Send(Box::new(message)))
+            .await
+            .map(|_| ())
+    }
+
+    /// The device's next message, locked for it (its delivery counted, durably), or `None` when the
+    /// queue has nothing to give now.
+    pub async fn receive_cloud_to_device(
+        &self,
+        device_id: DeviceId,
+    ) -> Result<Option<Box<twinhub_core::c2d::QueuedMessage>>, HubError> {
+        let lock_token = twinhub_core::c2d::new_lock_token();
+        match self
+            .cloud_to_device(device_id, CloudToDeviceOp::Receive { lock_token })
+            .await?
+        {
+            CloudToDeviceOutcome::Received(message) => Ok(message),
+            _ => Err(HubError::Internal("the writer answered a receive with something else")),
+        }
+    }
+
+    /// Completes, rejects or abandons the message locked with `lock_token`; `LockLost` when no message of
+    /// the device is (still) locked with it.
+    pub async fn settle_cloud_to_device(
+        &self,
+        device_id: DeviceId,
+        lock_token: String,
+        settlement: twinhub_core::c2d::Settlement,
+    ) -> Result<(), HubError> {
+        self.cloud_to_device(device_id, CloudToDeviceOp::Settle { lock_token, settlement })
+            .await
+            .map(|_| ())
+    }
+
+    /// Empties a device's queue; returns how many messages it held.
+    pub async fn purge_cloud_to_device(&self, device_id: DeviceId) -> Result<usize, HubError> {
+        match self.cloud_to_device(device_id, CloudToDeviceOp::Purge).await? {
+            CloudToDeviceOutcome::Purged(count) => Ok(count),
+            _ => Err(HubError::Internal("the writer answered a purge with something else")),
+        }
+    }
+
+    async fn cloud_to_device(
+        &self,
+        device_id: DeviceId,
+        op: CloudToDeviceOp,
+    ) -> Result<CloudToDeviceOutcome, HubError> {
+        match self.write(WriteOp::CloudToDevice { device_id, op }).await? {
+            WriteOutcome::CloudToDevice(outcome) => Ok(outcome),
+            _ => Err(HubError::Internal(
+                "the writer answered a cloud-to-device change with something else",
+            )),
+        }
+    }
+
+    /// Feedback records waiting for back ends.
+    pub fn feedback(&self) -> &Arc<FeedbackQueue> {
+        &self.feedback
+    }
+
+    /// A back end received these feedback records (taken from [`Hub::feedback`]): they leave the store.
+    pub async fn feedback_received(&self, numbers: Vec<u64>) -> Result<(), HubError> {
+        if numbers.is_empty() {
+            return Ok(());
+        }
+        self.write(WriteOp::FeedbackReceived(numbers)).await.map(|_| ())
     }
 
     pub fn rules(&self) -> &TwinRules {
@@ -396,6 +498,33 @@ impl Hub {
                 "the writer answered a bulk request with something else",
             )),
         }
+    }
+}
+
+/// How often due cloud-to-device messages expire and timed-out locks are released, when nothing else
+/// touches their queue first.
+const CLOUD_TO_DEVICE_SWEEP: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Sweeps the cloud-to-device queues until the hub is gone.
+async fn sweep_cloud_to_device(writes: mpsc::WeakSender<WriteCommand>) {
+    let mut ticker = tokio::time::interval(CLOUD_TO_DEVICE_SWEEP);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        let Some(writes) = writes.upgrade() else { return };
+        let (reply, answer) = oneshot::channel();
+        if writes
+            .send(WriteCommand {
+                op: WriteOp::CloudToDeviceSweep,
+                reply,
+            })
+            .await
+            .is_err()
+        {
+            return;
+        }
+        drop(writes);
+        let _ = answer.await;
     }
 }
 

@@ -2,6 +2,7 @@
 //! one fsync, then publishes and acknowledges. Nothing else changes a record.
 
 use crate::bulk::{self, BulkOperation, BulkOutcome};
+use crate::cloud_to_device::{CloudToDeviceOp, CloudToDeviceOutcome, CloudToDeviceState};
 use crate::{HubConfig, HubError, HubEvent, Registry, Snapshot};
 use arc_swap::ArcSwap;
 use std::sync::Arc;
@@ -55,6 +56,15 @@ pub(crate) enum WriteOp {
     },
     /// Start indexing a path (built over the batch's final registry, then kept up to date).
     AddIndex(twinhub_query::document::FieldPath),
+    /// A change to a device's cloud-to-device queue.
+    CloudToDevice {
+        device_id: DeviceId,
+        op: CloudToDeviceOp,
+    },
+    /// Expire messages and time out locks that are due, in every queue.
+    CloudToDeviceSweep,
+    /// Back ends received these feedback records: they leave the store.
+    FeedbackReceived(Vec<u64>),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -75,6 +85,7 @@ pub(crate) enum WriteOutcome {
     Record(Arc<DeviceRecord>),
     Deleted,
     Bulk(BulkOutcome),
+    CloudToDevice(CloudToDeviceOutcome),
     Done,
 }
 
@@ -105,6 +116,18 @@ pub(crate) struct Batch<'a> {
     /// Open connections per device, across batches: a device is Connected while it has at least one (a
     /// session takeover opens the new connection before the old one has closed).
     connections: &'a mut std::collections::HashMap<DeviceId, u32>,
+    /// Every device's cloud-to-device queue, across batches.
+    pub(crate) c2d: &'a mut CloudToDeviceState,
+    /// Devices that may take a message now (one arrived, or came back): told after the commit.
+    pub(crate) c2d_ready: Vec<DeviceId>,
+    /// Feedback records the batch made, for back ends once it is committed.
+    pub(crate) feedback: Vec<(u64, twinhub_core::c2d::FeedbackRecord)>,
+}
+
+/// What the writer hands on after each commit, besides the snapshot and the hub events.
+pub(crate) struct Deliveries {
+    pub(crate) router: Arc<crate::DeviceRouter>,
+    pub(crate) feedback: Arc<crate::FeedbackQueue>,
 }
 
 pub(crate) async fn run(
@@ -113,6 +136,8 @@ pub(crate) async fn run(
     store: Arc<dyn Store>,
     events: broadcast::Sender<HubEvent>,
     config: HubConfig,
+    mut c2d: CloudToDeviceState,
+    deliveries: Deliveries,
 ) {
     let mut commands = Vec::with_capacity(config.commit_batch_operations_max);
     let mut connections = std::collections::HashMap::new();
@@ -129,7 +154,11 @@ pub(crate) async fn run(
             touched: Vec::new(),
             new_indexes: Vec::new(),
             connections: &mut connections,
+            c2d: &mut c2d,
+            c2d_ready: Vec::new(),
+            feedback: Vec::new(),
         };
+        batch.c2d.begin_batch();
         let mut replies = Vec::with_capacity(commands.len());
         for command in commands.drain(..) {
             let result = batch.apply(command.op);
@@ -145,6 +174,7 @@ pub(crate) async fn run(
             }
             if let Err(error) = committed {
                 tracing::error!(%error, "commit failed; the batch is refused and the snapshot left as it was");
+                batch.c2d.roll_back();
                 let message = error.to_string();
                 for (reply, result) in replies {
                     let answer = match result {
@@ -167,6 +197,10 @@ pub(crate) async fn run(
         for event in batch.events {
             // No subscriber is fine: nobody is waiting for notifications.
             let _ = events.send(event);
+        }
+        deliveries.feedback.push(batch.feedback);
+        for device_id in batch.c2d_ready {
+            deliveries.router.cloud_to_device_ready(&device_id);
         }
         for (reply, result) in replies {
             // The caller may have gone away (client disconnected); the write stands regardless.
@@ -244,6 +278,17 @@ impl Batch<'_> {
             }
             WriteOp::AddIndex(path) => {
                 self.new_indexes.push(path);
+                Ok(WriteOutcome::Done)
+            }
+            WriteOp::CloudToDevice { device_id, op } => self
+                .cloud_to_device(device_id, op, now)
+                .map(WriteOutcome::CloudToDevice),
+            WriteOp::CloudToDeviceSweep => {
+                self.cloud_to_device_sweep(now);
+                Ok(WriteOutcome::Done)
+            }
+            WriteOp::FeedbackReceived(numbers) => {
+                self.feedback_received(numbers);
                 Ok(WriteOutcome::Done)
             }
         }
@@ -333,6 +378,12 @@ impl Batch<'_> {
         self.upsert(record)
     }
 
+    /// A record changed only in what is not stored with it (`cloudToDeviceMessageCount`).
+    pub(crate) fn replace_in_memory(&mut self, record: Arc<DeviceRecord>) {
+        self.touched.push(record.identity.device_id.clone());
+        self.registry.insert(record.identity.device_id.clone(), record);
+    }
+
     pub(crate) fn upsert(&mut self, record: Arc<DeviceRecord>) -> Arc<DeviceRecord> {
         self.registry
             .insert(record.identity.device_id.clone(), Arc::clone(&record));
@@ -385,6 +436,7 @@ impl Batch<'_> {
         self.registry.remove(id);
         self.touched.push(id.clone());
         self.writes.push(StoreWrite::Delete(id.clone()));
+        self.cloud_to_device_forget(id);
         self.events.push(HubEvent::DeviceDeleted { device_id: id.clone() });
         Ok(())
     }

@@ -41,7 +41,11 @@ impl Store for MemoryStore {
                 StoreWrite::UpsertSession(_)
                 | StoreWrite::DeleteSession(_)
                 | StoreWrite::UpsertConsumerGroup(_)
-                | StoreWrite::DeleteConsumerGroup(_) => {}
+                | StoreWrite::DeleteConsumerGroup(_)
+                | StoreWrite::UpsertCloudToDevice { .. }
+                | StoreWrite::DeleteCloudToDevice { .. }
+                | StoreWrite::UpsertFeedback { .. }
+                | StoreWrite::DeleteFeedback(_) => {}
             }
         }
         Ok(())

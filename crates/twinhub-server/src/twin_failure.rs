@@ -73,6 +73,7 @@ impl From<&HubError> for TwinFailure {
             HubError::DeviceNotOnline(_) => (404, 404103),
             HubError::MethodTimeout(_) => (504, 504101),
             HubError::MethodCall(_) => (400, 400004),
+            HubError::CloudToDevice(_) => (400, 400004),
             HubError::Store(_) | HubError::Internal(_) => (500, 500001),
         };
         if status >= 500 {

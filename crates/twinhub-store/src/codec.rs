@@ -5,8 +5,9 @@
 //! read next to this one without a migration.
 
 use crate::StoreError;
+use twinhub_core::c2d::{FeedbackRecord, QueuedMessage};
 use twinhub_core::session::SessionRecord;
-use twinhub_core::DeviceRecord;
+use twinhub_core::{DeviceId, DeviceRecord};
 
 /// The first byte of every stored value.
 pub const FORMAT_V1: u8 = 1;
@@ -100,5 +101,70 @@ pub fn decode_session(key: &[u8], value: &[u8]) -> Result<SessionRecord, StoreEr
         }
         Some((format, _)) => Err(corrupt(format!("unknown format {format}"))),
         None => Err(corrupt("the value is empty".to_owned())),
+    }
+}
+
+/// The key of a cloud-to-device message: the device id's bytes, a NUL (no device id has one), then the
+/// sequence number big-endian, so a device's messages are one key range in sequence order.
+pub fn cloud_to_device_key(device_id: &DeviceId, sequence_number: u64) -> Vec<u8> {
+    let mut key = Vec::with_capacity(device_id.as_str().len() + 9);
+    key.extend_from_slice(device_id.as_str().as_bytes());
+    key.push(0);
+    key.extend_from_slice(&sequence_number.to_be_bytes());
+    key
+}
+
+pub fn encode_cloud_to_device(message: &QueuedMessage) -> Result<Vec<u8>, StoreError> {
+    postcard::to_extend(message, vec![FORMAT_V1]).map_err(|e| StoreError::Write(Box::new(e)))
+}
+
+/// The device and message stored under `key`; `Corrupt` (never a panic) when the bytes are not one.
+pub fn decode_cloud_to_device(key: &[u8], value: &[u8]) -> Result<(DeviceId, QueuedMessage), StoreError> {
+    let corrupt = |reason: String| StoreError::Corrupt {
+        key: String::from_utf8_lossy(key).into_owned(),
+        reason,
+    };
+    let split = key
+        .len()
+        .checked_sub(9)
+        .filter(|&at| key[at] == 0)
+        .ok_or_else(|| corrupt("a cloud-to-device key is a device id, a NUL and 8 bytes".into()))?;
+    let device_id = std::str::from_utf8(&key[..split])
+        .ok()
+        .and_then(|id| DeviceId::new(id).ok())
+        .ok_or_else(|| corrupt("the key holds no valid device id".into()))?;
+    let message: QueuedMessage = match value.split_first() {
+        Some((&FORMAT_V1, body)) => postcard::from_bytes(body).map_err(|e| corrupt(e.to_string()))?,
+        Some((format, _)) => return Err(corrupt(format!("unknown format {format}"))),
+        None => return Err(corrupt("the value is empty".into())),
+    };
+    let mut sequence = [0u8; 8];
+    sequence.copy_from_slice(&key[split + 1..]);
+    if message.sequence_number != u64::from_be_bytes(sequence) {
+        return Err(corrupt(
+            "the key and the message disagree on the sequence number".into(),
+        ));
+    }
+    Ok((device_id, message))
+}
+
+pub fn encode_feedback(record: &FeedbackRecord) -> Result<Vec<u8>, StoreError> {
+    postcard::to_extend(record, vec![FORMAT_V1]).map_err(|e| StoreError::Write(Box::new(e)))
+}
+
+pub fn decode_feedback(key: &[u8], value: &[u8]) -> Result<(u64, FeedbackRecord), StoreError> {
+    let corrupt = |reason: String| StoreError::Corrupt {
+        key: format!("feedback {key:02x?}"),
+        reason,
+    };
+    let sequence_number = <[u8; 8]>::try_from(key)
+        .map(u64::from_be_bytes)
+        .map_err(|_| corrupt("a feedback key has 8 bytes".into()))?;
+    match value.split_first() {
+        Some((&FORMAT_V1, body)) => postcard::from_bytes(body)
+            .map(|record| (sequence_number, record))
+            .map_err(|e| corrupt(e.to_string())),
+        Some((format, _)) => Err(corrupt(format!("unknown format {format}"))),
+        None => Err(corrupt("the value is empty".into())),
     }
 }

@@ -2,7 +2,9 @@
 //!
 //! Two keyspaces: `devices` (key = the device id's UTF-8 bytes, value = the record as [`crate::codec`]
 //! encodes it), `sessions` (key = the MQTT client id, value = the session's subscriptions) and
-//! `consumer_groups` (the Event Hubs-compatible endpoint's, created by back ends). The
+//! `consumer_groups` (the Event Hubs-compatible endpoint's, created by back ends), `c2d` (cloud-to-device
+//! messages: key = device id, NUL, sequence number big-endian; value = the queued message) and
+//! `c2d_feedback` (feedback records not yet received: key = their number big-endian). The
 //! telemetry event log lives in the same database, in keyspaces of its own (`event_log`).
 //!
 //! Durability: a commit is one fjall write batch (atomic in the journal) followed by an `fsync` of the
@@ -10,15 +12,19 @@
 //! or a power cut could take back. The hub's writer groups concurrent writes into one batch, so the cost
 //! of the fsync is shared by every write in it.
 
-use crate::codec::{decode_all, decode_session, encode, encode_session};
+use crate::codec::{
+    cloud_to_device_key, decode_all, decode_cloud_to_device, decode_feedback, decode_session, encode,
+    encode_cloud_to_device, encode_feedback, encode_session,
+};
 use crate::events::EVENT_PARTITIONS_DEFAULT;
 use crate::{Store, StoreError, StoreWrite};
 use event_log::EventLog;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode, Slice};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use twinhub_core::c2d::{FeedbackRecord, QueuedMessage};
 use twinhub_core::session::SessionRecord;
-use twinhub_core::DeviceRecord;
+use twinhub_core::{DeviceId, DeviceRecord};
 
 /// The most journal kept before memtables are flushed to tables.
 const JOURNAL_BYTES_MAX: u64 = 64 * 1024 * 1024;
@@ -52,6 +58,8 @@ struct Inner {
     sessions: Keyspace,
     /// Key: the consumer group's name in lower case; value: the name as created.
     consumer_groups: Keyspace,
+    cloud_to_device: Keyspace,
+    feedback: Keyspace,
     path: PathBuf,
 }
 
@@ -87,6 +95,12 @@ impl EmbeddedStore {
         let consumer_groups = db
             .keyspace("consumer_groups", KeyspaceCreateOptions::default)
             .map_err(|e| open_error(Box::new(e)))?;
+        let cloud_to_device = db
+            .keyspace("c2d", KeyspaceCreateOptions::default)
+            .map_err(|e| open_error(Box::new(e)))?;
+        let feedback = db
+            .keyspace("c2d_feedback", KeyspaceCreateOptions::default)
+            .map_err(|e| open_error(Box::new(e)))?;
         let events = EventLog::open(&db, dir, options.event_partitions)?;
         Ok(EmbeddedStore {
             events: Arc::new(events),
@@ -95,6 +109,8 @@ impl EmbeddedStore {
                 devices,
                 sessions,
                 consumer_groups,
+                cloud_to_device,
+                feedback,
                 path: dir.to_path_buf(),
             }),
         })
@@ -137,6 +153,24 @@ impl Inner {
         Ok(names)
     }
 
+    fn load_cloud_to_device(&self) -> Result<Vec<(DeviceId, QueuedMessage)>, StoreError> {
+        let mut messages = Vec::new();
+        for guard in self.cloud_to_device.iter() {
+            let (key, value) = guard.into_inner().map_err(|e| StoreError::Read(Box::new(e)))?;
+            messages.push(decode_cloud_to_device(&key, &value)?);
+        }
+        Ok(messages)
+    }
+
+    fn load_feedback(&self) -> Result<Vec<(u64, FeedbackRecord)>, StoreError> {
+        let mut records = Vec::new();
+        for guard in self.feedback.iter() {
+            let (key, value) = guard.into_inner().map_err(|e| StoreError::Read(Box::new(e)))?;
+            records.push(decode_feedback(&key, &value)?);
+        }
+        Ok(records)
+    }
+
     fn commit(&self, batch: Vec<StoreWrite>) -> Result<(), StoreError> {
         if batch.is_empty() {
             return Ok(());
@@ -162,6 +196,26 @@ impl Inner {
                     &self.consumer_groups,
                     twinhub_core::consumer_group::key(&name).into_bytes(),
                 ),
+                StoreWrite::UpsertCloudToDevice { device_id, message } => writes.insert(
+                    &self.cloud_to_device,
+                    cloud_to_device_key(&device_id, message.sequence_number),
+                    encode_cloud_to_device(&message)?,
+                ),
+                StoreWrite::DeleteCloudToDevice {
+                    device_id,
+                    sequence_number,
+                } => writes.remove(&self.cloud_to_device, cloud_to_device_key(&device_id, sequence_number)),
+                StoreWrite::UpsertFeedback {
+                    sequence_number,
+                    record,
+                } => writes.insert(
+                    &self.feedback,
+                    sequence_number.to_be_bytes().to_vec(),
+                    encode_feedback(&record)?,
+                ),
+                StoreWrite::DeleteFeedback(sequence_number) => {
+                    writes.remove(&self.feedback, sequence_number.to_be_bytes().to_vec())
+                }
             }
         }
         writes.commit().map_err(|e| StoreError::Write(Box::new(e)))
@@ -187,6 +241,20 @@ impl Store for EmbeddedStore {
     async fn load_consumer_groups(&self) -> Result<Vec<String>, StoreError> {
         let inner = Arc::clone(&self.inner);
         tokio::task::spawn_blocking(move || inner.load_consumer_groups())
+            .await
+            .map_err(|e| StoreError::Read(Box::new(e)))?
+    }
+
+    async fn load_cloud_to_device(&self) -> Result<Vec<(DeviceId, QueuedMessage)>, StoreError> {
+        let inner = Arc::clone(&self.inner);
+        tokio::task::spawn_blocking(move || inner.load_cloud_to_device())
+            .await
+            .map_err(|e| StoreError::Read(Box::new(e)))?
+    }
+
+    async fn load_feedback(&self) -> Result<Vec<(u64, FeedbackRecord)>, StoreError> {
+        let inner = Arc::clone(&self.inner);
+        tokio::task::spawn_blocking(move || inner.load_feedback())
             .await
             .map_err(|e| StoreError::Read(Box::new(e)))?
     }

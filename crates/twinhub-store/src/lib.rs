@@ -5,6 +5,7 @@
 //! Architecture invariant: this is the only crate that touches disk (and, later, SQL).
 
 use std::sync::Arc;
+use twinhub_core::c2d::{FeedbackRecord, QueuedMessage};
 use twinhub_core::session::SessionRecord;
 use twinhub_core::{DeviceId, DeviceRecord};
 
@@ -55,6 +56,23 @@ pub enum StoreWrite {
     /// A consumer group of the Event Hubs-compatible endpoint, by name (stored as given, keyed without case).
     UpsertConsumerGroup(String),
     DeleteConsumerGroup(String),
+    /// A message in a device's cloud-to-device queue, new or changed (its delivery count).
+    UpsertCloudToDevice {
+        device_id: DeviceId,
+        message: Box<QueuedMessage>,
+    },
+    /// A message that left its queue (completed, rejected, expired, dead-lettered, purged).
+    DeleteCloudToDevice {
+        device_id: DeviceId,
+        sequence_number: u64,
+    },
+    /// A feedback record waiting for a back end, by its number in the hub's feedback queue.
+    UpsertFeedback {
+        sequence_number: u64,
+        record: FeedbackRecord,
+    },
+    /// A feedback record a back end received.
+    DeleteFeedback(u64),
 }
 
 /// A durable home for device records.
@@ -76,6 +94,17 @@ pub trait Store: Send + Sync + 'static {
     /// The consumer groups created by back ends (not `$Default`). Called once at start; a store that
     /// keeps none returns none.
     async fn load_consumer_groups(&self) -> Result<Vec<String>, StoreError> {
+        Ok(Vec::new())
+    }
+
+    /// Every message of every device's cloud-to-device queue. Called once at start; a store that keeps
+    /// none returns none.
+    async fn load_cloud_to_device(&self) -> Result<Vec<(DeviceId, QueuedMessage)>, StoreError> {
+        Ok(Vec::new())
+    }
+
+    /// The feedback records no back end received yet, with their numbers. Called once at start.
+    async fn load_feedback(&self) -> Result<Vec<(u64, FeedbackRecord)>, StoreError> {
         Ok(Vec::new())
     }
 

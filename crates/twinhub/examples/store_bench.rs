@@ -124,7 +124,11 @@ impl Store for RedbStore {
                         StoreWrite::UpsertSession(_)
                         | StoreWrite::DeleteSession(_)
                         | StoreWrite::UpsertConsumerGroup(_)
-                        | StoreWrite::DeleteConsumerGroup(_) => {}
+                        | StoreWrite::DeleteConsumerGroup(_)
+                        | StoreWrite::UpsertCloudToDevice { .. }
+                        | StoreWrite::DeleteCloudToDevice { .. }
+                        | StoreWrite::UpsertFeedback { .. }
+                        | StoreWrite::DeleteFeedback(_) => {}
                     }
                 }
             }

@@ -2,6 +2,7 @@
 
 mod bench;
 mod client;
+mod cloud_to_device;
 mod commands;
 mod event_hubs;
 mod monitor;
@@ -101,6 +102,13 @@ enum Command {
         #[command(flatten)]
         access: HubAccess,
     },
+    /// Cloud-to-device messages.
+    C2d {
+        #[command(subcommand)]
+        command: commands::C2dCommand,
+        #[command(flatten)]
+        access: HubAccess,
+    },
     /// Device twins.
     Twin {
         #[command(subcommand)]
@@ -175,6 +183,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Device { command, access } => commands::device(command, &access).await,
         Command::Twin { command, access } => commands::twin(command, &access).await,
         Command::Method { command, access } => commands::method(command, &access).await,
+        Command::C2d { command, access } => commands::c2d(command, &access).await,
         Command::Query {
             sql,
             page_size,

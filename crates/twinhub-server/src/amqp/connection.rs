@@ -3,6 +3,7 @@
 //! accepted and detached at once with `amqp:unauthorized-access` (AMQP has no "refuse attach").
 
 use super::cbs::{self, Authorizations};
+use super::cloud_to_device;
 use super::event_hubs::{self, address::EventHubAddress};
 use super::header::{self, Protocol};
 use super::methods;
@@ -225,6 +226,17 @@ fn link_acceptor() -> DefaultLinkAcceptor {
         .build()
 }
 
+/// The acceptor for links the hub sends on unsettled (a device's cloud-to-device messages): whatever
+/// sender settle mode the client asks for, unsettled when it leaves the choice to us.
+fn link_acceptor_settled_by_peer() -> DefaultLinkAcceptor {
+    LinkAcceptor::builder()
+        .supported_receiver_settle_modes(fe2o3_amqp::acceptor::SupportedReceiverSettleModes::First)
+        .fallback_receiver_settle_mode(fe2o3_amqp::types::definitions::ReceiverSettleMode::First)
+        .supported_sender_settle_modes(fe2o3_amqp::acceptor::SupportedSenderSettleModes::All)
+        .fallback_sender_settle_mode(fe2o3_amqp::types::definitions::SenderSettleMode::Unsettled)
+        .build()
+}
+
 /// What a link's address names.
 #[derive(Debug, PartialEq, Eq)]
 enum Address {
@@ -238,8 +250,12 @@ enum Address {
     DeviceOther(String),
     /// The Event Hubs-compatible endpoint: `$management` or a partition of a consumer group.
     EventHub(EventHubAddress),
+    /// A device's cloud-to-device messages (`/devices/{id}/messages/devicebound`).
+    CloudToDevice(String),
     /// A back end sending cloud-to-device messages (`/messages/devicebound`).
     ServiceCloudToDevice,
+    /// A back end reading cloud-to-device feedback (`/messages/serviceBound/feedback`).
+    ServiceFeedback,
     Unknown,
 }
 
@@ -261,6 +277,12 @@ fn classify(address: &str, hub_name: &str) -> Address {
     {
         return Address::ServiceCloudToDevice;
     }
+    if address
+        .trim_end_matches('/')
+        .eq_ignore_ascii_case("/messages/serviceBound/feedback")
+    {
+        return Address::ServiceFeedback;
+    }
     let prefix = "/devices/";
     let Some(rest) = address
         .get(..prefix.len())
@@ -280,6 +302,8 @@ fn classify(address: &str, hub_name: &str) -> Address {
         Address::Telemetry(device)
     } else if tail.trim_end_matches('/').eq_ignore_ascii_case("methods/devicebound") {
         Address::Methods(device)
+    } else if tail.trim_end_matches('/').eq_ignore_ascii_case("messages/devicebound") {
+        Address::CloudToDevice(device)
     } else {
         Address::DeviceOther(device)
     }
@@ -426,10 +450,17 @@ impl SessionState {
             Address::Twin(device)
             | Address::Telemetry(device)
             | Address::Methods(device)
+            | Address::CloudToDevice(device)
             | Address::DeviceOther(device) => Some(device.clone()),
             _ => None,
         };
-        let link = match link_acceptor().accept_incoming_attach(attach, session).await {
+        // A device's cloud-to-device link is the one the hub sends unsettled on: the device's outcome
+        // settles each message.
+        let acceptor = match kind {
+            Address::CloudToDevice(_) => link_acceptor_settled_by_peer(),
+            _ => link_acceptor(),
+        };
+        let link = match acceptor.accept_incoming_attach(attach, session).await {
             Ok(link) => link,
             Err(error) => {
                 tracing::info!(%address, %error, "AMQP link refused");
@@ -443,7 +474,9 @@ impl SessionState {
             },
             None => match kind {
                 Address::Cbs => true,
-                Address::ServiceCloudToDevice => authorizations.lock().await.covers_service(),
+                Address::ServiceCloudToDevice | Address::ServiceFeedback => {
+                    authorizations.lock().await.covers_service()
+                }
                 _ => false,
             },
         };
@@ -487,10 +520,18 @@ impl SessionState {
                 }
             }
             (Address::ServiceCloudToDevice, LinkEndpoint::Receiver(receiver)) => {
-                tokio::spawn(refuse_everything(
+                tokio::spawn(cloud_to_device::receive_sends(
+                    Arc::clone(&self.service),
                     receiver,
-                    "cloud-to-device messages are not supported yet",
+                    Arc::clone(authorizations),
                 ));
+            }
+            (Address::ServiceFeedback, LinkEndpoint::Sender(sender)) => {
+                tokio::spawn(cloud_to_device::serve_feedback(Arc::clone(&self.service), sender));
+            }
+            (Address::CloudToDevice(device), LinkEndpoint::Sender(sender)) => {
+                let Ok(device_id) = DeviceId::new(&device) else { return };
+                tokio::spawn(cloud_to_device::deliver(Arc::clone(&self.service), sender, device_id));
             }
             (Address::Telemetry(device), LinkEndpoint::Receiver(receiver)) => {
                 let Ok(device_id) = DeviceId::new(&device) else { return };
@@ -836,22 +877,6 @@ async fn send_settled(sender: &mut Sender, message: Message<Body<Value>>) {
     }
 }
 
-/// A link whose messages the hub cannot act on yet: each is rejected with `amqp:not-implemented`, so the
-/// sender learns it at once instead of believing it delivered.
-async fn refuse_everything(mut receiver: Receiver, description: &'static str) {
-    while let Ok(delivery) = receiver.recv::<Body<Value>>().await {
-        tracing::info!(description, "message refused");
-        let error = AmqpErrorBody::new(
-            ErrorCondition::AmqpError(AmqpError::NotImplemented),
-            Some(description.into()),
-            None,
-        );
-        if receiver.reject(&delivery, error).await.is_err() {
-            break;
-        }
-    }
-}
-
 async fn detach(link: LinkEndpoint, condition: ErrorCondition) {
     let error = AmqpErrorBody::new(condition, None, None);
     match link {
@@ -880,8 +905,9 @@ mod tests {
         );
         assert_eq!(
             classify("/devices/dev1/messages/deviceBound"),
-            Address::DeviceOther("dev1".into())
+            Address::CloudToDevice("dev1".into())
         );
+        assert_eq!(classify("/messages/serviceBound/feedback"), Address::ServiceFeedback);
         assert_eq!(
             classify("/devices/dev1/methods/devicebound"),
             Address::Methods("dev1".into())

@@ -6,12 +6,15 @@
 //! - `cbs`: `put-token` on `$cbs` authorizes a device for the connection until the token expires.
 //! - `twin`: the twin links (GET, reported PATCH, desired subscription and notifications).
 //! - `telemetry`: the device's telemetry sender link, settled once each event is durable.
+//! - `settle_when_done`: links whose messages are settled, in order, once the hub made them durable.
 //! - `methods`: direct method requests and answers on the device's methods links.
+//! - `cloud_to_device`: back ends' sends and feedback, and devices' cloud-to-device links.
 //! - `event_hubs`: the Event Hubs-compatible endpoint (receivers of the event log, `$management`).
 //! - `frame_padding`: every performative sent at full length (the Python Event Hubs client needs it).
 //! - `connection`: sessions and links, routed by address, refused when no token covers them.
 
 mod cbs;
+mod cloud_to_device;
 mod connection;
 mod event_hubs;
 mod frame_padding;
@@ -19,6 +22,7 @@ mod header;
 mod methods;
 mod request_response;
 mod sasl;
+mod settle_when_done;
 mod telemetry;
 mod twin;
 

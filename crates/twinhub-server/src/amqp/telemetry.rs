@@ -1,96 +1,53 @@
 //! Telemetry over AMQP: the device's sender link `/devices/{id}/messages/events` (or a module's). Each
 //! message becomes an event (its properties section, application properties and the annotations a device
 //! may set) and is settled `accepted` once the event is durable, `rejected` with an IoT Hub condition when
-//! the hub refuses it. Many messages may wait for their commit at once; they are settled in order.
+//! the hub refuses it. Many messages may wait for their commit at once; they are settled in order
+//! (`settle_when_done`).
 
 use super::cbs::Authorizations;
 use super::AmqpService;
-use fe2o3_amqp::link::delivery::Delivery;
 use fe2o3_amqp::link::Receiver;
 use fe2o3_amqp::types::definitions::{AmqpError, Error as AmqpErrorBody, ErrorCondition, LinkError};
 use fe2o3_amqp::types::messaging::annotations::OwnedKey;
 use fe2o3_amqp::types::messaging::{Body, Message, MessageId};
 use fe2o3_amqp::types::primitives::{SimpleValue, Value};
-use futures_util::future::BoxFuture;
-use futures_util::stream::FuturesOrdered;
-use futures_util::StreamExt;
 use std::sync::Arc;
 use tokio::sync::Mutex;
 use twinhub_core::event::{DeviceEvent, EventProperties, EventValue};
 use twinhub_core::DeviceId;
 use twinhub_hub::HubError;
 
-/// Messages of one link waiting for their commit; past this the link is not read (back-pressure).
-const IN_FLIGHT_MAX: usize = 256;
-
 /// Annotations a device may set on its messages, forwarded to consumers.
 const DEVICE_ANNOTATIONS: [&str; 3] = ["iothub-interface-id", "dt-subject", "dt-dataschema"];
 
-/// A message waiting for its event to be durable, and how that went.
-type Stored = BoxFuture<'static, (Delivery<Body<Value>>, Result<(), HubError>)>;
-
-enum Step {
-    Received(Delivery<Body<Value>>),
-    Stored(Delivery<Body<Value>>, Result<(), HubError>),
-    Ended,
-}
-
-/// Serves one telemetry link until the client detaches it or the connection ends.
+/// Serves one telemetry link until the client detaches it or the connection ends: each message is
+/// accepted once its event is durable (`settle_when_done`).
 pub(crate) async fn receive(
     service: Arc<AmqpService>,
-    mut receiver: Receiver,
+    receiver: Receiver,
     device_id: DeviceId,
     module_id: Option<String>,
     authorizations: Arc<Mutex<Authorizations>>,
 ) {
-    let mut pending: FuturesOrdered<Stored> = FuturesOrdered::new();
-    loop {
-        let step = tokio::select! {
-            received = receiver.recv::<Body<Value>>(), if pending.len() < IN_FLIGHT_MAX => match received {
-                Ok(delivery) => Step::Received(delivery),
-                Err(_) => Step::Ended,
-            },
-            Some((delivery, result)) = pending.next(), if !pending.is_empty() => Step::Stored(delivery, result),
-        };
-        match step {
-            Step::Ended => break,
-            Step::Received(delivery) => {
-                if !authorizations.lock().await.covers(&device_id) {
-                    tracing::info!(%device_id, "telemetry after the token expired: detaching");
-                    let error = AmqpErrorBody::new(
-                        ErrorCondition::AmqpError(AmqpError::UnauthorizedAccess),
-                        Some("the token expired".into()),
-                        None,
-                    );
-                    let _ = receiver.close_with_error(error).await;
-                    return;
-                }
-                let event = event_of(delivery.message());
-                let hub = Arc::clone(&service.hub);
-                let device_id = device_id.clone();
-                let module_id = module_id.clone();
-                pending.push_back(Box::pin(async move {
-                    let result = hub
-                        .send_event(&device_id, module_id.as_deref(), event)
-                        .await
-                        .map(|_| ());
-                    (delivery, result)
-                }));
-            }
-            Step::Stored(delivery, Ok(())) => {
-                if receiver.accept(&delivery).await.is_err() {
-                    break;
-                }
-            }
-            Step::Stored(delivery, Err(error)) => {
-                tracing::info!(%device_id, %error, "telemetry refused");
-                if receiver.reject(&delivery, rejection(&error)).await.is_err() {
-                    break;
-                }
-            }
-        }
-    }
-    // Messages still waiting were never settled: the device sends them again.
+    let covered = device_id.clone();
+    super::settle_when_done::serve(
+        receiver,
+        authorizations,
+        move |authorizations: &Authorizations| authorizations.covers(&covered),
+        |message| {
+            let event = event_of(message);
+            let hub = Arc::clone(&service.hub);
+            let device_id = device_id.clone();
+            let module_id = module_id.clone();
+            Box::pin(async move {
+                hub.send_event(&device_id, module_id.as_deref(), event)
+                    .await
+                    .map(|_| ())
+            })
+        },
+        rejection,
+    )
+    .await
 }
 
 /// The rejected outcome's error, in IoT Hub's terms.

@@ -138,7 +138,16 @@ enum Unacknowledged {
     Desired(u64),
     TwinReply,
     MethodRequest,
+    /// A cloud-to-device message, completed by its PUBACK: the lock token it was received with.
+    CloudToDevice(String),
 }
+
+/// Cloud-to-device messages a connection has published and not had acknowledged, at most: the queue
+/// keeps the rest until PUBACKs come.
+const CLOUD_TO_DEVICE_IN_FLIGHT_MAX: usize = 16;
+
+type CloudToDeviceReceive =
+    BoxFuture<'static, Result<Option<Box<twinhub_core::c2d::QueuedMessage>>, twinhub_hub::HubError>>;
 
 /// What handling a packet leaves to do that needs waiting.
 enum Step {
@@ -165,6 +174,15 @@ struct Connection<W> {
     pending: FuturesOrdered<BoxFuture<'static, Completion>>,
     rate: RequestRate,
     activity_recorded: Instant,
+    /// The receive from the device's cloud-to-device queue under way, one at a time (the queue's order).
+    c2d_receiving: Option<CloudToDeviceReceive>,
+    /// Published cloud-to-device messages waiting for their PUBACK.
+    c2d_outstanding: usize,
+    /// The queue had nothing at the last receive: wait for the router's signal before asking again.
+    c2d_drained: bool,
+    /// The router signalled while a receive was under way: its "nothing" may predate the message the
+    /// signal is about, so ask again instead of waiting.
+    c2d_signalled_during_receive: bool,
 }
 
 pub(crate) async fn serve<R, W>(
@@ -270,6 +288,10 @@ pub(crate) async fn serve<R, W>(
         pending: FuturesOrdered::new(),
         rate: RequestRate::new(config.twin_requests_per_second, config.twin_request_burst),
         activity_recorded: Instant::now(),
+        c2d_receiving: None,
+        c2d_outstanding: 0,
+        c2d_drained: false,
+        c2d_signalled_during_receive: false,
     };
     let end = connection
         .run(
@@ -286,9 +308,33 @@ pub(crate) async fn serve<R, W>(
         .values()
         .filter_map(|unacknowledged| match unacknowledged {
             Unacknowledged::Desired(version) => Some(*version),
-            Unacknowledged::TwinReply | Unacknowledged::MethodRequest => None,
+            Unacknowledged::TwinReply | Unacknowledged::MethodRequest | Unacknowledged::CloudToDevice(_) => None,
         })
         .min();
+    // Cloud-to-device messages the device did not acknowledge go back to its queue at once, for its next
+    // connection (their delivery was counted).
+    let unsettled: Vec<String> = connection
+        .unacknowledged
+        .drain()
+        .filter_map(|(_, unacknowledged)| match unacknowledged {
+            Unacknowledged::CloudToDevice(lock_token) => Some(lock_token),
+            _ => None,
+        })
+        .collect();
+    if !unsettled.is_empty() {
+        let hub = Arc::clone(&service.hub);
+        let device_id = device_id.clone();
+        tokio::spawn(async move {
+            for lock_token in unsettled {
+                let abandoned = hub
+                    .settle_cloud_to_device(device_id.clone(), lock_token, twinhub_core::c2d::Settlement::Abandon)
+                    .await;
+                if let Err(error) = abandoned {
+                    tracing::debug!(%error, "an unacknowledged cloud-to-device message was not given back");
+                }
+            }
+        });
+    }
     service
         .sessions
         .detach(&session, connection_id, connect.clean_session, undelivered);
@@ -327,6 +373,8 @@ impl<W: AsyncWrite + Unpin + Send> Connection<W> {
                 return end;
             }
         }
+        // A session that comes back subscribed takes what its queue holds.
+        self.pull_cloud_to_device();
         if let Err(error) = self.out.flush().await {
             return End::Io(error);
         }
@@ -348,6 +396,21 @@ impl<W: AsyncWrite + Unpin + Send> Connection<W> {
                 Some(completion) = self.pending.next(), if !self.pending.is_empty() => self.complete(completion),
                 Some(mail) = mailbox.mail.recv() => self.mail(mail),
                 _ = mailbox.resync.notified() => self.send_missed_desired(DesiredCursor::catch_up),
+                _ = mailbox.c2d_ready.notified() => {
+                    self.c2d_drained = false;
+                    self.c2d_signalled_during_receive = self.c2d_receiving.is_some();
+                    self.pull_cloud_to_device();
+                    Ok(())
+                }
+                received = async {
+                    match self.c2d_receiving.as_mut() {
+                        Some(receiving) => receiving.await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    self.c2d_receiving = None;
+                    self.cloud_to_device_received(received)
+                }
                 packet = packets.next(), if self.pending.len() < in_flight_max => match packet {
                     None => Err(End::ClientClosed),
                     Some(Err(DecodeError::Io(error))) => Err(End::ConnectionLost(error.to_string())),
@@ -467,7 +530,11 @@ impl<W: AsyncWrite + Unpin + Send> Connection<W> {
                 }
             }
             Packet::PublishAck { packet_id } => {
-                self.unacknowledged.remove(&packet_id.get());
+                if let Some(Unacknowledged::CloudToDevice(lock_token)) = self.unacknowledged.remove(&packet_id.get()) {
+                    self.c2d_outstanding = self.c2d_outstanding.saturating_sub(1);
+                    self.settle_cloud_to_device(lock_token);
+                    self.pull_cloud_to_device();
+                }
                 Ok(())
             }
             Packet::PingRequest => {
@@ -514,6 +581,10 @@ impl<W: AsyncWrite + Unpin + Send> Connection<W> {
         let granted = wire::granted(requested);
         self.session.state().grant(subscription, Some(granted));
         self.listen_as_subscribed();
+        if subscription == Subscription::CloudToDevice {
+            self.c2d_drained = false;
+            self.pull_cloud_to_device();
+        }
         if subscription == Subscription::DesiredPatches {
             // From now on the router hands the session every change; read after the grant, the twin shows
             // every change it did not hand over, so a fresh device starts from this version.
@@ -654,6 +725,79 @@ impl<W: AsyncWrite + Unpin + Send> Connection<W> {
                 )
             }
         }
+    }
+
+    /// Asks the device's queue for its next message, unless one ask is under way, the device is not
+    /// subscribed, the queue was empty at the last ask, or enough messages wait for their PUBACK.
+    fn pull_cloud_to_device(&mut self) {
+        if self.c2d_receiving.is_some()
+            || self.c2d_drained
+            || self.c2d_outstanding >= CLOUD_TO_DEVICE_IN_FLIGHT_MAX
+            || self.session.state().granted(Subscription::CloudToDevice).is_none()
+        {
+            return;
+        }
+        let hub = Arc::clone(&self.service.hub);
+        let device_id = self.client.device_id.clone();
+        self.c2d_receiving = Some(Box::pin(async move { hub.receive_cloud_to_device(device_id).await }));
+    }
+
+    /// A message from the device's queue, published on `devices/{id}/messages/devicebound/{bag}` at the
+    /// QoS granted: at QoS 1 its PUBACK completes it, at QoS 0 it is complete once sent.
+    fn cloud_to_device_received(
+        &mut self,
+        received: Result<Option<Box<twinhub_core::c2d::QueuedMessage>>, twinhub_hub::HubError>,
+    ) -> Result<(), End> {
+        let queued = match received {
+            Ok(Some(queued)) => queued,
+            Ok(None) => {
+                self.c2d_drained = !std::mem::take(&mut self.c2d_signalled_during_receive);
+                self.pull_cloud_to_device();
+                return Ok(());
+            }
+            Err(error) => {
+                tracing::info!(client_id = %self.client.client_id(), %error, "could not take a cloud-to-device message");
+                self.c2d_drained = true;
+                return Ok(());
+            }
+        };
+        let lock_token = queued.lock.as_ref().map(|lock| lock.token.clone()).unwrap_or_default();
+        let Some(qos) = self.session.state().granted(Subscription::CloudToDevice) else {
+            // Unsubscribed meanwhile: back to the queue for another time.
+            self.abandon_cloud_to_device(lock_token);
+            return Ok(());
+        };
+        let topic = property_bag::cloud_to_device_topic(self.client.device_id.as_str(), &queued);
+        let payload = Bytes::from(queued.message.body);
+        if qos == QoS::AtMostOnce {
+            self.publish(topic, payload, qos, Unacknowledged::TwinReply)?;
+            self.settle_cloud_to_device(lock_token);
+        } else {
+            self.publish(topic, payload, qos, Unacknowledged::CloudToDevice(lock_token))?;
+            self.c2d_outstanding += 1;
+        }
+        self.pull_cloud_to_device();
+        Ok(())
+    }
+
+    /// Completes a message the device acknowledged; the hub's answer is not waited for (a lock lost
+    /// meanwhile means the message comes again, which at-least-once allows).
+    fn settle_cloud_to_device(&self, lock_token: String) {
+        self.spawn_settlement(lock_token, twinhub_core::c2d::Settlement::Complete);
+    }
+
+    fn abandon_cloud_to_device(&self, lock_token: String) {
+        self.spawn_settlement(lock_token, twinhub_core::c2d::Settlement::Abandon);
+    }
+
+    fn spawn_settlement(&self, lock_token: String, settlement: twinhub_core::c2d::Settlement) {
+        let hub = Arc::clone(&self.service.hub);
+        let device_id = self.client.device_id.clone();
+        tokio::spawn(async move {
+            if let Err(error) = hub.settle_cloud_to_device(device_id, lock_token, settlement).await {
+                tracing::info!(%error, ?settlement, "a cloud-to-device settlement was refused");
+            }
+        });
     }
 
     /// A direct method call, published on `$iothub/methods/POST/{name}/?$rid=` at the QoS granted.

@@ -1,7 +1,9 @@
-//! The property bag of an MQTT telemetry topic (`devices/{id}/messages/events/{bag}`) as an event: URL-encoded
-//! `key=value` pairs joined by `&`, where `$.`-prefixed keys are IoT Hub's system properties. Ref:
-//! eventhubs-endpoint notes §7; both SDKs percent-encode keys too (`%24.mid=`), so keys are decoded before
-//! they are matched.
+//! The property bag of an MQTT topic: URL-encoded `key=value` pairs joined by `&`, where `$.`-prefixed keys
+//! are IoT Hub's system properties. A telemetry topic's (`devices/{id}/messages/events/{bag}`) becomes an
+//! event (ref: eventhubs-endpoint notes §7; both SDKs percent-encode keys too, `%24.mid=`, so keys are
+//! decoded before they are matched); a cloud-to-device message becomes the bag of its topic
+//! (`devices/{id}/messages/devicebound/{bag}`, the slash before the bag always there: Node drops a message
+//! without it).
 
 use twinhub_core::event::{DeviceEvent, EventValue};
 
@@ -54,6 +56,58 @@ pub fn event(bag: &str, payload: &[u8], retain: bool) -> Result<DeviceEvent, Mal
             .push(("mqtt-retain".into(), EventValue::String("true".into())));
     }
     Ok(event)
+}
+
+/// The topic a cloud-to-device message is published on: its system properties (`$.mid`, `$.cid`, `$.uid`,
+/// `$.to`, `$.ct`, `$.ce`, `$.exp`), `iothub-ack`, then its application properties, each percent-encoded.
+pub fn cloud_to_device_topic(device_id: &str, queued: &twinhub_core::c2d::QueuedMessage) -> String {
+    let message = &queued.message;
+    let to = format!("/devices/{device_id}/messages/devicebound");
+    let expiry = queued.expiry.to_iso8601();
+    let ack = match message.ack {
+        twinhub_core::c2d::Ack::None => None,
+        twinhub_core::c2d::Ack::Positive => Some("positive"),
+        twinhub_core::c2d::Ack::Negative => Some("negative"),
+        twinhub_core::c2d::Ack::Full => Some("full"),
+    };
+    let system = [
+        ("$.mid", message.message_id.as_deref()),
+        ("$.cid", message.correlation_id.as_deref()),
+        ("$.uid", message.user_id.as_deref()),
+        ("$.to", Some(to.as_str())),
+        ("$.ct", message.content_type.as_deref()),
+        ("$.ce", message.content_encoding.as_deref()),
+        ("$.exp", Some(expiry.as_str())),
+        ("iothub-ack", ack),
+    ];
+    let pairs = system
+        .into_iter()
+        .filter_map(|(key, value)| value.map(|value| (key, value)))
+        .chain(
+            message
+                .properties
+                .iter()
+                .map(|(key, value)| (key.as_str(), value.as_str())),
+        )
+        .map(|(key, value)| format!("{}={}", encode(key), encode(value)))
+        .collect::<Vec<_>>()
+        .join("&");
+    format!("devices/{device_id}/messages/devicebound/{pairs}")
+}
+
+/// Percent-encodes all but what `encodeURIComponent` leaves alone, so any SDK decodes it back.
+fn encode(text: &str) -> String {
+    const COMPONENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+        .remove(b'-')
+        .remove(b'_')
+        .remove(b'.')
+        .remove(b'!')
+        .remove(b'~')
+        .remove(b'*')
+        .remove(b'\'')
+        .remove(b'(')
+        .remove(b')');
+    percent_encoding::utf8_percent_encode(text, COMPONENT).to_string()
 }
 
 fn decode(text: &str) -> Option<String> {
@@ -109,6 +163,31 @@ mod tests {
                 Some(&("mqtt-retain".into(), EventValue::String("true".into())))
             );
         }
+    }
+
+    #[test]
+    fn a_cloud_to_device_topic_carries_every_property_encoded() {
+        use twinhub_core::c2d::{Ack, OutgoingMessage, QueuedMessage};
+        let queued = QueuedMessage {
+            sequence_number: 3,
+            enqueued_time: twinhub_core::Timestamp(0),
+            expiry: twinhub_core::Timestamp(1_704_067_200_000_000_000),
+            delivery_count: 1,
+            lock: None,
+            message: OutgoingMessage {
+                message_id: Some("m 1".into()),
+                correlation_id: Some("c&1".into()),
+                content_type: Some("application/json".into()),
+                ack: Ack::Full,
+                properties: vec![("temp=x".into(), "21/5".into())],
+                ..OutgoingMessage::default()
+            },
+        };
+        assert_eq!(
+            cloud_to_device_topic("d1", &queued),
+            "devices/d1/messages/devicebound/%24.mid=m%201&%24.cid=c%261&%24.to=%2Fdevices%2Fd1%2Fmessages%2Fdevicebound\
+             &%24.ct=application%2Fjson&%24.exp=2024-01-01T00%3A00%3A00.0000000Z&iothub-ack=full&temp%3Dx=21%2F5"
+        );
     }
 
     #[test]

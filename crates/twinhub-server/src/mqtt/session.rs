@@ -82,6 +82,7 @@ impl SessionState {
         Interests {
             desired: self.granted(Subscription::DesiredPatches).is_some(),
             methods: self.granted(Subscription::Methods).is_some(),
+            c2d: self.granted(Subscription::CloudToDevice).is_some(),
         }
     }
 
@@ -319,7 +320,7 @@ mod tests {
             again.state().interests(),
             Interests {
                 desired: true,
-                methods: false
+                ..Interests::default()
             }
         );
 

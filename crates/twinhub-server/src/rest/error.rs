@@ -56,6 +56,15 @@ pub fn classify(error: &HubError) -> (StatusCode, &'static str) {
             | twinhub_core::method::MethodCallError::AnswerTooLarge(_),
         ) => (StatusCode::BAD_GATEWAY, "BadDeviceResponse"),
         HubError::MethodCall(_) => (StatusCode::BAD_REQUEST, "ArgumentInvalid"),
+        HubError::CloudToDevice(error) => {
+            use twinhub_core::c2d::QueueError;
+            match error {
+                QueueError::QueueFull => (StatusCode::FORBIDDEN, "DeviceMaximumQueueDepthExceeded"),
+                QueueError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "MessageTooLarge"),
+                QueueError::Expiry => (StatusCode::BAD_REQUEST, "ArgumentInvalid"),
+                QueueError::LockLost => (StatusCode::PRECONDITION_FAILED, "DeviceMessageLockLost"),
+            }
+        }
         HubError::Store(_) | HubError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "ServerError"),
     }
 }

@@ -5,6 +5,7 @@ mod auth;
 mod body;
 mod consumer_groups;
 mod device_events;
+mod device_messages;
 mod error;
 mod methods;
 mod registry;
@@ -65,6 +66,17 @@ pub fn router(state: RestState) -> Router {
         )
         // The HTTPS device API (device SAS tokens).
         .route("/devices/{id}/messages/events", post(device_events::send_events))
+        .route("/devices/{id}/messages/devicebound", get(device_messages::receive))
+        .route(
+            "/devices/{id}/messages/devicebound/{lock_token}",
+            axum::routing::delete(device_messages::complete_or_reject),
+        )
+        .route(
+            "/devices/{id}/messages/devicebound/{lock_token}/abandon",
+            post(device_messages::abandon),
+        )
+        // The service's purge of a device's cloud-to-device queue (ServiceConnect).
+        .route("/devices/{id}/commands", axum::routing::delete(device_messages::purge))
         .fallback(error::not_found)
         .layer(axum::extract::DefaultBodyLimit::max(REQUEST_BYTES_MAX))
         .with_state(state)

@@ -237,3 +237,71 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn cloud_to_device_messages_and_feedback_survive_a_reopen() {
+    use twinhub_core::c2d::{Ack, DeviceQueue, Feedback, FeedbackRecord, FeedbackStatus, OutgoingMessage};
+    let dir = tempfile::tempdir().expect("temp dir");
+    let now = Timestamp(1_700_000_000_000_000_000);
+    // "d1" is a prefix of "d10": their keys must not mix.
+    let (d1, d10) = (DeviceId::new("d1").unwrap(), DeviceId::new("d10").unwrap());
+    let mut queue = DeviceQueue::default();
+    for id in ["a", "b"] {
+        let message = OutgoingMessage {
+            message_id: Some(id.into()),
+            ack: Ack::Full,
+            body: id.as_bytes().to_vec(),
+            properties: vec![("k".into(), "v".into())],
+            ..OutgoingMessage::default()
+        };
+        queue.enqueue(message, now).expect("room");
+    }
+    let record = FeedbackRecord {
+        device_id: "d1".into(),
+        device_generation_id: "1".into(),
+        feedback: Feedback {
+            original_message_id: Some("x".into()),
+            status: FeedbackStatus::Rejected,
+            enqueued_time: now,
+        },
+    };
+    {
+        let store = EmbeddedStore::open(dir.path()).expect("open");
+        let mut writes: Vec<StoreWrite> = queue
+            .messages()
+            .iter()
+            .map(|message| StoreWrite::UpsertCloudToDevice {
+                device_id: d1.clone(),
+                message: Box::new(message.clone()),
+            })
+            .collect();
+        writes.push(StoreWrite::UpsertCloudToDevice {
+            device_id: d10.clone(),
+            message: Box::new(queue.messages()[0].clone()),
+        });
+        writes.push(StoreWrite::UpsertFeedback {
+            sequence_number: 7,
+            record: record.clone(),
+        });
+        writes.push(StoreWrite::UpsertFeedback {
+            sequence_number: 8,
+            record: record.clone(),
+        });
+        block_on(store.commit(writes)).expect("commit");
+        block_on(store.commit(vec![
+            StoreWrite::DeleteCloudToDevice {
+                device_id: d1.clone(),
+                sequence_number: 0,
+            },
+            StoreWrite::DeleteFeedback(7),
+        ]))
+        .expect("commit");
+    }
+    let store = EmbeddedStore::open(dir.path()).expect("reopen");
+    let mut messages = block_on(store.load_cloud_to_device()).expect("load");
+    messages.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(messages.len(), 2);
+    assert_eq!((&messages[0].0, &messages[0].1), (&d1, &queue.messages()[1]));
+    assert_eq!((&messages[1].0, &messages[1].1), (&d10, &queue.messages()[0]));
+    assert_eq!(block_on(store.load_feedback()).expect("load"), vec![(8, record)]);
+}

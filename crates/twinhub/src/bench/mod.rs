@@ -1,6 +1,7 @@
 //! `twinhub bench`: a load generator for a running hub, over the real protocols (TLS, SAS), in the
 //! spirit of redis-benchmark and pgbench. Simulated devices speak MQTT; the back end speaks the service
-//! REST API. A progress line runs on stderr; a table goes to stdout and, with `--json FILE`, every figure.
+//! REST API (and AMQP for cloud-to-device messages). A progress line runs on stderr; a table goes to
+//! stdout and, with `--json FILE`, every figure.
 //!
 //! `--broker` points the MQTT scenarios that a plain broker can serve (`connect`, `telemetry`) at a peer
 //! such as Mosquitto, with the same client code, so the figures compare like with like
@@ -49,6 +50,10 @@ pub enum Scenario {
     /// Direct methods: K back-end clients (--clients) call over HTTPS, round robin over the devices,
     /// which answer at once over MQTT; saturating, or at a total --rate. Round trips/s and latency.
     Method,
+    /// Cloud-to-device messages: one back end sends over AMQP (up to 256 unsettled on one link), round
+    /// robin over the devices, saturating or at a total --rate; the devices take them over MQTT (QoS 1,
+    /// PUBACK). Sends accepted/s, and the time from send to the device.
+    C2d,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
@@ -72,7 +77,8 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 10)]
     seconds: u64,
     /// Desired PATCHes per second (desired; default 1,000); for reported and twin-get, a total rate to
-    /// hold instead of saturating (each device sends at rate/devices per second).
+    /// hold instead of saturating (each device sends at rate/devices per second); for method and c2d, the
+    /// back end's total calls or sends per second.
     #[arg(long)]
     rate: Option<u64>,
     /// Concurrent HTTPS clients (rest).
@@ -142,6 +148,12 @@ pub struct Report {
     /// `telemetry`, `consume`: payload bytes per second.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub megabytes_per_second: Option<f64>,
+    /// `c2d`: messages that reached their device per second (first arrivals, over the time to the last).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub delivered_per_second: Option<f64>,
+    /// `c2d`: sends the hub refused because the device's queue was full (50 messages).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refused_queue_full: Option<u64>,
 }
 
 struct Setup {
@@ -382,6 +394,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         Scenario::Consume => consume(&args, &setup).await?,
         Scenario::Desired => desired(&args, &setup).await?,
         Scenario::Method => method(&args, &setup).await?,
+        Scenario::C2d => cloud_to_device(&args, &setup).await?,
         Scenario::Rest => rest(&args, &setup).await?,
     };
     eprintln!();
@@ -903,8 +916,11 @@ where
         let request = request.clone();
         tasks.push(tokio::spawn(async move {
             let mut latencies = Latencies::default();
+            // Clients start spread over one pace, so together they call at a steady rate, not in bursts
+            // of every client at once.
             let mut ticker = pace.map(|pace| {
-                let mut ticker = tokio::time::interval(pace);
+                let offset = pace.mul_f64(client as f64 / clients as f64);
+                let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + offset, pace);
                 ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
                 ticker
             });
@@ -974,6 +990,155 @@ async fn method(args: &BenchArgs, setup: &Setup) -> anyhow::Result<Report> {
     Ok(report)
 }
 
+/// Unsettled cloud-to-device sends on the back end's one link, at most.
+const C2D_IN_FLIGHT: usize = 256;
+/// After the last send is settled, how long every accepted message has to reach its device.
+const C2D_GRACE: Duration = Duration::from_secs(10);
+
+/// Cloud-to-device messages: sent over AMQP by one back end, taken over MQTT by every device.
+async fn cloud_to_device(args: &BenchArgs, setup: &Setup) -> anyhow::Result<Report> {
+    use crate::cloud_to_device::{CloudToDeviceSender, Outgoing, Refused};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let service = setup.service.clone().context("c2d needs a hub")?;
+    let (progress, printer) = Progress::start(format!("{} connecting", setup.label));
+    let mut connections = connect_all(setup, args.connect_concurrency, &progress).await?;
+    printer.abort();
+    for (device_id, connection) in setup.devices.iter().zip(&mut connections) {
+        let filter = format!("devices/{device_id}/messages/devicebound/#");
+        connection
+            .subscribe_with(&[(filter.as_str(), rmqtt_codec::types::QoS::AtLeastOnce)])
+            .await?;
+    }
+    // Messages of this run carry its number: what earlier runs left in the queues is taken and ignored.
+    let run = (unix_nanos() % 1_000_000_000_000) as u64;
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let arrived = Arc::new(AtomicU64::new(0));
+    let listeners: Vec<_> = connections
+        .into_iter()
+        .map(|mut connection| {
+            let stopped = stopped.clone();
+            let arrived = Arc::clone(&arrived);
+            tokio::spawn(async move {
+                let result = connection.cloud_to_device_messages(run, stopped, &arrived).await;
+                connection.disconnect().await;
+                result
+            })
+        })
+        .collect();
+    let (_, ca) = crate::client::connection_and_ca(&args.access)?;
+    let mut sender = CloudToDeviceSender::connect(
+        &service.connection.host_name,
+        args.amqp_port,
+        tls_config(ca.as_ref())?,
+        &service.connection.key_name,
+        &service.connection.key,
+    )
+    .await?;
+    let label = match args.rate {
+        Some(rate) => format!("\n{} c2d at {rate}/s", setup.label),
+        None => format!("\n{} c2d", setup.label),
+    };
+    let (progress, printer) = Progress::start(label);
+    let permits = Arc::new(Semaphore::new(C2D_IN_FLIGHT));
+    let mut ticker = args.rate.map(|rate| {
+        let mut ticker = tokio::time::interval(Duration::from_secs_f64(1.0 / rate.max(1) as f64));
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+        ticker
+    });
+    let started = Instant::now();
+    let until = started + Duration::from_secs(args.seconds);
+    let mut outcomes = Vec::new();
+    let mut n = 0u64;
+    while Instant::now() < until {
+        if let Some(ticker) = ticker.as_mut() {
+            ticker.tick().await;
+        }
+        let permit = Arc::clone(&permits).acquire_owned().await?;
+        let device = &setup.devices[(n % setup.devices.len() as u64) as usize];
+        let message = Outgoing {
+            device_id: device.clone(),
+            body: format!(r#"{{"run":{run},"n":{n},"sent":{}}}"#, unix_nanos()).into_bytes(),
+            ..Outgoing::default()
+        };
+        let in_flight = sender.send_pipelined(&message).await?;
+        let progress = progress.clone();
+        let sequence = n;
+        outcomes.push(tokio::spawn(async move {
+            let _permit = permit;
+            let outcome = in_flight.outcome().await;
+            if outcome.is_ok() {
+                progress.add(1);
+            }
+            (sequence, outcome)
+        }));
+        n += 1;
+    }
+    let mut accepted = Vec::with_capacity(outcomes.len());
+    let mut refused_queue_full = 0u64;
+    let mut failure = None;
+    for outcome in outcomes {
+        match outcome.await? {
+            (sequence, Ok(())) => accepted.push(sequence),
+            (_, Err(error)) if error.downcast_ref::<Refused>().is_some_and(Refused::is_queue_full) => {
+                refused_queue_full += 1;
+            }
+            (_, Err(error)) => {
+                failure.get_or_insert(error);
+            }
+        }
+    }
+    let elapsed = started.elapsed();
+    printer.abort();
+    sender.close().await;
+    if let Some(error) = failure {
+        let _ = stop.send(true);
+        return Err(error.context("a cloud-to-device send failed"));
+    }
+    // Every accepted message must reach its device: they have a grace period after the last settlement.
+    let deadline = Instant::now() + C2D_GRACE;
+    while (arrived.load(Ordering::Relaxed) as usize) < accepted.len() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let _ = stop.send(true);
+    let mut arrivals: std::collections::HashMap<u64, Duration> = std::collections::HashMap::new();
+    let mut last_arrival: Option<Instant> = None;
+    for listener in listeners {
+        let (device_arrivals, last) = listener.await??;
+        arrivals.extend(device_arrivals);
+        last_arrival = last_arrival.max(last);
+    }
+    let mut latencies = Latencies::default();
+    let mut missing = 0u64;
+    for sequence in &accepted {
+        match arrivals.get(sequence) {
+            Some(latency) => latencies.record(*latency),
+            None => missing += 1,
+        }
+    }
+    if missing > 0 {
+        bail!(
+            "{missing} of {} accepted cloud-to-device messages never reached their device within {} s",
+            accepted.len(),
+            C2D_GRACE.as_secs()
+        );
+    }
+    let delivered_elapsed = last_arrival.map_or(elapsed, |last| last.saturating_duration_since(started));
+    let count = accepted.len() as u64;
+    Ok(Report {
+        label: setup.label.clone(),
+        scenario: Some(Scenario::C2d),
+        devices: setup.devices.len(),
+        in_flight: C2D_IN_FLIGHT,
+        seconds: elapsed.as_secs_f64(),
+        operations: count,
+        per_second: count as f64 / elapsed.as_secs_f64().max(1e-9),
+        latency: latencies.summary(),
+        delivered_per_second: Some(arrivals.len() as f64 / delivered_elapsed.as_secs_f64().max(1e-9)),
+        refused_queue_full: Some(refused_queue_full),
+        ..Report::default()
+    })
+}
+
 /// GETs for `seconds`, then PATCHes (tags) for `seconds`, each with K clients.
 async fn rest(args: &BenchArgs, setup: &Setup) -> anyhow::Result<Report> {
     let (progress, printer) = Progress::start(format!("{} rest GET", setup.label));
@@ -1041,6 +1206,19 @@ fn print_table(report: &Report) {
     }
     if let Some(bytes) = report.bytes_per_connection {
         println!("  server memory per connection: {:.1} KB", bytes / 1024.0);
+    }
+    if let Some(delivered) = report.delivered_per_second {
+        println!(
+            "  (the row above is sends accepted, latency from send to the device) delivered: {}/s, \
+             every accepted message reached its device",
+            thousands(delivered as u64)
+        );
+    }
+    if let Some(refused) = report.refused_queue_full.filter(|refused| *refused > 0) {
+        println!(
+            "  refused because a device's queue was full (50 messages): {}",
+            thousands(refused)
+        );
     }
     if let Some(verified) = report.verified_devices {
         println!("  verified: the last acknowledged patch of {verified} sampled devices is in their twins");

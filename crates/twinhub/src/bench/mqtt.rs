@@ -134,18 +134,32 @@ impl Connection {
     }
 
     pub async fn subscribe(&mut self, filters: &[&str]) -> anyhow::Result<()> {
+        let filters: Vec<(&str, QoS)> = filters.iter().map(|filter| (*filter, QoS::AtMostOnce)).collect();
+        self.subscribe_with(&filters).await
+    }
+
+    /// Subscribes to each filter at its QoS; a QoS 1 PUBLISH that comes before the SUBACK is acknowledged
+    /// (and otherwise ignored).
+    pub async fn subscribe_with(&mut self, filters: &[(&str, QoS)]) -> anyhow::Result<()> {
         let packet_id = self.packet_id();
         self.push(Packet::Subscribe {
             packet_id,
             topic_filters: filters
                 .iter()
-                .map(|filter| (ByteString::from((*filter).to_owned()), QoS::AtMostOnce))
+                .map(|(filter, qos)| (ByteString::from((*filter).to_owned()), *qos))
                 .collect(),
         })?;
         self.flush().await?;
         loop {
-            if let Packet::SubscribeAck { .. } = self.receive().await? {
-                return Ok(());
+            match self.receive().await? {
+                Packet::SubscribeAck { .. } => return Ok(()),
+                Packet::Publish(publish) => {
+                    if let Some(packet_id) = publish.packet_id {
+                        self.push(Packet::PublishAck { packet_id })?;
+                        self.flush().await?;
+                    }
+                }
+                _ => {}
             }
         }
     }
@@ -340,6 +354,52 @@ impl Connection {
         }
     }
 
+    /// Cloud-to-device messages until `stop` turns true, each PUBACKed at once (which completes it). Those
+    /// of run `run` (payload `{"run":..,"n":..,"sent":<unix nanos>}`) are timed from their send time, the
+    /// first arrival of each `n` only; `arrived` counts them as they come. Returns `n` → send-to-arrival
+    /// latency, and when the last of them arrived.
+    pub async fn cloud_to_device_messages(
+        &mut self,
+        run: u64,
+        mut stop: tokio::sync::watch::Receiver<bool>,
+        arrived: &std::sync::atomic::AtomicU64,
+    ) -> anyhow::Result<(HashMap<u64, Duration>, Option<Instant>)> {
+        let mut latencies = HashMap::new();
+        let mut last = None;
+        loop {
+            if *stop.borrow() {
+                self.flush().await?;
+                return Ok((latencies, last));
+            }
+            let packet = tokio::select! {
+                packet = self.reader.next() => packet,
+                _ = stop.changed() => continue,
+            };
+            let packet = match packet {
+                Some(Ok((packet, _))) => packet,
+                Some(Err(error)) => bail!("receive: {error}"),
+                None => bail!("the hub closed the connection"),
+            };
+            if let Packet::Publish(publish) = packet {
+                let now = unix_nanos();
+                if let Some(packet_id) = publish.packet_id {
+                    self.push(Packet::PublishAck { packet_id })?;
+                }
+                if let Some((message_run, n, sent)) = cloud_to_device_stamp(&publish.payload) {
+                    if message_run == run && !latencies.contains_key(&n) {
+                        let latency = Duration::from_nanos(now.saturating_sub(u128::from(sent)) as u64);
+                        latencies.insert(n, latency);
+                        last = Some(Instant::now());
+                        arrived.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                }
+            }
+            if self.reader.read_buffer().is_empty() {
+                self.flush().await?;
+            }
+        }
+    }
+
     /// Desired notifications until `until`: (desired `$version`, arrival) pairs.
     pub async fn desired_notifications(&mut self, until: Instant) -> anyhow::Result<Vec<(u64, Instant)>> {
         let mut arrivals = Vec::new();
@@ -408,6 +468,18 @@ impl<F: FnMut(u64) -> (String, Bytes)> TwinLoad<F> {
     }
 }
 
+fn unix_nanos() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_nanos())
+}
+
+/// A bench cloud-to-device payload's (run, n, send time in Unix nanoseconds).
+fn cloud_to_device_stamp(payload: &[u8]) -> Option<(u64, u64, u64)> {
+    let body: serde_json::Value = serde_json::from_slice(payload).ok()?;
+    Some((body["run"].as_u64()?, body["n"].as_u64()?, body["sent"].as_u64()?))
+}
+
 /// A cheap spread of start offsets; not for anything that needs real randomness.
 fn rand_below(bound: u64) -> u64 {
     use std::hash::{BuildHasher, Hasher};
@@ -437,5 +509,14 @@ mod tests {
             Some((204, 17))
         );
         assert_eq!(super::twin_status_and_rid("$iothub/twin/res/200/?$rid=x"), None);
+    }
+
+    #[test]
+    fn cloud_to_device_payloads_carry_run_sequence_and_send_time() {
+        assert_eq!(
+            super::cloud_to_device_stamp(br#"{"run":7,"n":3,"sent":1700000000000000000}"#),
+            Some((7, 3, 1_700_000_000_000_000_000))
+        );
+        assert_eq!(super::cloud_to_device_stamp(b"hello"), None);
     }
 }
