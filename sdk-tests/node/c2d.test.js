@@ -13,17 +13,17 @@
 // Checks, over Amqp: a message abandoned on each of its 10 deliveries is dead-lettered with feedback
 // 'DeliveryCountExceeded' and not delivered again; a device holding an unsettled message still gets the
 // next ones, in order.
-// Checks, once: messages sent while a device is offline arrive in order when it connects over Mqtt; with
-// the device offline 50 sends succeed and the 51st fails with DeviceMaximumQueueDepthExceededError (the
-// registry counts 50 messages); a send to an unknown device fails with DeviceNotFoundError, one over
-// 64 KB with MessageTooLargeError, and the send link still works after these; a message to an offline
-// device that expires gives feedback 'Expired' when it asked for negative acks, and none when it asked for
-// positive ones.
+// Checks, once: a back end over AmqpWs sends and reads feedback the same way; messages sent while a
+// device is offline arrive in order when it connects over Mqtt; with the device offline 50 sends succeed
+// and the 51st fails with DeviceMaximumQueueDepthExceededError (the registry counts 50 messages); a send
+// to an unknown device fails with DeviceNotFoundError, one over 64 KB with MessageTooLargeError, and the
+// send link still works after these; a message to an offline device that expires gives feedback
+// 'Expired' when it asked for negative acks, and none when it asked for positive ones.
 'use strict';
 
 const assert = require('node:assert/strict');
 const { randomUUID } = require('node:crypto');
-const { Registry, Client: ServiceClient } = require('azure-iothub');
+const { Registry, Client: ServiceClient, AmqpWs } = require('azure-iothub');
 const { Client } = require('azure-iot-device');
 const { ConnectionString, Message } = require('azure-iot-common');
 const transports = {
@@ -270,6 +270,22 @@ async function main() {
     devices.set(transportName, { device, ...opened });
   }
   assert.equal(feedback.batches[0].contentType, FEEDBACK_CONTENT_TYPE);
+
+  log('a back end over AMQP over WebSockets (AmqpWs) sends and reads feedback the same way');
+  const serviceWs = ServiceClient.fromConnectionString(connectionString, AmqpWs);
+  await serviceWs.open();
+  const { result: receiverWs } = await serviceWs.getFeedbackReceiver();
+  const feedbackWs = collectFeedback(receiverWs);
+  const overWs = outgoing('service-amqpws', 'positive');
+  const amqpDevice = devices.get('Amqp');
+  await serviceWs.send(amqpDevice.device.deviceId, overWs);
+  const receivedOverWs = await amqpDevice.messages.next();
+  checkReceived(receivedOverWs, overWs, 'Amqp');
+  await amqpDevice.client.complete(receivedOverWs);
+  // Feedback goes to one receiver, whichever takes it first.
+  await waitFor('feedback for the message sent over AmqpWs', () => feedback.has(overWs.messageId) || feedbackWs.has(overWs.messageId));
+  receiverWs.removeAllListeners('message');
+  await serviceWs.close();
 
   log('5 messages to a device that is offline, then it connects over Mqtt: all 5, in order, then Success');
   const late = await createDevice(registry, 'node-c2d-offline');

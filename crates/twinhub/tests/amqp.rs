@@ -488,3 +488,68 @@ async fn telemetry_is_accepted_once_stored_and_an_oversized_message_is_rejected(
     assert_eq!(events[0]["event"]["payload"], json!({"t": 1}));
     assert_eq!(events[0]["event"]["properties"]["system"]["message-id"], "m1");
 }
+
+async fn next_delivery(receiver: &mut Receiver) -> fe2o3_amqp::link::delivery::Delivery<Body<Value>> {
+    tokio::time::timeout(Duration::from_secs(10), receiver.recv::<Body<Value>>())
+        .await
+        .expect("a message within 10 s")
+        .expect("a delivery")
+}
+
+#[tokio::test]
+async fn a_device_receives_cloud_to_device_messages_with_16_byte_delivery_tags_and_settles_them() {
+    // Scenario: a device's receiver link `/devices/dev1/messages/devicebound` gets a message the CLI sent,
+    // unsettled, with a 16-byte delivery tag (the .NET and Java SDKs make it a GUID lock token), its
+    // properties and IoT Hub's annotations; it releases it (abandon) and gets it again with delivery
+    // count 2, then accepts it (complete) and the queue is empty.
+    let hub = TestHub::start();
+    let api = Service::new(&hub.owner_connection_string(), &hub.ca_path());
+    let key = api.register_device("dev1").await;
+    let (mut client, _requests, _answers) = dev1_twin(&hub, &key, 1).await;
+    let mut receiver = Receiver::attach(&mut client.session, "c2d", "/devices/dev1/messages/devicebound")
+        .await
+        .expect("cloud-to-device link");
+    let data_dir = hub.data_dir().to_path_buf();
+    let sent = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_twinhub"))
+            .args(["c2d", "send", "dev1", "hello", "--message-id", "m1", "--ack", "full"])
+            .args(["--property", "color=blue", "--data-dir"])
+            .arg(data_dir)
+            .output()
+            .expect("the CLI runs")
+    })
+    .await
+    .unwrap();
+    assert!(sent.status.success(), "{}", String::from_utf8_lossy(&sent.stderr));
+
+    let first = next_delivery(&mut receiver).await;
+    assert_eq!(first.delivery_tag().len(), 16, "a GUID-sized delivery tag");
+    let message = first.message();
+    let properties = message.properties.as_ref().expect("properties");
+    assert_eq!(properties.message_id, Some(MessageId::String("m1".into())));
+    assert_eq!(properties.to.as_deref(), Some("/devices/dev1/messages/devicebound"));
+    let application = &message
+        .application_properties
+        .as_ref()
+        .expect("application properties")
+        .0;
+    assert_eq!(application.get("color"), Some(&SimpleValue::String("blue".into())));
+    assert_eq!(application.get("iothub-ack"), Some(&SimpleValue::String("full".into())));
+    assert_eq!(annotation(message, "iothub-deliverycount"), Some(Value::Int(1)));
+    assert!(matches!(annotation(message, "x-opt-lock-token"), Some(Value::Uuid(_))));
+    receiver.release(&first).await.expect("released");
+
+    let again = next_delivery(&mut receiver).await;
+    assert_eq!(annotation(again.message(), "iothub-deliverycount"), Some(Value::Int(2)));
+    receiver.accept(&again).await.expect("accepted");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let device = api.call(Method::GET, "/devices/dev1", None, None).await;
+        if device.body["cloudToDeviceMessageCount"] == json!(0) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "still queued: {}", device.body);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = client.connection.close().await;
+}
