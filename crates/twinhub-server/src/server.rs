@@ -33,6 +33,9 @@ pub struct ServeConfig {
     /// The store to serve; `None`: the embedded store in `data_dir/store` (what `twinhub serve` uses),
     /// which also keeps the device-to-cloud events. Benchmarks and tests pass their own (without events).
     pub store: Option<Arc<dyn Store>>,
+    /// Where device-to-cloud events go when `store` is given (a PostgreSQL node keeps them in its data
+    /// directory); `None` with a given `store`: no events.
+    pub event_store: Option<Arc<dyn EventStore>>,
     /// Partitions of the event log, when the store is created (an existing store keeps its own).
     pub event_partitions: u16,
     /// The name of the Event Hubs-compatible endpoint (`EntityPath`): IoT Hub names it after the hub.
@@ -56,6 +59,7 @@ impl std::fmt::Debug for ServeConfig {
             .field("device_connections_max", &self.device_connections_max)
             .field("mqtt", &self.mqtt)
             .field("store", &self.store.as_ref().map(|_| "custom"))
+            .field("event_store", &self.event_store.as_ref().map(|_| "custom"))
             .field("event_partitions", &self.event_partitions)
             .field("hub_name", &self.hub_name)
             .field("event_hubs_emulator_port", &self.event_hubs_emulator_port)
@@ -81,6 +85,7 @@ impl ServeConfig {
             device_connections_max: 200_000,
             mqtt: MqttConfig::default(),
             store: None,
+            event_store: None,
         }
     }
 
@@ -183,7 +188,7 @@ pub async fn serve(config: ServeConfig) -> Result<RunningHub, ServeError> {
         None => None,
     };
     let (store, event_store): (Arc<dyn Store>, Option<Arc<dyn EventStore>>) = match &config.store {
-        Some(store) => (Arc::clone(store), None),
+        Some(store) => (Arc::clone(store), config.event_store.clone()),
         None => {
             let options = StoreOptions {
                 event_partitions: config.event_partitions,

@@ -1,8 +1,10 @@
 //! Where device records live durably. The hub keeps every record in memory for reads and queries and
 //! calls a store only to make writes durable (in batches: group commit) and to load everything at start.
-//! Device telemetry has an interface of its own, [`EventStore`]: a partitioned, append-only event log.
+//! Two stores keep the same [`Store`] contract: [`EmbeddedStore`] (fjall, in the data directory) and
+//! [`PostgresStore`] (PostgreSQL, the state a cluster of nodes shares). Device telemetry has an interface
+//! of its own, [`EventStore`]: a partitioned, append-only event log.
 //!
-//! Architecture invariant: this is the only crate that touches disk (and, later, SQL).
+//! Architecture invariant: this is the only crate that touches disk (and SQL).
 
 use std::sync::Arc;
 use twinhub_core::c2d::{FeedbackRecord, QueuedMessage};
@@ -13,11 +15,13 @@ pub mod codec;
 pub mod embedded;
 pub mod event_codec;
 pub mod events;
+pub mod postgres;
 
 pub use embedded::{EmbeddedStore, StoreOptions};
 pub use events::{
     EventAppend, EventStore, PartitionBounds, EVENT_PARTITIONS_DEFAULT, EVENT_PARTITIONS_MAX, EVENT_PARTITIONS_MIN,
 };
+pub use postgres::PostgresStore;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

@@ -21,7 +21,7 @@ pub struct ServeArgs {
     /// MQTT over TLS (devices).
     #[arg(long, default_value_t = 8883)]
     mqtt_port: u16,
-    /// AMQP over TLS (devices; back ends authenticate, their C2D sends come with that issue).
+    /// AMQP over TLS (devices; back ends' cloud-to-device sends and feedback; Event Hubs consumers).
     #[arg(long, default_value_t = 5671)]
     amqp_port: u16,
     /// Twin requests (GET, reported PATCH) per second per device connection, on average; more are answered
@@ -48,6 +48,11 @@ pub struct ServeArgs {
     /// And at most this many MiB per partition: past it, the oldest events go first.
     #[arg(long, default_value_t = 1024)]
     event_retention_mib_per_partition: u64,
+    /// Keep devices, twins, sessions and cloud-to-device queues in PostgreSQL (`postgres://user@host/db`
+    /// or `host=... user=... dbname=...`) instead of the data directory; the first step to a cluster
+    /// (docs/cluster.md). Telemetry stays in the data directory.
+    #[arg(long, env = "TWINHUB_STORE")]
+    store: Option<String>,
     /// Also serve the Event Hubs-compatible endpoint as plain AMQP (no TLS) on this port, for the Event
     /// Hubs SDKs' `UseDevelopmentEmulator=true` mode (local use only: nothing is encrypted).
     #[arg(long)]
@@ -70,6 +75,18 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     config.hub.events.retention = std::time::Duration::from_secs(args.event_retention_hours * 3600);
     config.hub.events.partition_bytes_max = args.event_retention_mib_per_partition * 1024 * 1024;
     let started = std::time::Instant::now();
+    if let Some(url) = &args.store {
+        let store = twinhub_store::PostgresStore::connect(url)
+            .await
+            .map_err(|error| anyhow::anyhow!("cannot use the PostgreSQL store: {error}"))?;
+        tracing::info!(store = store.describe(), "devices and twins are kept in PostgreSQL");
+        let options = twinhub_store::StoreOptions {
+            event_partitions: args.event_partitions,
+        };
+        let events = twinhub_store::EmbeddedStore::open_with(&args.data_dir.join("store"), options)?;
+        config.store = Some(std::sync::Arc::new(store));
+        config.event_store = Some(std::sync::Arc::new(events));
+    }
     let running = twinhub_server::serve(config).await?;
     let owner = twinhub_server::HubMaterial::policy(&running.material.policies, "iothubowner")?;
     let ca = std::fs::canonicalize(&running.material.ca_cert_path)?;

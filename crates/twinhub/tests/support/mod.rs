@@ -20,6 +20,8 @@ pub struct TestHub {
     child: Option<Child>,
     /// RUST_LOG for the hub; default: the test's own RUST_LOG, else `info`.
     log_filter: Option<String>,
+    /// Extra `serve` flags, given again at every restart.
+    extra_args: Vec<String>,
 }
 
 impl TestHub {
@@ -44,12 +46,13 @@ impl TestHub {
             data_dir: tempfile::tempdir().expect("temporary data directory"),
             child: None,
             log_filter,
+            extra_args: extra_args.iter().map(|arg| (*arg).to_owned()).collect(),
         };
-        hub.spawn(extra_args);
+        hub.spawn();
         hub
     }
 
-    fn spawn(&mut self, extra_args: &[&str]) {
+    fn spawn(&mut self) {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -65,7 +68,7 @@ impl TestHub {
                 "--bind",
                 &self.address.to_string(),
             ])
-            .args(extra_args)
+            .args(&self.extra_args)
             .env(
                 "RUST_LOG",
                 self.log_filter
@@ -199,10 +202,10 @@ impl TestHub {
         }
     }
 
-    /// Starts the hub again on the same address and data directory.
+    /// Starts the hub again on the same address, data directory and flags.
     pub fn restart(&mut self) {
         self.kill9();
-        self.spawn(&[]);
+        self.spawn();
     }
 }
 

@@ -1,0 +1,169 @@
+//! A commit's writes as rows per table: encoded, and reduced to the last write of each key.
+//!
+//! Applying a batch in order inside one transaction leaves each key as its last write left it, and
+//! nothing between the writes is visible to anyone (the transaction commits whole or not at all). So the
+//! last write per key is the batch, and it lets one multi-row statement per table and kind of write carry
+//! a whole batch: an upsert then a delete of one device leaves a tombstone, a delete then an upsert
+//! leaves the record. Keys are kept sorted, so rows are always written (and locked) in key order.
+
+use crate::codec::{encode, encode_cloud_to_device, encode_feedback, encode_session};
+use crate::{StoreError, StoreWrite};
+use std::collections::BTreeMap;
+
+/// Per table: key → `Some(value)` to upsert, `None` to delete (for devices: to leave a tombstone).
+#[derive(Debug, Default, PartialEq)]
+pub(super) struct Grouped {
+    pub devices: BTreeMap<String, Option<Vec<u8>>>,
+    pub sessions: BTreeMap<String, Option<Vec<u8>>>,
+    /// Key: the name without case ([`twinhub_core::consumer_group::key`]); value: the name as given.
+    pub consumer_groups: BTreeMap<String, Option<String>>,
+    pub cloud_to_device: BTreeMap<(String, i64), Option<Vec<u8>>>,
+    pub feedback: BTreeMap<i64, Option<Vec<u8>>>,
+}
+
+/// The rows of one table: those to upsert (keys and values, in the same order) and the keys to delete.
+pub(super) struct Rows<K, V> {
+    pub upsert_keys: Vec<K>,
+    pub upsert_values: Vec<V>,
+    pub delete_keys: Vec<K>,
+}
+
+impl<K, V> Rows<K, V> {
+    pub fn of(map: BTreeMap<K, Option<V>>) -> Rows<K, V> {
+        let mut rows = Rows {
+            upsert_keys: Vec::new(),
+            upsert_values: Vec::new(),
+            delete_keys: Vec::new(),
+        };
+        for (key, value) in map {
+            match value {
+                Some(value) => {
+                    rows.upsert_keys.push(key);
+                    rows.upsert_values.push(value);
+                }
+                None => rows.delete_keys.push(key),
+            }
+        }
+        rows
+    }
+}
+
+/// A sequence number as PostgreSQL's `bigint`. The hub numbers from 0 upwards, so the top half of `u64`
+/// is never reached; should it be, the commit fails instead of storing a number that reads back wrong.
+pub(super) fn to_bigint(sequence_number: u64) -> Result<i64, StoreError> {
+    i64::try_from(sequence_number).map_err(|_| {
+        StoreError::Write(format!("sequence number {sequence_number} is beyond PostgreSQL's bigint").into())
+    })
+}
+
+impl Grouped {
+    pub fn from_batch(batch: Vec<StoreWrite>) -> Result<Grouped, StoreError> {
+        let mut grouped = Grouped::default();
+        for write in batch {
+            match write {
+                StoreWrite::Upsert(record) => {
+                    let value = encode(&record)?;
+                    grouped
+                        .devices
+                        .insert(record.identity.device_id.as_str().to_owned(), Some(value));
+                }
+                StoreWrite::Delete(id) => {
+                    grouped.devices.insert(id.as_str().to_owned(), None);
+                }
+                StoreWrite::UpsertSession(session) => {
+                    let value = encode_session(&session)?;
+                    grouped.sessions.insert(session.client_id, Some(value));
+                }
+                StoreWrite::DeleteSession(client_id) => {
+                    grouped.sessions.insert(client_id, None);
+                }
+                StoreWrite::UpsertConsumerGroup(name) => {
+                    grouped
+                        .consumer_groups
+                        .insert(twinhub_core::consumer_group::key(&name), Some(name));
+                }
+                StoreWrite::DeleteConsumerGroup(name) => {
+                    grouped
+                        .consumer_groups
+                        .insert(twinhub_core::consumer_group::key(&name), None);
+                }
+                StoreWrite::UpsertCloudToDevice { device_id, message } => {
+                    let key = (device_id.as_str().to_owned(), to_bigint(message.sequence_number)?);
+                    grouped
+                        .cloud_to_device
+                        .insert(key, Some(encode_cloud_to_device(&message)?));
+                }
+                StoreWrite::DeleteCloudToDevice {
+                    device_id,
+                    sequence_number,
+                } => {
+                    let key = (device_id.as_str().to_owned(), to_bigint(sequence_number)?);
+                    grouped.cloud_to_device.insert(key, None);
+                }
+                StoreWrite::UpsertFeedback {
+                    sequence_number,
+                    record,
+                } => {
+                    grouped
+                        .feedback
+                        .insert(to_bigint(sequence_number)?, Some(encode_feedback(&record)?));
+                }
+                StoreWrite::DeleteFeedback(sequence_number) => {
+                    grouped.feedback.insert(to_bigint(sequence_number)?, None);
+                }
+            }
+        }
+        Ok(grouped)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use twinhub_core::session::SessionRecord;
+    use twinhub_core::DeviceId;
+
+    fn session(client_id: &str) -> SessionRecord {
+        SessionRecord {
+            client_id: client_id.to_owned(),
+            subscriptions: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn the_last_write_of_each_key_wins_and_keys_come_sorted() {
+        let grouped = Grouped::from_batch(vec![
+            StoreWrite::UpsertSession(session("b")),
+            StoreWrite::DeleteSession("b".into()),
+            StoreWrite::DeleteSession("a".into()),
+            StoreWrite::UpsertSession(session("a")),
+            StoreWrite::UpsertConsumerGroup("Group".into()),
+            StoreWrite::UpsertConsumerGroup("GROUP".into()),
+            StoreWrite::DeleteFeedback(3),
+            StoreWrite::Delete(DeviceId::new("d").expect("valid id")),
+        ])
+        .expect("grouped");
+        let sessions = Rows::of(grouped.sessions);
+        assert_eq!(sessions.upsert_keys, vec!["a".to_owned()]);
+        assert_eq!(sessions.delete_keys, vec!["b".to_owned()]);
+        assert_eq!(
+            grouped.consumer_groups.into_iter().collect::<Vec<_>>(),
+            vec![("group".to_owned(), Some("GROUP".to_owned()))]
+        );
+        assert_eq!(grouped.feedback.into_iter().collect::<Vec<_>>(), vec![(3, None)]);
+        assert_eq!(
+            grouped.devices.into_iter().collect::<Vec<_>>(),
+            vec![("d".to_owned(), None)]
+        );
+    }
+
+    #[test]
+    fn a_sequence_number_beyond_bigint_fails_the_commit() {
+        assert_eq!(to_bigint(0).ok(), Some(0));
+        assert_eq!(to_bigint(i64::MAX as u64).ok(), Some(i64::MAX));
+        assert!(matches!(
+            Grouped::from_batch(vec![StoreWrite::DeleteFeedback(u64::MAX)]),
+            Err(StoreError::Write(_))
+        ));
+    }
+}

@@ -1,0 +1,120 @@
+//! The tables, created idempotently at every connection, and the statements a commit and a load run.
+//!
+//! Every value column holds exactly the bytes the embedded store keeps for the same thing
+//! ([`crate::codec`]: a format byte, then postcard), so both stores decode with the same functions.
+
+/// The layout this code reads and writes. A database whose `schema_version` is higher was written by a
+/// newer twinhub: connecting to it fails rather than writing rows that newer code would misread.
+pub(super) const SCHEMA_VERSION: i32 = 1;
+
+/// Taken (for the transaction) while the tables are created: `CREATE TABLE IF NOT EXISTS` is not safe
+/// against itself in two sessions at once, and two nodes may start together.
+pub(super) const SCHEMA_LOCK: i64 = 0x0074_7769_6e68_7562; // "twinhub" in ASCII
+
+/// Run in one transaction after [`SCHEMA_LOCK`]; the current search path names where.
+///
+/// - `hub_seq`: the one global commit sequence. Each commit adds one and writes the new value into every
+///   device row it writes, so a node can later read the changes it has not seen (`seq > $last`) in
+///   commit order; the index on `devices.seq` is for that feed.
+/// - `devices`: `record` NULL is a deleted device's tombstone, kept for the feed; loads skip it.
+/// - `c2d_messages`: keyed by device and sequence number, so `d1`'s messages never mix with `d10`'s.
+pub(super) const CREATE_TABLES: &str = "
+CREATE TABLE IF NOT EXISTS schema_version (
+    id smallint PRIMARY KEY CHECK (id = 1),
+    version integer NOT NULL
+);
+CREATE TABLE IF NOT EXISTS hub_seq (
+    id smallint PRIMARY KEY CHECK (id = 1),
+    seq bigint NOT NULL
+);
+INSERT INTO hub_seq (id, seq) VALUES (1, 0) ON CONFLICT (id) DO NOTHING;
+CREATE TABLE IF NOT EXISTS devices (
+    device_id text PRIMARY KEY,
+    seq bigint NOT NULL,
+    record bytea
+);
+CREATE INDEX IF NOT EXISTS devices_seq ON devices (seq);
+CREATE TABLE IF NOT EXISTS sessions (
+    client_id text PRIMARY KEY,
+    record bytea NOT NULL
+);
+CREATE TABLE IF NOT EXISTS consumer_groups (
+    key text PRIMARY KEY,
+    name text NOT NULL
+);
+CREATE TABLE IF NOT EXISTS c2d_messages (
+    device_id text,
+    sequence_number bigint,
+    message bytea NOT NULL,
+    PRIMARY KEY (device_id, sequence_number)
+);
+CREATE TABLE IF NOT EXISTS c2d_feedback (
+    sequence_number bigint PRIMARY KEY,
+    record bytea NOT NULL
+);
+";
+
+/// Records the version a new database was created with; an existing one keeps its own.
+pub(super) const INSERT_VERSION: &str =
+    "INSERT INTO schema_version (id, version) VALUES (1, $1) ON CONFLICT (id) DO NOTHING";
+pub(super) const SELECT_VERSION: &str = "SELECT version FROM schema_version WHERE id = 1";
+
+/// The first statement of every commit. See `PostgresStore::commit` for why it comes first.
+pub(super) const BUMP_SEQ: &str = "UPDATE hub_seq SET seq = seq + 1 WHERE id = 1 RETURNING seq";
+
+// Each write statement takes a whole batch's rows as arrays: one statement per table and kind of write,
+// whatever the batch's size. The keys are distinct (`batch::Grouped`): `ON CONFLICT DO UPDATE` may not
+// touch a row twice in one statement.
+pub(super) const UPSERT_DEVICES: &str = "
+INSERT INTO devices (device_id, seq, record)
+SELECT u.device_id, $1, u.record FROM unnest($2::text[], $3::bytea[]) AS u(device_id, record)
+ON CONFLICT (device_id) DO UPDATE SET seq = EXCLUDED.seq, record = EXCLUDED.record";
+pub(super) const UPSERT_SESSIONS: &str = "
+INSERT INTO sessions (client_id, record)
+SELECT * FROM unnest($1::text[], $2::bytea[])
+ON CONFLICT (client_id) DO UPDATE SET record = EXCLUDED.record";
+pub(super) const DELETE_SESSIONS: &str = "DELETE FROM sessions WHERE client_id = ANY($1::text[])";
+pub(super) const UPSERT_CONSUMER_GROUPS: &str = "
+INSERT INTO consumer_groups (key, name)
+SELECT * FROM unnest($1::text[], $2::text[])
+ON CONFLICT (key) DO UPDATE SET name = EXCLUDED.name";
+pub(super) const DELETE_CONSUMER_GROUPS: &str = "DELETE FROM consumer_groups WHERE key = ANY($1::text[])";
+pub(super) const UPSERT_C2D: &str = "
+INSERT INTO c2d_messages (device_id, sequence_number, message)
+SELECT * FROM unnest($1::text[], $2::bigint[], $3::bytea[])
+ON CONFLICT (device_id, sequence_number) DO UPDATE SET message = EXCLUDED.message";
+pub(super) const DELETE_C2D: &str = "
+DELETE FROM c2d_messages AS m USING unnest($1::text[], $2::bigint[]) AS d(device_id, sequence_number)
+WHERE m.device_id = d.device_id AND m.sequence_number = d.sequence_number";
+pub(super) const UPSERT_FEEDBACK: &str = "
+INSERT INTO c2d_feedback (sequence_number, record)
+SELECT * FROM unnest($1::bigint[], $2::bytea[])
+ON CONFLICT (sequence_number) DO UPDATE SET record = EXCLUDED.record";
+pub(super) const DELETE_FEEDBACK: &str = "DELETE FROM c2d_feedback WHERE sequence_number = ANY($1::bigint[])";
+
+pub(super) const LOAD_DEVICES: &str = "SELECT device_id, record FROM devices WHERE record IS NOT NULL";
+pub(super) const LOAD_SESSIONS: &str = "SELECT client_id, record FROM sessions";
+pub(super) const LOAD_CONSUMER_GROUPS: &str = "SELECT key, name FROM consumer_groups";
+pub(super) const LOAD_C2D: &str = "SELECT device_id, sequence_number, message FROM c2d_messages";
+pub(super) const LOAD_FEEDBACK: &str = "SELECT sequence_number, record FROM c2d_feedback";
+
+/// `name` as an SQL identifier: in double quotes, with any double quote doubled, so any text names
+/// exactly that schema and nothing else.
+pub(super) fn quote_identifier(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::quote_identifier;
+
+    #[test]
+    fn identifiers_are_quoted_whole() {
+        assert_eq!(quote_identifier("hub_a"), "\"hub_a\"");
+        assert_eq!(quote_identifier("Mixed Case"), "\"Mixed Case\"");
+        assert_eq!(
+            quote_identifier("x\"; DROP TABLE devices; --"),
+            "\"x\"\"; DROP TABLE devices; --\""
+        );
+    }
+}

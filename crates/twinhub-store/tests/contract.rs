@@ -1,0 +1,292 @@
+//! The `Store` contract, checked the same way against every store: what a batch commits is what a new
+//! instance over the same place loads. Each check is an async fn over a [`Harness`]; `contract!` makes a
+//! test of each check for each store, so another store is one more line at the bottom.
+//!
+//! The PostgreSQL tests need a server: see `support/mod.rs` (`TWINHUB_TEST_POSTGRES_URL`,
+//! `TWINHUB_REQUIRE_POSTGRES`).
+
+mod support;
+
+use support::{id, load_sorted, record, session, upsert, EmbeddedHarness, Harness, PostgresHarness};
+use twinhub_core::c2d::{Ack, DeviceQueue, Feedback, FeedbackRecord, FeedbackStatus, OutgoingMessage};
+use twinhub_core::{DeviceRecord, Timestamp};
+use twinhub_store::StoreWrite;
+
+mod checks {
+    use super::*;
+
+    pub async fn committed_batches_read_back_after_reopening<H: Harness>(harness: &H) {
+        let written = [record("a", 1), record("b", 2), record("c", 3)];
+        {
+            let store = harness.open().await;
+            store
+                .commit(written.iter().map(upsert).collect())
+                .await
+                .expect("commit");
+            store.commit(vec![StoreWrite::Delete(id("b"))]).await.expect("commit");
+        }
+        let store = harness.open().await;
+        assert_eq!(load_sorted(&*store).await, vec![written[0].clone(), written[2].clone()]);
+        // An upsert of a stored device replaces its record.
+        let changed = record("a", 10);
+        store.commit(vec![upsert(&changed)]).await.expect("commit");
+        drop(store);
+        let store = harness.open().await;
+        assert_eq!(load_sorted(&*store).await, vec![changed, written[2].clone()]);
+    }
+
+    pub async fn within_a_batch_the_last_write_of_a_device_wins<H: Harness>(harness: &H) {
+        // Records are made once: each carries random keys and a generation id.
+        let [stored, stored_again, new, back, twice_first, twice] = [
+            ("stored", 1),
+            ("stored", 2),
+            ("new", 1),
+            ("back", 1),
+            ("twice", 1),
+            ("twice", 2),
+        ]
+        .map(|(device, tag)| record(device, tag));
+        {
+            let store = harness.open().await;
+            store.commit(vec![upsert(&stored)]).await.expect("commit");
+            store
+                .commit(vec![
+                    // Upsert then delete: deleted, whether it was stored before or not.
+                    upsert(&stored_again),
+                    StoreWrite::Delete(id("stored")),
+                    upsert(&new),
+                    StoreWrite::Delete(id("new")),
+                    // Delete then upsert: present.
+                    StoreWrite::Delete(id("back")),
+                    upsert(&back),
+                    // Two upserts: the second.
+                    upsert(&twice_first),
+                    upsert(&twice),
+                    // A device that never was.
+                    StoreWrite::Delete(id("never")),
+                ])
+                .await
+                .expect("commit");
+        }
+        let store = harness.open().await;
+        assert_eq!(load_sorted(&*store).await, vec![back, twice]);
+    }
+
+    pub async fn sessions_round_trip_and_delete<H: Harness>(harness: &H) {
+        let final_d1 = session("d1", &["$iothub/twin/res/#", "$iothub/twin/PATCH/properties/desired/#"]);
+        let device = record("d1", 1);
+        {
+            let store = harness.open().await;
+            store
+                .commit(vec![
+                    upsert(&device),
+                    StoreWrite::UpsertSession(session("d1", &["$iothub/twin/res/#"])),
+                    StoreWrite::UpsertSession(session("d2", &["$iothub/methods/POST/#"])),
+                    StoreWrite::UpsertSession(session("d3", &[])),
+                ])
+                .await
+                .expect("commit");
+            store
+                .commit(vec![
+                    StoreWrite::UpsertSession(final_d1.clone()),
+                    StoreWrite::DeleteSession("d2".into()),
+                    StoreWrite::DeleteSession("nobody".into()),
+                ])
+                .await
+                .expect("commit");
+        }
+        let store = harness.open().await;
+        assert_eq!(load_sorted(&*store).await, vec![device]);
+        let mut sessions = store.load_sessions().await.expect("load sessions");
+        sessions.sort_by(|a, b| a.client_id.cmp(&b.client_id));
+        assert_eq!(sessions, vec![final_d1, session("d3", &[])]);
+    }
+
+    pub async fn consumer_groups_round_trip_and_delete<H: Harness>(harness: &H) {
+        {
+            let store = harness.open().await;
+            store
+                .commit(vec![
+                    StoreWrite::UpsertConsumerGroup("Alpha".into()),
+                    StoreWrite::UpsertConsumerGroup("beta".into()),
+                    StoreWrite::UpsertConsumerGroup("Gamma".into()),
+                ])
+                .await
+                .expect("commit");
+            // Keyed without case: "ALPHA" is "Alpha"; the name is kept as last given.
+            store
+                .commit(vec![
+                    StoreWrite::DeleteConsumerGroup("ALPHA".into()),
+                    StoreWrite::UpsertConsumerGroup("GAMMA".into()),
+                ])
+                .await
+                .expect("commit");
+        }
+        let store = harness.open().await;
+        let mut groups = store.load_consumer_groups().await.expect("load consumer groups");
+        groups.sort();
+        assert_eq!(groups, vec!["GAMMA".to_owned(), "beta".to_owned()]);
+        assert!(store.load_all().await.expect("load_all").is_empty());
+    }
+
+    pub async fn cloud_to_device_messages_and_feedback_round_trip_and_delete<H: Harness>(harness: &H) {
+        let now = Timestamp(1_700_000_000_000_000_000);
+        // "d1" is a prefix of "d10": their messages must not mix.
+        let (d1, d10) = (id("d1"), id("d10"));
+        let mut queue = DeviceQueue::default();
+        for message_id in ["a", "b", "c"] {
+            let message = OutgoingMessage {
+                message_id: Some(message_id.into()),
+                ack: Ack::Full,
+                body: message_id.as_bytes().to_vec(),
+                properties: vec![("k".into(), "v".into())],
+                ..OutgoingMessage::default()
+            };
+            queue.enqueue(message, now).expect("room in the queue");
+        }
+        let messages = queue.messages().to_vec();
+        let mut redelivered = messages[2].clone();
+        redelivered.delivery_count = 2;
+        let feedback = |status| FeedbackRecord {
+            device_id: "d1".into(),
+            device_generation_id: "1".into(),
+            feedback: Feedback {
+                original_message_id: Some("x".into()),
+                status,
+                enqueued_time: now,
+            },
+        };
+        let c2d = |device_id: &twinhub_core::DeviceId, message: &twinhub_core::c2d::QueuedMessage| {
+            StoreWrite::UpsertCloudToDevice {
+                device_id: device_id.clone(),
+                message: Box::new(message.clone()),
+            }
+        };
+        {
+            let store = harness.open().await;
+            let mut writes: Vec<StoreWrite> = messages.iter().map(|message| c2d(&d1, message)).collect();
+            writes.push(c2d(&d10, &messages[0]));
+            for (sequence_number, status) in [
+                (7, FeedbackStatus::Rejected),
+                (8, FeedbackStatus::Rejected),
+                (9, FeedbackStatus::Rejected),
+            ] {
+                writes.push(StoreWrite::UpsertFeedback {
+                    sequence_number,
+                    record: feedback(status),
+                });
+            }
+            store.commit(writes).await.expect("commit");
+            store
+                .commit(vec![
+                    // d1's message 0 goes; d10's message 0 stays.
+                    StoreWrite::DeleteCloudToDevice {
+                        device_id: d1.clone(),
+                        sequence_number: 0,
+                    },
+                    c2d(&d1, &redelivered),
+                    StoreWrite::DeleteFeedback(7),
+                    StoreWrite::UpsertFeedback {
+                        sequence_number: 9,
+                        record: feedback(FeedbackStatus::Expired),
+                    },
+                ])
+                .await
+                .expect("commit");
+        }
+        let store = harness.open().await;
+        let mut loaded = store.load_cloud_to_device().await.expect("load messages");
+        loaded.sort_by(|a, b| (&a.0, a.1.sequence_number).cmp(&(&b.0, b.1.sequence_number)));
+        assert_eq!(
+            loaded,
+            vec![
+                (d1.clone(), messages[1].clone()),
+                (d1, redelivered),
+                (d10, messages[0].clone())
+            ]
+        );
+        let mut records = store.load_feedback().await.expect("load feedback");
+        records.sort_by_key(|(number, _)| *number);
+        assert_eq!(
+            records,
+            vec![
+                (8, feedback(FeedbackStatus::Rejected)),
+                (9, feedback(FeedbackStatus::Expired))
+            ]
+        );
+    }
+
+    pub async fn an_empty_batch_is_fine<H: Harness>(harness: &H) {
+        let device = record("a", 1);
+        {
+            let store = harness.open().await;
+            store.commit(Vec::new()).await.expect("an empty commit on a new store");
+            assert!(store.load_all().await.expect("load_all").is_empty());
+            assert!(store.load_sessions().await.expect("load_sessions").is_empty());
+            assert!(store
+                .load_consumer_groups()
+                .await
+                .expect("load_consumer_groups")
+                .is_empty());
+            assert!(store
+                .load_cloud_to_device()
+                .await
+                .expect("load_cloud_to_device")
+                .is_empty());
+            assert!(store.load_feedback().await.expect("load_feedback").is_empty());
+            store.commit(vec![upsert(&device)]).await.expect("commit");
+            store.commit(Vec::new()).await.expect("an empty commit");
+        }
+        let store = harness.open().await;
+        store.commit(Vec::new()).await.expect("an empty commit after reopening");
+        assert_eq!(load_sorted(&*store).await, vec![device]);
+    }
+
+    pub async fn a_thousand_records_in_one_batch_all_come_back<H: Harness>(harness: &H) {
+        let written: Vec<DeviceRecord> = (0..1000).map(|n| record(&format!("device-{n:04}"), n)).collect();
+        {
+            let store = harness.open().await;
+            store
+                .commit(written.iter().map(upsert).collect())
+                .await
+                .expect("commit");
+        }
+        let store = harness.open().await;
+        assert_eq!(load_sorted(&*store).await, written);
+    }
+}
+
+/// `contract! { name: Harness, ... }`: a module per store with a test per check.
+macro_rules! contract {
+    (@checks $harness:ty; $($check:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $check() {
+                if let Some(harness) = <$harness as Harness>::start().await {
+                    checks::$check(&harness).await;
+                }
+            }
+        )*
+    };
+    ($($store:ident: $harness:ty),* $(,)?) => {
+        $(
+            mod $store {
+                use super::*;
+                contract!(@checks $harness;
+                    committed_batches_read_back_after_reopening,
+                    within_a_batch_the_last_write_of_a_device_wins,
+                    sessions_round_trip_and_delete,
+                    consumer_groups_round_trip_and_delete,
+                    cloud_to_device_messages_and_feedback_round_trip_and_delete,
+                    an_empty_batch_is_fine,
+                    a_thousand_records_in_one_batch_all_come_back,
+                );
+            }
+        )*
+    };
+}
+
+contract! {
+    embedded: EmbeddedHarness,
+    postgres: PostgresHarness,
+}
