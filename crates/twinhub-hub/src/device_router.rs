@@ -80,10 +80,12 @@ pub struct MethodRequest {
     pub payload: String,
 }
 
+/// Boxed where large, so that a connection's mailbox (allocated in blocks of slots of this size) stays
+/// small: tens of thousands of idle connections each hold one.
 #[derive(Debug)]
 pub enum DeviceMail {
     Desired(Arc<DesiredChange>),
-    Method(MethodRequest),
+    Method(Box<MethodRequest>),
 }
 
 /// A registered connection's side: its mail, the signal that it missed desired changes, and the signal
@@ -315,11 +317,11 @@ impl DeviceRouter {
         );
         let _forget = CallGuard { router: self, id };
         let deadline = Instant::now() + call.response_timeout;
-        let request = DeviceMail::Method(MethodRequest {
+        let request = DeviceMail::Method(Box::new(MethodRequest {
             request_id: id,
             name: call.name,
             payload: call.payload,
-        });
+        }));
         match tokio::time::timeout_at(deadline, mailbox.send(request)).await {
             Ok(Ok(())) => {}
             // The connection ended between the lookup and the send.
@@ -404,7 +406,7 @@ mod tests {
 
     async fn next_request(mailbox: &mut Mailbox) -> MethodRequest {
         match mailbox.mail.recv().await {
-            Some(DeviceMail::Method(request)) => request,
+            Some(DeviceMail::Method(request)) => *request,
             other => panic!("expected a method request, got {other:?}"),
         }
     }

@@ -705,7 +705,7 @@ impl<W: AsyncWrite + Unpin + Send> Connection<W> {
 
     fn mail(&mut self, mail: DeviceMail) -> Result<(), End> {
         match mail {
-            DeviceMail::Method(request) => self.method_request(request),
+            DeviceMail::Method(request) => self.method_request(*request),
             DeviceMail::Desired(change) => {
                 let Some(qos) = self.session.state().granted(Subscription::DesiredPatches) else {
                     return Ok(());
