@@ -15,7 +15,6 @@ the 51st fails (amqp:resource-limit-exceeded), after which the device receives e
 No message arrives twice. Exits non-zero at the first failed check.
 """
 
-import base64
 import datetime
 import json
 import logging
@@ -24,8 +23,7 @@ import sys
 import threading
 import time
 
-from checks import CheckFailed, check, check_equal, connection_string_part, log, run, transport_name
-from azure.iot.device import IoTHubDeviceClient
+from checks import CheckFailed, check, check_equal, connection_string_part, log, register_device_client, run, transport_name
 from azure.iot.hub import IoTHubRegistryManager
 
 CONNECTION_STRING = os.environ.get("TWINHUB_CONNECTION_STRING")
@@ -81,14 +79,9 @@ class Device:
     """A device app: an IoTHubDeviceClient whose message handler records every message it receives."""
 
     def __init__(self, registry, host, device_id, websockets):
-        primary = base64.b64encode(os.urandom(32)).decode()
-        secondary = base64.b64encode(os.urandom(32)).decode()
-        registry.create_device_with_sas(device_id, primary, secondary, "enabled")
         self.device_id = device_id
         self.transport = transport_name(websockets)
-        self.client = IoTHubDeviceClient.create_from_connection_string(
-            "HostName={};DeviceId={};SharedAccessKey={}".format(host, device_id, primary), websockets=websockets
-        )
+        self.client = register_device_client(registry, host, device_id, websockets)
         self.messages = []
         self.arrived = threading.Condition()
 

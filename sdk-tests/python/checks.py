@@ -23,6 +23,22 @@ def connection_string_part(connection_string, wanted):
     raise CheckFailed("no {} in the connection string".format(wanted))
 
 
+def register_device_client(registry, host, device_id, websockets):
+    """Registers `device_id` with fresh symmetric keys and returns its IoTHubDeviceClient (not connected),
+    over MQTT or MQTT over WebSockets."""
+    import base64
+    import os
+
+    from azure.iot.device import IoTHubDeviceClient
+
+    primary = base64.b64encode(os.urandom(32)).decode()
+    secondary = base64.b64encode(os.urandom(32)).decode()
+    registry.create_device_with_sas(device_id, primary, secondary, "enabled")
+    return IoTHubDeviceClient.create_from_connection_string(
+        "HostName={};DeviceId={};SharedAccessKey={}".format(host, device_id, primary), websockets=websockets
+    )
+
+
 def transport_name(websockets):
     """How a device test names the MQTT transport it uses."""
     return "mqttws" if websockets else "mqtt"

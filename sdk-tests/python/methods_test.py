@@ -15,15 +15,14 @@ connectTimeoutInSeconds reaches a device that connects and subscribes while it w
 the first failed check.
 """
 
-import base64
 import concurrent.futures
 import os
 import sys
 import threading
 import time
 
-from checks import check, check_equal, connection_string_part, expect_http_error, log, run, transport_name
-from azure.iot.device import IoTHubDeviceClient, MethodResponse
+from checks import check, check_equal, connection_string_part, expect_http_error, log, register_device_client, run, transport_name
+from azure.iot.device import MethodResponse
 from azure.iot.hub import IoTHubRegistryManager
 from azure.iot.hub.models import CloudToDeviceMethod
 
@@ -76,14 +75,9 @@ class Device:
     records what it was asked."""
 
     def __init__(self, registry, host, device_id, websockets):
-        primary = base64.b64encode(os.urandom(32)).decode()
-        secondary = base64.b64encode(os.urandom(32)).decode()
-        registry.create_device_with_sas(device_id, primary, secondary, "enabled")
         self.device_id = device_id
         self.transport = transport_name(websockets)
-        self.client = IoTHubDeviceClient.create_from_connection_string(
-            "HostName={};DeviceId={};SharedAccessKey={}".format(host, device_id, primary), websockets=websockets
-        )
+        self.client = register_device_client(registry, host, device_id, websockets)
         self.requests = []
         self.in_hand = 0
         self.in_hand_max = 0

@@ -22,11 +22,11 @@ import os
 import sys
 import threading
 
-from checks import CheckFailed, check, check_equal, connection_string_part, log, run, transport_name
+from checks import CheckFailed, check, check_equal, connection_string_part, log, register_device_client, run, transport_name
 from azure.eventhub import EventHubConsumerClient
 from azure.eventhub.aio import EventHubConsumerClient as AsyncEventHubConsumerClient
 from azure.eventhub.exceptions import AuthenticationError
-from azure.iot.device import IoTHubDeviceClient, Message
+from azure.iot.device import Message
 from azure.iot.hub import IoTHubRegistryManager
 
 CONNECTION_STRING = os.environ.get("TWINHUB_CONNECTION_STRING")
@@ -75,12 +75,7 @@ def body_of(device_id, seq):
 
 
 def send_messages(registry, host, device_id, websockets):
-    primary = base64.b64encode(os.urandom(32)).decode()
-    secondary = base64.b64encode(os.urandom(32)).decode()
-    registry.create_device_with_sas(device_id, primary, secondary, "enabled")
-    client = IoTHubDeviceClient.create_from_connection_string(
-        "HostName={};DeviceId={};SharedAccessKey={}".format(host, device_id, primary), websockets=websockets
-    )
+    client = register_device_client(registry, host, device_id, websockets)
     client.connect()
     for seq in range(MESSAGES_PER_DEVICE):
         message = Message(

@@ -98,6 +98,21 @@ impl CloudToDeviceState {
         self.queues.entry(device_id.clone()).or_default()
     }
 
+    /// What of a device's queue is stored, by sequence number: each message's delivery count. What a
+    /// change is compared against to find its store writes, without copying the messages.
+    fn delivery_counts(&self, device_id: &DeviceId) -> HashMap<u64, u32> {
+        self.queues
+            .get(device_id)
+            .map(|queue| {
+                queue
+                    .messages()
+                    .iter()
+                    .map(|message| (message.sequence_number, message.delivery_count))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     /// Devices with a message or a lock due now.
     fn due(&self, now: Timestamp) -> Vec<DeviceId> {
         self.queues
@@ -124,12 +139,7 @@ impl Batch<'_> {
         now: Timestamp,
     ) -> Result<CloudToDeviceOutcome, HubError> {
         self.existing(&device_id)?;
-        let before: Vec<QueuedMessage> = self
-            .c2d
-            .queues
-            .get(&device_id)
-            .map(|queue| queue.messages().to_vec())
-            .unwrap_or_default();
+        let before = self.c2d.delivery_counts(&device_id);
         let queue = self.c2d.queue_mut(&device_id);
         let (outcome, feedback) = match op {
             CloudToDeviceOp::Send(message) => {
@@ -160,12 +170,7 @@ impl Batch<'_> {
     /// Expires messages and times out locks in every queue with something due.
     pub(crate) fn cloud_to_device_sweep(&mut self, now: Timestamp) {
         for device_id in self.c2d.due(now) {
-            let before = self
-                .c2d
-                .queues
-                .get(&device_id)
-                .map(|queue| queue.messages().to_vec())
-                .unwrap_or_default();
+            let before = self.c2d.delivery_counts(&device_id);
             let feedback = self.c2d.queue_mut(&device_id).expire_due(now);
             // A timed-out lock gives a message back: the device may take it again.
             self.c2d_ready.push(device_id.clone());
@@ -175,14 +180,15 @@ impl Batch<'_> {
 
     /// A deleted device's queue goes with it.
     pub(crate) fn cloud_to_device_forget(&mut self, device_id: &DeviceId) {
-        let Some(before) = self.c2d.queues.get(device_id).map(|queue| queue.messages().to_vec()) else {
+        if !self.c2d.queues.contains_key(device_id) {
             return;
-        };
+        }
+        let before = self.c2d.delivery_counts(device_id);
         self.c2d.queue_mut(device_id).purge();
-        for message in before {
+        for sequence_number in before.into_keys() {
             self.writes.push(StoreWrite::DeleteCloudToDevice {
                 device_id: device_id.clone(),
-                sequence_number: message.sequence_number,
+                sequence_number,
             });
         }
         self.c2d.queues.remove(device_id);
@@ -195,9 +201,7 @@ impl Batch<'_> {
 
     /// The store writes for what changed in a queue (messages gone, new or with a new delivery count;
     /// locks alone are not stored), its feedback, and the device's `cloudToDeviceMessageCount`.
-    fn queue_changed(&mut self, device_id: &DeviceId, before: &[QueuedMessage], feedback: Vec<Feedback>) {
-        let stored = |message: &QueuedMessage| (message.sequence_number, message.delivery_count);
-        let old: HashMap<u64, u32> = before.iter().map(stored).collect();
+    fn queue_changed(&mut self, device_id: &DeviceId, old: &HashMap<u64, u32>, feedback: Vec<Feedback>) {
         let now_queued: &[QueuedMessage] = self.c2d.queues.get(device_id).map_or(&[], |queue| queue.messages());
         let mut remaining = std::collections::HashSet::new();
         for message in now_queued {
@@ -244,7 +248,7 @@ impl Batch<'_> {
             });
             self.feedback.push((number, record));
         }
-        if before.len() != depth {
+        if old.len() != depth {
             self.set_message_count(device_id, depth);
         }
     }
@@ -252,18 +256,31 @@ impl Batch<'_> {
     /// `cloudToDeviceMessageCount` follows the queue in memory; it is not a stored write of its own
     /// (the queue is stored, and the count is set from it at start).
     pub(crate) fn set_message_count(&mut self, device_id: &DeviceId, depth: usize) {
-        let Some(current) = self.registry.get(device_id).cloned() else {
+        let Some(current) = self.registry.get(device_id) else {
             return;
         };
-        let count = u32::try_from(depth).unwrap_or(u32::MAX);
-        if current.identity.cloud_to_device_message_count == count {
-            return;
+        if let Some(record) = with_message_count(current, depth) {
+            self.replace_in_memory(std::sync::Arc::new(record));
         }
-        let mut identity = (*current.identity).clone();
-        identity.cloud_to_device_message_count = count;
-        let record = twinhub_core::DeviceRecord::new(identity, current.twin.clone(), current.presence.clone());
-        self.replace_in_memory(std::sync::Arc::new(record));
     }
+}
+
+/// The record with `cloudToDeviceMessageCount` = `depth`, or `None` when it already says so.
+pub(crate) fn with_message_count(
+    record: &twinhub_core::DeviceRecord,
+    depth: usize,
+) -> Option<twinhub_core::DeviceRecord> {
+    let count = u32::try_from(depth).unwrap_or(u32::MAX);
+    if record.identity.cloud_to_device_message_count == count {
+        return None;
+    }
+    let mut identity = (*record.identity).clone();
+    identity.cloud_to_device_message_count = count;
+    Some(twinhub_core::DeviceRecord::new(
+        identity,
+        record.twin.clone(),
+        record.presence.clone(),
+    ))
 }
 
 /// Feedback records for back ends, in the order they were made; each goes to one receiver. Durable in the

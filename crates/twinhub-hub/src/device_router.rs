@@ -273,11 +273,6 @@ impl DeviceRouter {
         }
     }
 
-    /// Whether a connection of `endpoint` listens to methods now.
-    pub fn listens_to_methods(&self, endpoint: &Endpoint) -> bool {
-        self.method_route(endpoint).is_some()
-    }
-
     /// The newest connection of `endpoint` that listens to methods.
     fn method_route(&self, endpoint: &Endpoint) -> Option<mpsc::Sender<DeviceMail>> {
         let state = self.state();

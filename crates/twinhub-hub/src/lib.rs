@@ -143,10 +143,10 @@ impl Hub {
         });
         // `cloudToDeviceMessageCount` is the queue's depth, which the store keeps with the queue.
         for (device_id, depth) in c2d.depths() {
-            if let Some(record) = registry.get(device_id).cloned() {
-                let mut identity = (*record.identity).clone();
-                identity.cloud_to_device_message_count = u32::try_from(depth).unwrap_or(u32::MAX);
-                let record = DeviceRecord::new(identity, record.twin.clone(), record.presence.clone());
+            let counted = registry
+                .get(device_id)
+                .and_then(|record| cloud_to_device::with_message_count(record, depth));
+            if let Some(record) = counted {
                 registry.insert(device_id.clone(), Arc::new(record));
             }
         }

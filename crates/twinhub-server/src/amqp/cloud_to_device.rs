@@ -13,7 +13,6 @@
 use super::cbs::Authorizations;
 use super::AmqpService;
 use fe2o3_amqp::link::{Receiver, Sender};
-use fe2o3_amqp::types::definitions::{AmqpError, Error as AmqpErrorBody, ErrorCondition, LinkError};
 use fe2o3_amqp::types::messaging::annotations::OwnedKey;
 use fe2o3_amqp::types::messaging::{
     ApplicationProperties, Body, Data, Message, MessageAnnotations, MessageId, Outcome, Properties,
@@ -24,26 +23,13 @@ use futures_util::future::BoxFuture;
 use futures_util::StreamExt;
 use std::sync::Arc;
 use tokio::sync::Mutex;
-use twinhub_core::c2d::{Ack, OutgoingMessage, QueueError, QueuedMessage, Settlement};
+use twinhub_core::c2d::{Ack, OutgoingMessage, QueuedMessage, Settlement};
 use twinhub_core::{DeviceId, Timestamp};
 use twinhub_hub::{Endpoint, HubError, Interests};
 
 /// Feedback records per message on the feedback link.
 const FEEDBACK_BATCH_MAX: usize = 64;
 const FEEDBACK_CONTENT_TYPE: &str = "application/vnd.microsoft.iothub.feedback.json";
-
-/// Why a back end's message cannot be queued, in AMQP's terms.
-fn rejection(error: &HubError) -> AmqpErrorBody {
-    let condition = match error {
-        HubError::DeviceNotFound(_) => ErrorCondition::AmqpError(AmqpError::NotFound),
-        HubError::CloudToDevice(QueueError::QueueFull) => ErrorCondition::AmqpError(AmqpError::ResourceLimitExceeded),
-        HubError::CloudToDevice(QueueError::TooLarge(_)) => ErrorCondition::LinkError(LinkError::MessageSizeExceeded),
-        HubError::CloudToDevice(_) | HubError::InvalidArgument(_) => ErrorCondition::AmqpError(AmqpError::InvalidField),
-        HubError::ShuttingDown => ErrorCondition::AmqpError(AmqpError::ResourceLimitExceeded),
-        _ => ErrorCondition::AmqpError(AmqpError::InternalError),
-    };
-    AmqpErrorBody::new(condition, Some(error.to_string()), None)
-}
 
 /// Serves a back end's `/messages/devicebound` sender link until it ends: each message is accepted once
 /// queued durably (`settle_when_done`), while the connection's service token holds.
@@ -52,20 +38,14 @@ pub(crate) async fn receive_sends(
     receiver: Receiver,
     authorizations: Arc<Mutex<Authorizations>>,
 ) {
-    super::settle_when_done::serve(
-        receiver,
-        authorizations,
-        Authorizations::covers_service,
-        |message| {
-            let hub = Arc::clone(&service.hub);
-            let parsed = outgoing_of(message);
-            Box::pin(async move {
-                let (device_id, message) = parsed?;
-                hub.send_cloud_to_device(device_id, message).await
-            })
-        },
-        rejection,
-    )
+    super::settle_when_done::serve(receiver, authorizations, Authorizations::covers_service, |message| {
+        let hub = Arc::clone(&service.hub);
+        let parsed = outgoing_of(message);
+        Box::pin(async move {
+            let (device_id, message) = parsed?;
+            hub.send_cloud_to_device(device_id, message).await
+        })
+    })
     .await
 }
 

@@ -7,7 +7,6 @@
 use super::cbs::Authorizations;
 use super::AmqpService;
 use fe2o3_amqp::link::Receiver;
-use fe2o3_amqp::types::definitions::{AmqpError, Error as AmqpErrorBody, ErrorCondition, LinkError};
 use fe2o3_amqp::types::messaging::annotations::OwnedKey;
 use fe2o3_amqp::types::messaging::{Body, Message, MessageId};
 use fe2o3_amqp::types::primitives::{SimpleValue, Value};
@@ -15,7 +14,6 @@ use std::sync::Arc;
 use tokio::sync::Mutex;
 use twinhub_core::event::{DeviceEvent, EventProperties, EventValue};
 use twinhub_core::DeviceId;
-use twinhub_hub::HubError;
 
 /// Annotations a device may set on its messages, forwarded to consumers.
 const DEVICE_ANNOTATIONS: [&str; 3] = ["iothub-interface-id", "dt-subject", "dt-dataschema"];
@@ -45,20 +43,8 @@ pub(crate) async fn receive(
                     .map(|_| ())
             })
         },
-        rejection,
     )
     .await
-}
-
-/// The rejected outcome's error, in IoT Hub's terms.
-fn rejection(error: &HubError) -> AmqpErrorBody {
-    let condition = match error {
-        HubError::MessageTooLarge(_) => ErrorCondition::LinkError(LinkError::MessageSizeExceeded),
-        HubError::DeviceNotFound(_) => ErrorCondition::AmqpError(AmqpError::NotFound),
-        HubError::ShuttingDown => ErrorCondition::AmqpError(AmqpError::ResourceLimitExceeded),
-        _ => ErrorCondition::AmqpError(AmqpError::InternalError),
-    };
-    AmqpErrorBody::new(condition, Some(error.to_string()), None)
 }
 
 /// A device's AMQP message as an event: the body's bytes, its properties section, its application

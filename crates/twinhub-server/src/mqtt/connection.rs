@@ -321,19 +321,8 @@ pub(crate) async fn serve<R, W>(
             _ => None,
         })
         .collect();
-    if !unsettled.is_empty() {
-        let hub = Arc::clone(&service.hub);
-        let device_id = device_id.clone();
-        tokio::spawn(async move {
-            for lock_token in unsettled {
-                let abandoned = hub
-                    .settle_cloud_to_device(device_id.clone(), lock_token, twinhub_core::c2d::Settlement::Abandon)
-                    .await;
-                if let Err(error) = abandoned {
-                    tracing::debug!(%error, "an unacknowledged cloud-to-device message was not given back");
-                }
-            }
-        });
+    for lock_token in unsettled {
+        connection.abandon_cloud_to_device(lock_token);
     }
     service
         .sessions
@@ -769,11 +758,11 @@ impl<W: AsyncWrite + Unpin + Send> Connection<W> {
         };
         let topic = property_bag::cloud_to_device_topic(self.client.device_id.as_str(), &queued);
         let payload = Bytes::from(queued.message.body);
+        self.publish(topic, payload, qos, Unacknowledged::CloudToDevice(lock_token.clone()))?;
         if qos == QoS::AtMostOnce {
-            self.publish(topic, payload, qos, Unacknowledged::TwinReply)?;
+            // Nothing will acknowledge it: complete once sent.
             self.settle_cloud_to_device(lock_token);
         } else {
-            self.publish(topic, payload, qos, Unacknowledged::CloudToDevice(lock_token))?;
             self.c2d_outstanding += 1;
         }
         self.pull_cloud_to_device();
