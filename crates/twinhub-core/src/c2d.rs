@@ -358,6 +358,30 @@ impl DeviceQueue {
         Ok(feedback)
     }
 
+    /// A message as another node stored it (in a cluster): added, or its stored state (delivery count)
+    /// taken over. A lock this node holds on it stays: locks are never stored, so the stored form has none.
+    pub fn apply_stored(&mut self, mut stored: QueuedMessage) {
+        match self
+            .messages
+            .binary_search_by_key(&stored.sequence_number, |queued| queued.sequence_number)
+        {
+            Ok(index) => {
+                stored.lock = self.messages[index].lock.take();
+                self.messages[index] = stored;
+            }
+            Err(index) => {
+                stored.lock = None;
+                self.next_sequence_number = self.next_sequence_number.max(stored.sequence_number + 1);
+                self.messages.insert(index, stored);
+            }
+        }
+    }
+
+    /// A message another node took out of the queue (settled, expired, purged).
+    pub fn remove_stored(&mut self, sequence_number: u64) {
+        self.messages.retain(|queued| queued.sequence_number != sequence_number);
+    }
+
     /// Empties the queue (`DELETE /devices/{id}/commands`); returns how many messages it held.
     pub fn purge(&mut self) -> usize {
         std::mem::take(&mut self.messages).len()
@@ -459,6 +483,26 @@ mod tests {
         // No ack asked: no feedback.
         assert!(queue.settle("t2", Settlement::Reject, at(3)).unwrap().is_empty());
         assert!(queue.is_empty());
+    }
+
+    #[test]
+    fn changes_another_node_stored_keep_this_nodes_lock_and_numbering() {
+        let mut here = DeviceQueue::default();
+        here.enqueue(message("a", Ack::None), at(0)).unwrap();
+        let (locked, _) = here.receive("t1".into(), at(1));
+        let mut elsewhere = DeviceQueue::restore(vec![locked.unwrap()]);
+        elsewhere.enqueue(message("b", Ack::None), at(2)).unwrap();
+        for stored in elsewhere.messages() {
+            here.apply_stored(stored.clone());
+        }
+        assert_eq!(here.len(), 2);
+        // The lock taken here survives the other node's (lockless) copy of the message.
+        assert_eq!(here.settle("t1", Settlement::Complete, at(3)), Ok(Vec::new()));
+        let (sequence_number, _) = here.enqueue(message("c", Ack::None), at(4)).unwrap();
+        assert_eq!(sequence_number, 2);
+        here.remove_stored(1);
+        let ids: Vec<_> = here.messages().iter().map(|m| m.message.message_id.clone()).collect();
+        assert_eq!(ids, [Some("c".to_owned())]);
     }
 
     #[test]

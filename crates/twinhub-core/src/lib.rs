@@ -12,6 +12,7 @@ pub mod device_auth;
 pub mod device_scope;
 pub mod etag;
 pub mod event;
+pub mod hub_event;
 pub mod ids;
 pub mod json;
 pub mod method;

@@ -70,6 +70,11 @@ impl CloudToDeviceState {
         }
     }
 
+    /// How many messages a device's queue holds.
+    pub(crate) fn depth(&self, device_id: &DeviceId) -> usize {
+        self.queues.get(device_id).map_or(0, |queue| queue.len())
+    }
+
     /// How many messages each device's queue holds (for `cloudToDeviceMessageCount`).
     pub(crate) fn depths(&self) -> impl Iterator<Item = (&DeviceId, usize)> {
         self.queues.iter().map(|(device_id, queue)| (device_id, queue.len()))
@@ -121,6 +126,12 @@ impl CloudToDeviceState {
             .map(|(device_id, _)| device_id.clone())
             .collect()
     }
+}
+
+/// A stored change to one message of a queue, as another node committed it.
+pub(crate) enum StoredQueueChange {
+    Upsert(Box<QueuedMessage>),
+    Delete(u64),
 }
 
 /// What a queue change answers.
@@ -192,6 +203,38 @@ impl Batch<'_> {
             });
         }
         self.c2d.queues.remove(device_id);
+    }
+
+    /// A change another node of the cluster stored to a device's queue: applied without a store write
+    /// of its own (it is stored), keeping this node's locks.
+    pub(crate) fn cloud_to_device_stored(&mut self, device_id: &DeviceId, stored: StoredQueueChange) {
+        if !self.registry.contains_key(device_id) {
+            return;
+        }
+        let queue = self.c2d.queue_mut(device_id);
+        match stored {
+            StoredQueueChange::Upsert(message) => {
+                queue.apply_stored(*message);
+                self.c2d_ready.push(device_id.clone());
+            }
+            StoredQueueChange::Delete(sequence_number) => queue.remove_stored(sequence_number),
+        }
+        let depth = queue.len();
+        self.set_message_count(device_id, depth);
+    }
+
+    /// A feedback record another node made: numbering goes on after it.
+    pub(crate) fn feedback_stored(&mut self, sequence_number: u64, record: FeedbackRecord) {
+        self.c2d.next_feedback = self.c2d.next_feedback.max(sequence_number + 1);
+        self.feedback.push((sequence_number, record));
+    }
+
+    /// A deleted device's queue, gone on another node: nothing to store here.
+    pub(crate) fn cloud_to_device_dropped(&mut self, device_id: &DeviceId) {
+        if self.c2d.queues.contains_key(device_id) {
+            self.c2d.queue_mut(device_id);
+            self.c2d.queues.remove(device_id);
+        }
     }
 
     /// Back ends received these feedback records.
@@ -350,6 +393,14 @@ impl FeedbackQueue {
             }
         }
         self.ready.notify_one();
+    }
+
+    /// Records a back end received through another node of the cluster.
+    pub(crate) fn forget(&self, numbers: &[u64]) {
+        if numbers.is_empty() {
+            return;
+        }
+        self.records().retain(|(number, _)| !numbers.contains(number));
     }
 
     pub fn len(&self) -> usize {

@@ -13,6 +13,7 @@ pub mod device_router;
 mod error;
 pub mod event_log;
 mod events;
+mod follow;
 pub mod index;
 mod query;
 mod writer;
@@ -89,6 +90,8 @@ pub struct Hub {
     router: Arc<DeviceRouter>,
     /// Cloud-to-device feedback for back ends.
     feedback: Arc<FeedbackQueue>,
+    /// In a cluster (a store other nodes share): how this node follows the others' commits.
+    follower: Option<follow::Follower>,
     config: HubConfig,
 }
 
@@ -117,25 +120,42 @@ impl Hub {
             Some(event_store) => Some(EventLog::open(event_store, config.events.clone()).await?),
             None => None,
         };
-        let records = store.load_all().await.map_err(HubError::Store)?;
-        let stored_sessions = store.load_sessions().await.map_err(HubError::Store)?;
-        let consumer_groups = store
-            .load_consumer_groups()
-            .await
-            .map_err(HubError::Store)?
+        let loaded = match store.cluster() {
+            // One consistent view, as of a commit the log is then followed from.
+            Some(cluster) => cluster.load_consistent().await.map_err(HubError::Store)?,
+            None => twinhub_store::Loaded {
+                records: store.load_all().await.map_err(HubError::Store)?,
+                sessions: store.load_sessions().await.map_err(HubError::Store)?,
+                consumer_groups: store.load_consumer_groups().await.map_err(HubError::Store)?,
+                cloud_to_device: store.load_cloud_to_device().await.map_err(HubError::Store)?,
+                feedback: store.load_feedback().await.map_err(HubError::Store)?,
+                seq: 0,
+            },
+        };
+        let twinhub_store::Loaded {
+            records,
+            sessions: stored_sessions,
+            consumer_groups,
+            cloud_to_device: c2d_messages,
+            feedback: feedback_records,
+            seq: loaded_seq,
+        } = loaded;
+        let consumer_groups = consumer_groups
             .into_iter()
             .map(|name| (twinhub_core::consumer_group::key(&name), name))
             .collect();
-        let c2d_messages = store.load_cloud_to_device().await.map_err(HubError::Store)?;
-        let feedback_records = store.load_feedback().await.map_err(HubError::Store)?;
         let started = twinhub_core::Timestamp::now();
+        // In a cluster, a device shown connected may be connected to another node: left as it is.
+        let alone = store.cluster().is_none();
         let mut registry: Registry = records
             .into_iter()
             .map(|record| {
-                (
-                    record.identity.device_id.clone(),
-                    Arc::new(without_stale_connection(record, started)),
-                )
+                let record = if alone {
+                    without_stale_connection(record, started)
+                } else {
+                    record
+                };
+                (record.identity.device_id.clone(), Arc::new(record))
             })
             .collect();
         let c2d = cloud_to_device::CloudToDeviceState::restore(c2d_messages, &feedback_records, |id| {
@@ -160,6 +180,14 @@ impl Hub {
         let (events, _) = broadcast::channel(events::EVENT_QUEUE_MAX);
         let router = Arc::new(DeviceRouter::default());
         tokio::spawn(device_router::route_events(events.subscribe(), Arc::clone(&router)));
+        let follower = follow::Follower::new(Arc::clone(&store), loaded_seq);
+        if let (Some(follower), Some(cluster)) = (&follower, store.cluster()) {
+            tokio::spawn(follow::follow_commits(
+                cluster.commit_notifications(),
+                Arc::clone(&follower.applied),
+                writes.downgrade(),
+            ));
+        }
         tokio::spawn(writer::run(
             queue,
             Arc::clone(&snapshot),
@@ -170,6 +198,7 @@ impl Hub {
             writer::Deliveries {
                 router: Arc::clone(&router),
                 feedback: Arc::clone(&feedback),
+                applied: follower.as_ref().map(|follower| Arc::clone(&follower.applied)),
             },
         ));
         tokio::spawn(sweep_cloud_to_device(writes.downgrade()));
@@ -181,8 +210,46 @@ impl Hub {
             event_log,
             router,
             feedback,
+            follower,
             config,
         }))
+    }
+
+    /// Returns once this node's snapshot holds every write acknowledged before the call, on any node of
+    /// the cluster (read-your-writes across nodes). At once on a hub alone. Costs one round trip to the
+    /// store, shared by every reader that asks meanwhile; the snapshot itself is not waited for unless
+    /// it is behind.
+    pub async fn caught_up(&self) -> Result<(), HubError> {
+        match &self.follower {
+            Some(follower) => follower.caught_up(&self.writes).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Whether this hub is one node of a cluster (its store shared with other nodes).
+    pub fn is_clustered(&self) -> bool {
+        self.follower.is_some()
+    }
+
+    /// Before a read: every write acknowledged before this call, on any node, is visible after it. When
+    /// the store cannot be asked (PostgreSQL down), the read goes on from this node's view, and the log
+    /// says it may be behind.
+    pub async fn read_barrier(&self) {
+        if let Err(error) = self.caught_up().await {
+            tracing::warn!(%error, "serving a read from this node's view, which may be behind the cluster");
+        }
+    }
+
+    /// [`Hub::device`], first [`Hub::caught_up`] when the device is not (yet) known here: a device
+    /// created through another node is found at once.
+    pub async fn device_anywhere(&self, id: &DeviceId) -> Result<Arc<DeviceRecord>, HubError> {
+        match self.device(id) {
+            Err(HubError::DeviceNotFound(_)) if self.follower.is_some() => {
+                self.caught_up().await?;
+                self.device(id)
+            }
+            found => found,
+        }
     }
 
     /// The device-to-cloud event log, for the Event Hubs endpoint.

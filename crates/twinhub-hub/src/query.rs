@@ -67,6 +67,8 @@ impl Hub {
     ) -> Result<Page, HubError> {
         let query = CompiledQuery::parse(text)?;
         self.index_for(&query).await?;
+        // In a cluster: every write acknowledged anywhere before the query is in what it reads.
+        self.read_barrier().await;
         let view = SnapshotView(self.snapshot());
         let continuation = continuation.map(str::to_owned);
         // A query may scan every twin: keep it off the threads that serve connections.

@@ -65,6 +65,8 @@ pub(crate) enum WriteOp {
     CloudToDeviceSweep,
     /// Back ends received these feedback records: they leave the store.
     FeedbackReceived(Vec<u64>),
+    /// In a cluster: apply every commit other nodes made so far (`follow.rs`). Writes nothing.
+    CatchUp,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -115,19 +117,39 @@ pub(crate) struct Batch<'a> {
     new_indexes: Vec<twinhub_query::document::FieldPath>,
     /// Open connections per device, across batches: a device is Connected while it has at least one (a
     /// session takeover opens the new connection before the old one has closed).
-    connections: &'a mut std::collections::HashMap<DeviceId, u32>,
+    connections: &'a mut std::collections::HashMap<DeviceId, HeldConnections>,
     /// Every device's cloud-to-device queue, across batches.
     pub(crate) c2d: &'a mut CloudToDeviceState,
     /// Devices that may take a message now (one arrived, or came back): told after the commit.
     pub(crate) c2d_ready: Vec<DeviceId>,
     /// Feedback records the batch made, for back ends once it is committed.
     pub(crate) feedback: Vec<(u64, twinhub_core::c2d::FeedbackRecord)>,
+    /// Feedback records a back end received through another node.
+    pub(crate) feedback_forgotten: Vec<u64>,
 }
 
 /// What the writer hands on after each commit, besides the snapshot and the hub events.
 pub(crate) struct Deliveries {
     pub(crate) router: Arc<crate::DeviceRouter>,
     pub(crate) feedback: Arc<crate::FeedbackQueue>,
+    /// In a cluster: the last commit of the log the published snapshot includes.
+    pub(crate) applied: Option<Arc<std::sync::atomic::AtomicU64>>,
+}
+
+/// A device's connections to this node.
+#[derive(Default)]
+pub(crate) struct HeldConnections {
+    count: u32,
+    /// `connectionStateUpdatedTime` as this node last left it while connected: if the record says
+    /// otherwise when the last connection closes, someone else (another node) changed it since.
+    marked: Option<Timestamp>,
+}
+
+/// What committing a batch came to.
+enum Committed {
+    /// Durable (or nothing to make durable); in a cluster, the node is now at this commit.
+    Done(Option<u64>),
+    Failed(twinhub_store::StoreError),
 }
 
 pub(crate) async fn run(
@@ -157,22 +179,42 @@ pub(crate) async fn run(
             c2d: &mut c2d,
             c2d_ready: Vec::new(),
             feedback: Vec::new(),
+            feedback_forgotten: Vec::new(),
         };
         batch.c2d.begin_batch();
         let mut replies = Vec::with_capacity(commands.len());
-        for command in commands.drain(..) {
-            let result = batch.apply(command.op);
-            replies.push((command.reply, result));
-        }
-        if !batch.writes.is_empty() {
-            let writes = batch.writes.len();
-            let started = std::time::Instant::now();
-            let committed = store.commit(std::mem::take(&mut batch.writes)).await;
-            let took = started.elapsed();
-            if took >= SLOW_COMMIT {
-                tracing::warn!(writes, ?took, "slow commit: every write in the batch waited for it");
+        let started = std::time::Instant::now();
+        let committed = match (store.cluster(), &deliveries.applied) {
+            (Some(cluster), Some(applied)) => {
+                let at = applied.load(std::sync::atomic::Ordering::Acquire);
+                commit_in_cluster(cluster, at, &mut batch, &mut commands, &mut replies).await
             }
-            if let Err(error) = committed {
+            _ => {
+                for command in commands.drain(..) {
+                    let result = batch.apply(command.op);
+                    replies.push((command.reply, result));
+                }
+                if batch.writes.is_empty() {
+                    Committed::Done(None)
+                } else {
+                    match store.commit(std::mem::take(&mut batch.writes)).await {
+                        Ok(()) => Committed::Done(None),
+                        Err(error) => Committed::Failed(error),
+                    }
+                }
+            }
+        };
+        let took = started.elapsed();
+        if took >= SLOW_COMMIT {
+            tracing::warn!(
+                operations = replies.len(),
+                ?took,
+                "slow commit: every write in the batch waited for it"
+            );
+        }
+        let seq = match committed {
+            Committed::Done(seq) => seq,
+            Committed::Failed(error) => {
                 tracing::error!(%error, "commit failed; the batch is refused and the snapshot left as it was");
                 batch.c2d.roll_back();
                 let message = error.to_string();
@@ -187,17 +229,21 @@ pub(crate) async fn run(
                 }
                 continue;
             }
-        }
+        };
         let indexes = batch.indexes_after(&previous);
         snapshot.store(Arc::new(Snapshot {
             devices: batch.registry,
             indexes,
             consumer_groups: batch.consumer_groups,
         }));
+        if let (Some(seq), Some(applied)) = (seq, &deliveries.applied) {
+            applied.store(seq, std::sync::atomic::Ordering::Release);
+        }
         for event in batch.events {
             // No subscriber is fine: nobody is waiting for notifications.
             let _ = events.send(event);
         }
+        deliveries.feedback.forget(&batch.feedback_forgotten);
         deliveries.feedback.push(batch.feedback);
         for device_id in batch.c2d_ready {
             deliveries.router.cloud_to_device_ready(&device_id);
@@ -206,6 +252,70 @@ pub(crate) async fn run(
             // The caller may have gone away (client disconnected); the write stands regardless.
             let _ = reply.send(result);
         }
+    }
+}
+
+type Reply = (
+    oneshot::Sender<Result<WriteOutcome, HubError>>,
+    Result<WriteOutcome, HubError>,
+);
+
+/// A batch in a cluster: built on top of every other node's commits, in this node's commit turn. A batch
+/// of catch-ups alone reads the log without taking the turn.
+async fn commit_in_cluster(
+    cluster: &dyn twinhub_store::ClusterStore,
+    applied: u64,
+    batch: &mut Batch<'_>,
+    commands: &mut Vec<WriteCommand>,
+    replies: &mut Vec<Reply>,
+) -> Committed {
+    if commands.iter().all(|command| matches!(command.op, WriteOp::CatchUp)) {
+        let mut at = applied;
+        loop {
+            let commits = match cluster.commits_after(at).await {
+                Ok(commits) => commits,
+                Err(error) => {
+                    replies.extend(
+                        commands
+                            .drain(..)
+                            .map(|command| (command.reply, Ok(WriteOutcome::Done))),
+                    );
+                    return Committed::Failed(error);
+                }
+            };
+            let Some(last) = commits.last().map(|commit| commit.seq) else {
+                break;
+            };
+            for commit in commits {
+                batch.apply_commit(commit);
+            }
+            at = last;
+        }
+        replies.extend(
+            commands
+                .drain(..)
+                .map(|command| (command.reply, Ok(WriteOutcome::Done))),
+        );
+        return Committed::Done(Some(at));
+    }
+    let build = Box::new(|others: Vec<twinhub_store::Commit>| {
+        for commit in others {
+            batch.apply_commit(commit);
+        }
+        // Only this node's own events go into its commit: the others' are in theirs.
+        let own_events_from = batch.events.len();
+        for command in commands.drain(..) {
+            let result = batch.apply(command.op);
+            replies.push((command.reply, result));
+        }
+        (
+            std::mem::take(&mut batch.writes),
+            batch.events[own_events_from..].to_vec(),
+        )
+    });
+    match cluster.commit_in_turn(applied, build).await {
+        Ok(seq) => Committed::Done(Some(seq)),
+        Err(error) => Committed::Failed(error),
     }
 }
 
@@ -291,17 +401,23 @@ impl Batch<'_> {
                 self.feedback_received(numbers);
                 Ok(WriteOutcome::Done)
             }
+            // Outside a cluster there is nothing to catch up with.
+            WriteOp::CatchUp => Ok(WriteOutcome::Done),
         }
     }
 
     fn presence(&mut self, id: DeviceId, event: PresenceEvent, now: Timestamp) -> Result<WriteOutcome, HubError> {
-        let count = self.connections.entry(id.clone()).or_insert(0);
+        let held = self.connections.entry(id.clone()).or_default();
         match event {
-            PresenceEvent::Connected => *count += 1,
-            PresenceEvent::Disconnected => *count = count.saturating_sub(1),
+            PresenceEvent::Connected => held.count += 1,
+            PresenceEvent::Disconnected => held.count = held.count.saturating_sub(1),
             PresenceEvent::Active => {}
         }
-        let connected = *count > 0;
+        let connected = held.count > 0;
+        // The device's first connection to this node: this node takes it over (in a cluster, from
+        // whichever node held it), even when the record already says Connected.
+        let taken_here = event == PresenceEvent::Connected && held.count == 1;
+        let marked = held.marked;
         if !connected {
             self.connections.remove(&id);
         }
@@ -318,7 +434,10 @@ impl Batch<'_> {
         } else {
             ConnectionState::Disconnected
         };
-        if presence.connection_state != state {
+        // The last connection here closed, but the state was changed since this node marked it (in a
+        // cluster: the device moved to another node, which marked it connected): that is the truth now.
+        let moved_on = !connected && marked.is_some() && presence.connection_state_updated != marked;
+        if (presence.connection_state != state && !moved_on) || taken_here {
             presence.connection_state = state;
             presence.connection_state_updated = Some(now);
         }
@@ -327,6 +446,11 @@ impl Batch<'_> {
             .is_none_or(|last| now.0.saturating_sub(last.0) >= ACTIVITY_RESOLUTION.as_nanos() as i64);
         if event != PresenceEvent::Disconnected && stale {
             presence.last_activity = Some(now);
+        }
+        if connected {
+            if let Some(held) = self.connections.get_mut(&id) {
+                held.marked = presence.connection_state_updated;
+            }
         }
         if presence == current.presence {
             return Ok(WriteOutcome::Record(current));
@@ -378,7 +502,24 @@ impl Batch<'_> {
         self.upsert(record)
     }
 
-    /// A record changed only in what is not stored with it (`cloudToDeviceMessageCount`).
+    /// A device another node deleted: gone from memory, nothing to store.
+    pub(crate) fn remove_in_memory(&mut self, id: &DeviceId) {
+        self.touched.push(id.clone());
+        self.registry.remove(id);
+    }
+
+    /// A consumer group another node created or deleted.
+    pub(crate) fn consumer_group_stored(&mut self, name: String, create: bool) {
+        let key = twinhub_core::consumer_group::key(&name);
+        if create {
+            self.consumer_groups.insert(key, name);
+        } else {
+            self.consumer_groups.remove(&key);
+        }
+    }
+
+    /// A record changed only in what is not stored with it (`cloudToDeviceMessageCount`), or one another
+    /// node stored.
     pub(crate) fn replace_in_memory(&mut self, record: Arc<DeviceRecord>) {
         self.touched.push(record.identity.device_id.clone());
         self.registry.insert(record.identity.device_id.clone(), record);

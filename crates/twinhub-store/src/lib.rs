@@ -11,12 +11,14 @@ use twinhub_core::c2d::{FeedbackRecord, QueuedMessage};
 use twinhub_core::session::SessionRecord;
 use twinhub_core::{DeviceId, DeviceRecord};
 
+pub mod cluster;
 pub mod codec;
 pub mod embedded;
 pub mod event_codec;
 pub mod events;
 pub mod postgres;
 
+pub use cluster::{BuildCommit, ClusterStore, Commit, Loaded};
 pub use embedded::{EmbeddedStore, StoreOptions};
 pub use events::{
     EventAppend, EventStore, PartitionBounds, EVENT_PARTITIONS_DEFAULT, EVENT_PARTITIONS_MAX, EVENT_PARTITIONS_MIN,
@@ -114,4 +116,9 @@ pub trait Store: Send + Sync + 'static {
 
     /// Makes the batch durable. See the trait's contract.
     async fn commit(&self, batch: Vec<StoreWrite>) -> Result<(), StoreError>;
+
+    /// The store as several nodes share it (PostgreSQL), or `None` (the embedded store: one node alone).
+    fn cluster(&self) -> Option<&dyn ClusterStore> {
+        None
+    }
 }

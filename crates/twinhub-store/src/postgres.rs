@@ -1,6 +1,7 @@
-//! The PostgreSQL store: the hub's state in a database several nodes can share (the cluster's source of
-//! truth; see the scale-out design). This first slice is the [`Store`] contract alone: a node loads
-//! everything at start and commits its writer's batches; nothing tails the change feed yet.
+//! The PostgreSQL store: the hub's state in a database several nodes share (the cluster's source of
+//! truth; see docs/cluster.md). It keeps the [`Store`] contract and is a [`ClusterStore`]: each commit
+//! is taken in turn across nodes on top of what the others committed, and kept in the commit log
+//! (`commits`) that every node follows.
 //!
 //! Tables (created when missing, in one transaction, by every [`PostgresStore::connect`]; see
 //! `postgres/schema.rs`): `schema_version`; `hub_seq`, the one global commit sequence; `devices`
@@ -13,18 +14,24 @@
 //! COMMIT returns (`synchronous_commit` on, PostgreSQL's default; the store turns it on for its
 //! connection when the server has it off).
 //!
-//! One connection, behind an async mutex: the hub commits from one writer task, one batch at a time, so
-//! a pool would buy nothing. A connection that ended (PostgreSQL restarted, the network cut it) is opened
+//! Three connections: one for commits (the hub commits from one writer task, one batch at a time, so a
+//! pool would buy nothing), one for reads (loads, the log outside a turn, the last commit number: these
+//! must not wait behind a commit that waits for the turn), and one that LISTENs for other nodes' commits
+//! (`postgres/listen.rs`). A connection that ended (PostgreSQL restarted, the network cut it) is opened
 //! again by the next call; the call that found it broken fails. No TLS yet (`NoTls`): use a local or
 //! otherwise trusted network.
 
+use crate::cluster::{BuildCommit, ClusterStore, Commit, Loaded};
 use crate::codec::{cloud_to_device_key, decode_all, decode_cloud_to_device, decode_feedback, decode_session};
 use crate::{Store, StoreError, StoreWrite};
-use batch::Grouped;
 use connection::Connection;
 pub use connection::PostgresError;
 use futures_util::{pin_mut, TryStreamExt};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
+use tokio::sync::watch;
 use tokio::sync::{MappedMutexGuard, Mutex, MutexGuard};
+use tokio_postgres::GenericClient;
 use tokio_postgres::{Config, Row};
 use twinhub_core::c2d::{FeedbackRecord, QueuedMessage};
 use twinhub_core::session::SessionRecord;
@@ -33,6 +40,7 @@ use twinhub_core::{DeviceId, DeviceRecord};
 mod batch;
 mod commit;
 mod connection;
+mod listen;
 mod schema;
 
 pub struct PostgresStore {
@@ -41,8 +49,19 @@ pub struct PostgresStore {
     schema: Option<String>,
     /// Where, for errors: never the password.
     described: String,
-    /// `None` once a connection broke and before the next call opens another.
+    /// For commits. `None` once a connection broke and before the next call opens another.
     connection: Mutex<Option<Connection>>,
+    /// For reads, likewise.
+    reader: Mutex<Option<Connection>>,
+    /// This node's name in the commit log.
+    node: String,
+    /// Where commits are announced (NOTIFY): one channel per schema, so hubs sharing a database do not
+    /// wake each other.
+    channel: String,
+    /// Commits made through this store, for trimming the log now and then.
+    commits: AtomicU64,
+    /// The listener's latest news, once someone asked for it.
+    notifications: OnceLock<watch::Receiver<u64>>,
 }
 
 impl PostgresStore {
@@ -75,12 +94,27 @@ impl PostgresStore {
                 path: described.clone(),
                 source: Box::new(source),
             })?;
+        let channel = match schema {
+            Some(schema) => format!("twinhub_commits:{schema}"),
+            None => "twinhub_commits".to_owned(),
+        };
         Ok(PostgresStore {
             config,
             schema: schema.map(str::to_owned),
             described,
             connection: Mutex::new(Some(connection)),
+            reader: Mutex::new(None),
+            node: format!("node-{}", std::process::id()),
+            channel,
+            commits: AtomicU64::new(0),
+            notifications: OnceLock::new(),
         })
+    }
+
+    /// Names this node in the commit log (by default `node-<process id>`).
+    pub fn with_node_name(mut self, node: &str) -> PostgresStore {
+        self.node = node.to_owned();
+        self
     }
 
     /// Where this store is: hosts, ports, user, database, schema (no password).
@@ -88,9 +122,21 @@ impl PostgresStore {
         &self.described
     }
 
-    /// The connection, opened again first when the last one ended.
+    /// The commit connection, opened again first when the last one ended.
     async fn connection(&self) -> Result<MappedMutexGuard<'_, Connection>, PostgresError> {
-        let mut slot = self.connection.lock().await;
+        self.open_slot(&self.connection).await
+    }
+
+    /// The read connection, opened first when there is none.
+    async fn reader(&self) -> Result<MappedMutexGuard<'_, Connection>, PostgresError> {
+        self.open_slot(&self.reader).await
+    }
+
+    async fn open_slot<'a>(
+        &self,
+        slot: &'a Mutex<Option<Connection>>,
+    ) -> Result<MappedMutexGuard<'a, Connection>, PostgresError> {
+        let mut slot = slot.lock().await;
         if slot.as_ref().is_none_or(|connection| connection.client.is_closed()) {
             *slot = None;
             tracing::info!(store = %self.described, "opening a new PostgreSQL connection");
@@ -100,21 +146,33 @@ impl PostgresStore {
             .map_err(|_| PostgresError::Unusable("no PostgreSQL connection".into()))
     }
 
-    /// Every row `sql` selects, each turned into a value by `row` as it arrives.
-    async fn load<T>(&self, sql: &str, row: impl Fn(&Row) -> Result<T, StoreError>) -> Result<Vec<T>, StoreError> {
-        let connection = self.connection().await.map_err(|e| StoreError::Read(Box::new(e)))?;
-        let rows = connection
-            .client
-            .query_raw(sql, std::iter::empty::<i64>())
-            .await
-            .map_err(read_error)?;
-        pin_mut!(rows);
-        let mut values = Vec::new();
-        while let Some(next) = rows.try_next().await.map_err(read_error)? {
-            values.push(row(&next)?);
-        }
-        Ok(values)
+    async fn commit_with(&self, applied: Option<u64>, build: BuildCommit<'_>) -> Result<u64, StoreError> {
+        let mut connection = self.connection().await.map_err(|e| StoreError::Write(Box::new(e)))?;
+        let committer = commit::Committer {
+            node: &self.node,
+            channel: &self.channel,
+            count: self.commits.fetch_add(1, Ordering::Relaxed),
+        };
+        commit::commit_in_turn(&mut connection, committer, applied, build).await
     }
+}
+
+/// Every row `sql` selects through `client`, each turned into a value by `row` as it arrives.
+async fn load_rows<T>(
+    client: &impl GenericClient,
+    sql: &str,
+    row: impl Fn(&Row) -> Result<T, StoreError>,
+) -> Result<Vec<T>, StoreError> {
+    let rows = client
+        .query_raw(sql, std::iter::empty::<i64>())
+        .await
+        .map_err(read_error)?;
+    pin_mut!(rows);
+    let mut values = Vec::new();
+    while let Some(next) = rows.try_next().await.map_err(read_error)? {
+        values.push(row(&next)?);
+    }
+    Ok(values)
 }
 
 fn read_error(error: tokio_postgres::Error) -> StoreError {
@@ -129,79 +187,161 @@ fn from_bigint(value: i64, what: impl FnOnce() -> String) -> Result<u64, StoreEr
     })
 }
 
+// Each table's load, through any client: the reader connection, or the one transaction of a
+// consistent load.
+
+async fn load_devices(client: &impl GenericClient) -> Result<Vec<DeviceRecord>, StoreError> {
+    let raw: Vec<(String, Vec<u8>)> = load_rows(client, schema::LOAD_DEVICES, |row| {
+        Ok((row.try_get(0).map_err(read_error)?, row.try_get(1).map_err(read_error)?))
+    })
+    .await?;
+    // Decoding is the CPU-heavy part of a start (decode_all spreads it over every core): off the
+    // async threads, as the embedded store does.
+    tokio::task::spawn_blocking(move || decode_all(&raw))
+        .await
+        .map_err(|e| StoreError::Read(Box::new(e)))?
+}
+
+async fn load_sessions(client: &impl GenericClient) -> Result<Vec<SessionRecord>, StoreError> {
+    load_rows(client, schema::LOAD_SESSIONS, |row| {
+        let client_id: &str = row.try_get(0).map_err(read_error)?;
+        let record: &[u8] = row.try_get(1).map_err(read_error)?;
+        decode_session(client_id.as_bytes(), record)
+    })
+    .await
+}
+
+async fn load_consumer_groups(client: &impl GenericClient) -> Result<Vec<String>, StoreError> {
+    load_rows(client, schema::LOAD_CONSUMER_GROUPS, |row| {
+        let key: &str = row.try_get(0).map_err(read_error)?;
+        let name: String = row.try_get(1).map_err(read_error)?;
+        if twinhub_core::consumer_group::key(&name) != key {
+            return Err(StoreError::Corrupt {
+                key: format!("consumer group {key}"),
+                reason: format!("the row holds consumer group '{name}'"),
+            });
+        }
+        Ok(name)
+    })
+    .await
+}
+
+async fn load_cloud_to_device(client: &impl GenericClient) -> Result<Vec<(DeviceId, QueuedMessage)>, StoreError> {
+    load_rows(client, schema::LOAD_C2D, |row| {
+        let device_id: &str = row.try_get(0).map_err(read_error)?;
+        let sequence_number: i64 = row.try_get(1).map_err(read_error)?;
+        let message: &[u8] = row.try_get(2).map_err(read_error)?;
+        let what = || format!("cloud-to-device message {device_id} {sequence_number}");
+        let sequence_number = from_bigint(sequence_number, what)?;
+        let device_id = DeviceId::new(device_id).map_err(|e| StoreError::Corrupt {
+            key: what(),
+            reason: format!("not a device id: {e:?}"),
+        })?;
+        // The embedded store's key, so that one function checks both stores' rows.
+        decode_cloud_to_device(&cloud_to_device_key(&device_id, sequence_number), message)
+    })
+    .await
+}
+
+async fn load_feedback(client: &impl GenericClient) -> Result<Vec<(u64, FeedbackRecord)>, StoreError> {
+    load_rows(client, schema::LOAD_FEEDBACK, |row| {
+        let sequence_number: i64 = row.try_get(0).map_err(read_error)?;
+        let record: &[u8] = row.try_get(1).map_err(read_error)?;
+        let sequence_number = from_bigint(sequence_number, || format!("feedback {sequence_number}"))?;
+        decode_feedback(&sequence_number.to_be_bytes(), record)
+    })
+    .await
+}
+
 #[async_trait::async_trait]
 impl Store for PostgresStore {
     async fn load_all(&self) -> Result<Vec<DeviceRecord>, StoreError> {
-        let raw: Vec<(String, Vec<u8>)> = self
-            .load(schema::LOAD_DEVICES, |row| {
-                Ok((row.try_get(0).map_err(read_error)?, row.try_get(1).map_err(read_error)?))
-            })
-            .await?;
-        // Decoding is the CPU-heavy part of a start (decode_all spreads it over every core): off the
-        // async threads, as the embedded store does.
-        tokio::task::spawn_blocking(move || decode_all(&raw))
-            .await
-            .map_err(|e| StoreError::Read(Box::new(e)))?
+        load_devices(&self.reader().await.map_err(|e| StoreError::Read(Box::new(e)))?.client).await
     }
 
     async fn load_sessions(&self) -> Result<Vec<SessionRecord>, StoreError> {
-        self.load(schema::LOAD_SESSIONS, |row| {
-            let client_id: &str = row.try_get(0).map_err(read_error)?;
-            let record: &[u8] = row.try_get(1).map_err(read_error)?;
-            decode_session(client_id.as_bytes(), record)
-        })
-        .await
+        load_sessions(&self.reader().await.map_err(|e| StoreError::Read(Box::new(e)))?.client).await
     }
 
     async fn load_consumer_groups(&self) -> Result<Vec<String>, StoreError> {
-        self.load(schema::LOAD_CONSUMER_GROUPS, |row| {
-            let key: &str = row.try_get(0).map_err(read_error)?;
-            let name: String = row.try_get(1).map_err(read_error)?;
-            if twinhub_core::consumer_group::key(&name) != key {
-                return Err(StoreError::Corrupt {
-                    key: format!("consumer group {key}"),
-                    reason: format!("the row holds consumer group '{name}'"),
-                });
-            }
-            Ok(name)
-        })
-        .await
+        load_consumer_groups(&self.reader().await.map_err(|e| StoreError::Read(Box::new(e)))?.client).await
     }
 
     async fn load_cloud_to_device(&self) -> Result<Vec<(DeviceId, QueuedMessage)>, StoreError> {
-        self.load(schema::LOAD_C2D, |row| {
-            let device_id: &str = row.try_get(0).map_err(read_error)?;
-            let sequence_number: i64 = row.try_get(1).map_err(read_error)?;
-            let message: &[u8] = row.try_get(2).map_err(read_error)?;
-            let what = || format!("cloud-to-device message {device_id} {sequence_number}");
-            let sequence_number = from_bigint(sequence_number, what)?;
-            let device_id = DeviceId::new(device_id).map_err(|e| StoreError::Corrupt {
-                key: what(),
-                reason: format!("not a device id: {e:?}"),
-            })?;
-            // The embedded store's key, so that one function checks both stores' rows.
-            decode_cloud_to_device(&cloud_to_device_key(&device_id, sequence_number), message)
-        })
-        .await
+        load_cloud_to_device(&self.reader().await.map_err(|e| StoreError::Read(Box::new(e)))?.client).await
     }
 
     async fn load_feedback(&self) -> Result<Vec<(u64, FeedbackRecord)>, StoreError> {
-        self.load(schema::LOAD_FEEDBACK, |row| {
-            let sequence_number: i64 = row.try_get(0).map_err(read_error)?;
-            let record: &[u8] = row.try_get(1).map_err(read_error)?;
-            let sequence_number = from_bigint(sequence_number, || format!("feedback {sequence_number}"))?;
-            decode_feedback(&sequence_number.to_be_bytes(), record)
-        })
-        .await
+        load_feedback(&self.reader().await.map_err(|e| StoreError::Read(Box::new(e)))?.client).await
     }
 
+    /// A commit on its own: the turn is taken (other nodes' commits wait), the log is not read.
     async fn commit(&self, batch: Vec<StoreWrite>) -> Result<(), StoreError> {
         if batch.is_empty() {
             return Ok(());
         }
-        // Encoded and reduced to the last write per key before the transaction starts (batch.rs).
-        let grouped = Grouped::from_batch(batch)?;
-        let mut connection = self.connection().await.map_err(|e| StoreError::Write(Box::new(e)))?;
-        commit::commit(&mut connection, grouped).await
+        self.commit_with(None, Box::new(move |_| (batch, Vec::new())))
+            .await
+            .map(|_| ())
+    }
+
+    fn cluster(&self) -> Option<&dyn ClusterStore> {
+        Some(self)
+    }
+}
+
+#[async_trait::async_trait]
+impl ClusterStore for PostgresStore {
+    async fn load_consistent(&self) -> Result<Loaded, StoreError> {
+        let mut connection = self.reader().await.map_err(|e| StoreError::Read(Box::new(e)))?;
+        let Connection { client, statements } = &mut *connection;
+        // One snapshot for every table and the sequence number: the state is exactly as of `seq`.
+        let transaction = client
+            .build_transaction()
+            .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()
+            .await
+            .map_err(read_error)?;
+        let seq = commit::committed_seq(&transaction, &statements.select_seq).await?;
+        let loaded = Loaded {
+            records: load_devices(&transaction).await?,
+            sessions: load_sessions(&transaction).await?,
+            consumer_groups: load_consumer_groups(&transaction).await?,
+            cloud_to_device: load_cloud_to_device(&transaction).await?,
+            feedback: load_feedback(&transaction).await?,
+            seq,
+        };
+        transaction.commit().await.map_err(read_error)?;
+        Ok(loaded)
+    }
+
+    async fn commit_in_turn(&self, applied: u64, build: BuildCommit<'_>) -> Result<u64, StoreError> {
+        self.commit_with(Some(applied), build).await
+    }
+
+    async fn commits_after(&self, applied: u64) -> Result<Vec<Commit>, StoreError> {
+        let connection = self.reader().await.map_err(|e| StoreError::Read(Box::new(e)))?;
+        commit::commits_after(&connection, applied).await
+    }
+
+    async fn committed_seq(&self) -> Result<u64, StoreError> {
+        let connection = self.reader().await.map_err(|e| StoreError::Read(Box::new(e)))?;
+        commit::committed_seq(&connection.client, &connection.statements.select_seq).await
+    }
+
+    fn commit_notifications(&self) -> watch::Receiver<u64> {
+        self.notifications
+            .get_or_init(|| {
+                let (seen, receiver) = watch::channel(0);
+                tokio::spawn(listen::follow(
+                    self.config.clone(),
+                    self.schema.clone(),
+                    self.channel.clone(),
+                    seen,
+                ));
+                receiver
+            })
+            .clone()
     }
 }

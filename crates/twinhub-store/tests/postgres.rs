@@ -90,10 +90,10 @@ async fn connecting_again_keeps_the_tables_and_a_newer_schema_is_refused() {
         .await
         .expect("schema_version")
         .get(0);
-    assert_eq!(version, 1);
+    assert_eq!(version, 2);
 
     client
-        .batch_execute("UPDATE schema_version SET version = 2")
+        .batch_execute("UPDATE schema_version SET version = 3")
         .await
         .expect("a newer version");
     // The password (trust authentication ignores it) must not appear in the error.
@@ -106,7 +106,7 @@ async fn connecting_again_keeps_the_tables_and_a_newer_schema_is_refused() {
     match PostgresStore::connect_in_schema(&url, &harness.schema).await {
         Err(StoreError::Open { path, source }) => {
             let text = format!("{path}: {source}");
-            assert!(text.contains("schema version 2"), "{text}");
+            assert!(text.contains("schema version 3"), "{text}");
             assert!(text.contains(&harness.schema), "{text}");
             assert!(!text.contains("not-to-be-shown"), "{text}");
         }
@@ -224,4 +224,108 @@ async fn a_broken_connection_is_opened_again_by_the_next_call() {
             .expect("commit on a new connection");
     }
     assert_eq!(load_sorted(&store).await, vec![second, first]);
+}
+
+async fn node(harness: &PostgresHarness, name: &str) -> PostgresStore {
+    PostgresStore::connect_in_schema(&harness.url, &harness.schema)
+        .await
+        .expect("the PostgreSQL store connects")
+        .with_node_name(name)
+}
+
+/// The `n` tag of a record written by `counted`.
+fn count_of(writes: &[StoreWrite]) -> Option<i64> {
+    writes.iter().rev().find_map(|write| match write {
+        StoreWrite::Upsert(record) => match record.twin.tags.get("n") {
+            Some(twinhub_core::Value::Int(n)) => Some(*n),
+            _ => None,
+        },
+        _ => None,
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_turn_sees_every_other_nodes_commit_so_concurrent_counters_never_lose_an_update() {
+    use twinhub_store::ClusterStore;
+    let Some(harness) = PostgresHarness::start().await else {
+        return;
+    };
+    let (a, b) = (node(&harness, "a").await, node(&harness, "b").await);
+    const TURNS: i64 = 40;
+    // Each node keeps its own idea of the counter from what its turns show it, and writes counter + 1:
+    // only if every turn sees every commit before it do the counts come out 1..=2*TURNS, each once.
+    let count_on = |store: PostgresStore| async move {
+        let (mut applied, mut counter, mut written) = (0u64, 0i64, Vec::new());
+        for _ in 0..TURNS {
+            let mut mine = 0;
+            applied = store
+                .commit_in_turn(
+                    applied,
+                    Box::new(|others| {
+                        for commit in &others {
+                            counter = count_of(&commit.writes).unwrap_or(counter);
+                        }
+                        counter += 1;
+                        mine = counter;
+                        (vec![upsert(&record("counter", counter))], Vec::new())
+                    }),
+                )
+                .await
+                .expect("commit in turn");
+            written.push(mine);
+        }
+        (written, store)
+    };
+    let ((mut from_a, a), (from_b, b)) = tokio::join!(count_on(a), count_on(b));
+    from_a.extend(from_b);
+    from_a.sort_unstable();
+    assert_eq!(from_a, (1..=2 * TURNS).collect::<Vec<_>>());
+    assert_eq!(a.committed_seq().await.expect("seq"), 2 * TURNS as u64);
+
+    // The log read outside a turn, from any point, in order; the consistent load names its seq.
+    let log = b.commits_after(2 * TURNS as u64 - 3).await.expect("log");
+    let seqs: Vec<u64> = log.iter().map(|commit| commit.seq).collect();
+    assert_eq!(seqs, [78, 79, 80]);
+    assert_eq!(count_of(&log[2].writes), Some(2 * TURNS));
+    let loaded = b.load_consistent().await.expect("load");
+    assert_eq!(loaded.seq, 2 * TURNS as u64);
+    let loaded_counts: Vec<Option<i64>> = loaded
+        .records
+        .into_iter()
+        .map(|record| count_of(&[upsert(&record)]))
+        .collect();
+    assert_eq!(loaded_counts, [Some(2 * TURNS)]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn other_nodes_hear_of_a_commit_and_a_trimmed_log_is_an_error_not_a_silent_gap() {
+    use twinhub_store::ClusterStore;
+    let Some(harness) = PostgresHarness::start().await else {
+        return;
+    };
+    let (a, b) = (node(&harness, "a").await, node(&harness, "b").await);
+    let mut heard = b.commit_notifications();
+    // The listener is up once it has polled once; then a commit is heard.
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    a.commit(vec![upsert(&record("x", 1))]).await.expect("commit");
+    tokio::time::timeout(std::time::Duration::from_secs(5), heard.wait_for(|seq| *seq >= 1))
+        .await
+        .expect("heard within 5 s")
+        .expect("listener alive");
+
+    a.commit(vec![upsert(&record("x", 2))]).await.expect("commit");
+    harness
+        .client()
+        .await
+        .batch_execute("DELETE FROM commits WHERE seq = 1")
+        .await
+        .expect("trim");
+    let error = b.commits_after(0).await.expect_err("a gap");
+    assert!(error.to_string().contains("no longer holds commit 1"), "{error}");
+    let error = b
+        .commit_in_turn(0, Box::new(|_| (Vec::new(), Vec::new())))
+        .await
+        .expect_err("a gap");
+    assert!(error.to_string().contains("restart it"), "{error}");
+    assert_eq!(b.commits_after(1).await.expect("after the gap").len(), 1);
 }

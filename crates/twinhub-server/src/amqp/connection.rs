@@ -374,6 +374,9 @@ impl SessionState {
                         let _ = receiver.accept(&delivery).await;
                     }
                     let request = delivery.into_message();
+                    // In a cluster, a device created through another node a moment ago is known here
+                    // before its token is checked (read-your-writes across nodes).
+                    self.service.hub.read_barrier().await;
                     let outcome = {
                         let mut authorizations = authorizations.lock().await;
                         cbs::put_token(&self.service, &mut authorizations, &request)
@@ -585,6 +588,10 @@ impl SessionState {
             return;
         }
         let request = delivery.into_message();
+        if matches!(twin::operation(&request), twin::TwinOperation::Get) {
+            // Read-your-writes across nodes: the twin as of every write acknowledged anywhere.
+            self.service.hub.read_barrier().await;
+        }
         let was_subscribed = twin.subscribed;
         let answer = twin::answer(&self.service, &twin.device_id, &request, &mut twin.subscribed);
         let device_id = twin.device_id.clone();

@@ -127,6 +127,8 @@ impl RequestRate {
 /// What a pending request turns into once the hub has answered it.
 enum Completion {
     TwinReply(TwinReply),
+    /// In a cluster: the node has caught up with every acknowledged write; the twin GET can be answered.
+    TwinGetReady(String),
     /// The event is durable: acknowledge its PUBLISH (QoS 1; nothing for QoS 0).
     EventStored(Option<NonZeroU16>),
     /// The hub refused the event (too large, the device gone): IoT Hub closes the connection.
@@ -227,6 +229,12 @@ pub(crate) async fn serve<R, W>(
             return;
         }
     };
+    // In a cluster, a device created through another node a moment ago is known here first.
+    if let Ok(device_id) = twinhub_core::DeviceId::new(&connect.client_id) {
+        if let Err(error) = service.hub.device_anywhere(&device_id).await {
+            tracing::debug!(%error, "looking the device up before authenticating it");
+        }
+    }
     let authenticated = match service.authenticate(&connect) {
         Ok(authenticated) => authenticated,
         Err(refusal) => {
@@ -499,6 +507,17 @@ impl<W: AsyncWrite + Unpin + Send> Connection<W> {
                     self.push(Packet::PublishAck { packet_id })?;
                 }
                 match inbound {
+                    Inbound::TwinGet { rid } if self.service.hub.is_clustered() => {
+                        // Read-your-writes across nodes: answered once this node holds every write
+                        // acknowledged anywhere before the request.
+                        let hub = Arc::clone(&self.service.hub);
+                        let rid = rid.to_owned();
+                        self.pending.push_back(Box::pin(async move {
+                            hub.read_barrier().await;
+                            Completion::TwinGetReady(rid)
+                        }));
+                        Ok(())
+                    }
                     Inbound::TwinGet { rid } => {
                         let reply = self.twin_get(rid);
                         self.twin_reply(reply)
@@ -674,6 +693,10 @@ impl<W: AsyncWrite + Unpin + Send> Connection<W> {
     fn complete(&mut self, completion: Completion) -> Result<(), End> {
         match completion {
             Completion::TwinReply(reply) => self.twin_reply(reply),
+            Completion::TwinGetReady(rid) => {
+                let reply = self.twin_get(&rid);
+                self.twin_reply(reply)
+            }
             Completion::EventStored(Some(packet_id)) => self.push(Packet::PublishAck { packet_id }),
             Completion::EventStored(None) => Ok(()),
             Completion::EventRefused(reason) => Err(End::EventRefused(reason)),

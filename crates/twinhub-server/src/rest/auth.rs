@@ -26,10 +26,16 @@ impl ServiceAuth {
 
     /// The HTTPS device API: a token that lets the client act as `device_id` (its own keys, or a policy
     /// with DeviceConnect). Every failure is the same 401.
-    pub fn authorize_device(&self, headers: &HeaderMap, device_id: &DeviceId, hub: &Hub) -> Result<(), RestError> {
+    pub async fn authorize_device(
+        &self,
+        headers: &HeaderMap,
+        device_id: &DeviceId,
+        hub: &Hub,
+    ) -> Result<(), RestError> {
+        // In a cluster, a device created through another node a moment ago is known here first.
+        let record = hub.device_anywhere(device_id).await.ok();
         let check = || -> Result<(), String> {
             let token = token(headers)?;
-            let record = hub.device(device_id).ok();
             authorize_device(
                 &token,
                 &self.hostname,

@@ -24,7 +24,7 @@ pub async fn send_events(
     body: Bytes,
 ) -> Result<StatusCode, RestError> {
     let device_id = super::registry::device_id(&id)?;
-    state.auth.authorize_device(&headers, &device_id, &state.hub)?;
+    state.auth.authorize_device(&headers, &device_id, &state.hub).await?;
     let batch = headers
         .get(axum::http::header::CONTENT_TYPE)
         .and_then(|value| value.to_str().ok())

@@ -33,7 +33,7 @@ pub async fn receive(
     Path(id): Path<String>,
 ) -> Result<Response, RestError> {
     let device_id = device_id(&id)?;
-    state.auth.authorize_device(&headers, &device_id, &state.hub)?;
+    state.auth.authorize_device(&headers, &device_id, &state.hub).await?;
     let received = state.hub.receive_cloud_to_device(device_id.clone()).await?;
     Ok(match received {
         None => StatusCode::NO_CONTENT.into_response(),
@@ -94,7 +94,7 @@ async fn settle(
     settlement: Settlement,
 ) -> Result<StatusCode, RestError> {
     let device_id = device_id(id)?;
-    state.auth.authorize_device(headers, &device_id, &state.hub)?;
+    state.auth.authorize_device(headers, &device_id, &state.hub).await?;
     state
         .hub
         .settle_cloud_to_device(device_id, unquote(lock_token).to_owned(), settlement)

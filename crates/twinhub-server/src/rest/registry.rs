@@ -37,6 +37,7 @@ pub async fn get_device(
     Path(id): Path<String>,
 ) -> Result<JsonResponse, RestError> {
     state.auth.authorize(&headers, Permission::RegistryRead)?;
+    state.hub.read_barrier().await;
     let record = state.hub.device(&device_id(&id)?)?;
     Ok(ok(device_json(&record)))
 }
@@ -53,6 +54,7 @@ pub async fn list_devices(
         .and_then(|top| top.parse::<usize>().ok())
         .filter(|top| (1..=LIST_DEVICES_MAX).contains(top))
         .unwrap_or(LIST_DEVICES_MAX);
+    state.hub.read_barrier().await;
     let devices: Vec<_> = state
         .hub
         .devices(top)
@@ -105,6 +107,7 @@ pub async fn registry_statistics(
     headers: HeaderMap,
 ) -> Result<JsonResponse, RestError> {
     state.auth.authorize(&headers, Permission::RegistryRead)?;
+    state.hub.read_barrier().await;
     let statistics = state.hub.statistics();
     Ok(ok(json!({
         "totalDeviceCount": statistics.total,

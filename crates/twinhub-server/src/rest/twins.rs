@@ -20,6 +20,7 @@ pub async fn get_twin(
     Path(id): Path<String>,
 ) -> Result<body::JsonBody, RestError> {
     state.auth.authorize(&headers, Permission::ServiceConnect)?;
+    state.hub.read_barrier().await;
     let record = state.hub.device(&device_id(&id)?)?;
     Ok(body::json_text(&twin_json_text(&record)))
 }

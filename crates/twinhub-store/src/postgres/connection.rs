@@ -50,7 +50,14 @@ pub(super) struct Connection {
 
 /// Prepared once per connection.
 pub(super) struct Statements {
-    pub bump_seq: Statement,
+    pub lock_seq: Statement,
+    pub set_seq: Statement,
+    pub select_seq: Statement,
+    pub commits_after: Statement,
+    pub commits_after_limited: Statement,
+    pub insert_commit: Statement,
+    pub notify_commit: Statement,
+    pub trim_commits: Statement,
     pub upsert_devices: Statement,
     pub upsert_sessions: Statement,
     pub delete_sessions: Statement,
@@ -127,6 +134,9 @@ impl Connection {
         setup
             .execute(schema::INSERT_VERSION, &[&schema::SCHEMA_VERSION])
             .await?;
+        setup
+            .execute(schema::UPGRADE_VERSION, &[&schema::SCHEMA_VERSION])
+            .await?;
         let version: i32 = setup.query_one(schema::SELECT_VERSION, &[]).await?.try_get(0)?;
         if version > schema::SCHEMA_VERSION {
             setup.rollback().await?;
@@ -146,7 +156,14 @@ impl Connection {
         }
 
         let statements = Statements {
-            bump_seq: client.prepare(schema::BUMP_SEQ).await?,
+            lock_seq: client.prepare(schema::LOCK_SEQ).await?,
+            set_seq: client.prepare(schema::SET_SEQ).await?,
+            select_seq: client.prepare(schema::SELECT_SEQ).await?,
+            commits_after: client.prepare(schema::COMMITS_AFTER).await?,
+            commits_after_limited: client.prepare(schema::COMMITS_AFTER_LIMITED).await?,
+            insert_commit: client.prepare(schema::INSERT_COMMIT).await?,
+            notify_commit: client.prepare(schema::NOTIFY_COMMIT).await?,
+            trim_commits: client.prepare(schema::TRIM_COMMITS).await?,
             upsert_devices: client.prepare(schema::UPSERT_DEVICES).await?,
             upsert_sessions: client.prepare(schema::UPSERT_SESSIONS).await?,
             delete_sessions: client.prepare(schema::DELETE_SESSIONS).await?,

@@ -5,7 +5,7 @@
 
 /// The layout this code reads and writes. A database whose `schema_version` is higher was written by a
 /// newer twinhub: connecting to it fails rather than writing rows that newer code would misread.
-pub(super) const SCHEMA_VERSION: i32 = 1;
+pub(super) const SCHEMA_VERSION: i32 = 2;
 
 /// Taken (for the transaction) while the tables are created: `CREATE TABLE IF NOT EXISTS` is not safe
 /// against itself in two sessions at once, and two nodes may start together.
@@ -18,6 +18,8 @@ pub(super) const SCHEMA_LOCK: i64 = 0x0074_7769_6e68_7562; // "twinhub" in ASCII
 ///   commit order; the index on `devices.seq` is for that feed.
 /// - `devices`: `record` NULL is a deleted device's tombstone, kept for the feed; loads skip it.
 /// - `c2d_messages`: keyed by device and sequence number, so `d1`'s messages never mix with `d10`'s.
+/// - `commits` (version 2): the commit log every node follows, one row per commit (`crate::cluster`),
+///   kept for an hour ([`TRIM_COMMITS`]).
 pub(super) const CREATE_TABLES: &str = "
 CREATE TABLE IF NOT EXISTS schema_version (
     id smallint PRIMARY KEY CHECK (id = 1),
@@ -52,15 +54,37 @@ CREATE TABLE IF NOT EXISTS c2d_feedback (
     sequence_number bigint PRIMARY KEY,
     record bytea NOT NULL
 );
+CREATE TABLE IF NOT EXISTS commits (
+    seq bigint PRIMARY KEY,
+    node text NOT NULL,
+    committed_at timestamptz NOT NULL DEFAULT now(),
+    body bytea NOT NULL
+);
 ";
+
+/// Every this many commits, a node trims the log ([`TRIM_COMMITS`]).
+pub(super) const COMMIT_LOG_TRIM_EVERY: u64 = 1024;
 
 /// Records the version a new database was created with; an existing one keeps its own.
 pub(super) const INSERT_VERSION: &str =
     "INSERT INTO schema_version (id, version) VALUES (1, $1) ON CONFLICT (id) DO NOTHING";
 pub(super) const SELECT_VERSION: &str = "SELECT version FROM schema_version WHERE id = 1";
+/// Version 1 lacked only `commits`, which [`CREATE_TABLES`] adds.
+pub(super) const UPGRADE_VERSION: &str = "UPDATE schema_version SET version = $1 WHERE id = 1 AND version < $1";
 
-/// The first statement of every commit. See `PostgresStore::commit` for why it comes first.
-pub(super) const BUMP_SEQ: &str = "UPDATE hub_seq SET seq = seq + 1 WHERE id = 1 RETURNING seq";
+/// The first statement of every commit: takes the commit turn (the row lock is held until the
+/// transaction ends) and reads the last committed number. See `postgres/commit.rs`.
+pub(super) const LOCK_SEQ: &str = "SELECT seq FROM hub_seq WHERE id = 1 FOR UPDATE";
+pub(super) const SET_SEQ: &str = "UPDATE hub_seq SET seq = $1 WHERE id = 1";
+pub(super) const SELECT_SEQ: &str = "SELECT seq FROM hub_seq WHERE id = 1";
+/// The log after a node's last applied commit. Outside a turn a node reads it in pieces.
+pub(super) const COMMITS_AFTER: &str = "SELECT seq, body FROM commits WHERE seq > $1 ORDER BY seq";
+pub(super) const COMMITS_AFTER_LIMITED: &str = "SELECT seq, body FROM commits WHERE seq > $1 ORDER BY seq LIMIT 4096";
+pub(super) const INSERT_COMMIT: &str = "INSERT INTO commits (seq, node, body) VALUES ($1, $2, $3)";
+pub(super) const NOTIFY_COMMIT: &str = "SELECT pg_notify($1, $2)";
+/// The log keeps an hour of commits: a node that falls further behind than that (cut off from PostgreSQL
+/// that long) finds a gap and must be restarted to load the state afresh.
+pub(super) const TRIM_COMMITS: &str = "DELETE FROM commits WHERE committed_at < now() - interval '1 hour'";
 
 // Each write statement takes a whole batch's rows as arrays: one statement per table and kind of write,
 // whatever the batch's size. The keys are distinct (`batch::Grouped`): `ON CONFLICT DO UPDATE` may not

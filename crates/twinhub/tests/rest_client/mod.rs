@@ -11,6 +11,8 @@ use twinhub_core::policy::ServiceConnectionString;
 pub struct Service {
     pub http: reqwest::Client,
     pub connection: ServiceConnectionString,
+    /// Where requests go when not to the connection string's host name (one node of a cluster).
+    pub address: Option<String>,
 }
 
 pub struct Reply {
@@ -58,7 +60,15 @@ impl Service {
         Service {
             http,
             connection: ServiceConnectionString::parse(connection_string).unwrap(),
+            address: None,
         }
+    }
+
+    /// The same back end, sending its requests to `address` (one node of a cluster); tokens still name
+    /// the host name.
+    pub fn through(mut self, address: std::net::Ipv4Addr) -> Service {
+        self.address = Some(address.to_string());
+        self
     }
 
     pub fn token(&self) -> String {
@@ -93,7 +103,7 @@ impl Service {
         let separator = if path.contains('?') { '&' } else { '?' };
         let url = format!(
             "https://{}{path}{separator}api-version=2021-04-12",
-            self.connection.host_name
+            self.address.as_deref().unwrap_or(&self.connection.host_name)
         );
         let mut request = self.http.request(method, url);
         if let Some(token) = authorization {

@@ -3,6 +3,8 @@
 //! and tests run in parallel. Also installs and runs the official Node.js and Python SDKs.
 #![allow(dead_code)]
 
+pub mod database;
+
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -22,6 +24,8 @@ pub struct TestHub {
     log_filter: Option<String>,
     /// Extra `serve` flags, given again at every restart.
     extra_args: Vec<String>,
+    /// The name devices and back ends use, when not the hub's own address (a cluster's nodes share one).
+    hostname: Option<String>,
 }
 
 impl TestHub {
@@ -47,6 +51,27 @@ impl TestHub {
             child: None,
             log_filter,
             extra_args: extra_args.iter().map(|arg| (*arg).to_owned()).collect(),
+            hostname: None,
+        };
+        hub.spawn();
+        hub
+    }
+
+    /// Another node of `peer`'s cluster, on its own address: the same host name, CA and policies (copied
+    /// from the peer's data directory, as `twinhub cluster init` will share them), its own data directory.
+    /// `extra_args` name the shared store.
+    pub fn start_node_of(peer: &TestHub, extra_args: &[&str]) -> TestHub {
+        let data_dir = tempfile::tempdir().expect("temporary data directory");
+        for file in ["ca.pem", "ca.key.pem", "policies.json"] {
+            std::fs::copy(peer.data_dir().join(file), data_dir.path().join(file)).expect("copy the peer's material");
+        }
+        let mut hub = TestHub {
+            address: free_loopback_address(),
+            data_dir,
+            child: None,
+            log_filter: None,
+            extra_args: extra_args.iter().map(|arg| (*arg).to_owned()).collect(),
+            hostname: Some(peer.host()),
         };
         hub.spawn();
         hub
@@ -62,12 +87,7 @@ impl TestHub {
             .arg("serve")
             .arg("--data-dir")
             .arg(self.data_dir.path())
-            .args([
-                "--hostname",
-                &self.address.to_string(),
-                "--bind",
-                &self.address.to_string(),
-            ])
+            .args(["--hostname", &self.host(), "--bind", &self.address.to_string()])
             .args(&self.extra_args)
             .env(
                 "RUST_LOG",
@@ -115,7 +135,7 @@ impl TestHub {
 
     /// The host name devices and back ends use: the hub's own loopback address (it is in the certificate).
     pub fn host(&self) -> String {
-        self.address.to_string()
+        self.hostname.clone().unwrap_or_else(|| self.address.to_string())
     }
 
     pub fn data_dir(&self) -> &Path {

@@ -1,0 +1,156 @@
+//! Following the cluster: how a node applies what other nodes committed (the commit log of a
+//! [`ClusterStore`]) and how it answers reads with every write acknowledged anywhere.
+//!
+//! Other nodes' commits reach the snapshot only through this node's writer, in log order: inside each of
+//! its commit turns (before its own batch is built on top), and, when it has nothing to write, through a
+//! [`WriteOp::CatchUp`] that the commit listener or a reader asks for. Their events (desired changes
+//! with their exact patches, identity changes, deletes) are published as if raised here, so transports
+//! notify their devices with nothing else to do.
+
+use crate::writer::{Batch, WriteCommand, WriteOp};
+use crate::HubError;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::sync::{mpsc, oneshot, watch, Mutex};
+use twinhub_store::{ClusterStore, Commit, Store, StoreWrite};
+
+impl Batch<'_> {
+    /// Applies another node's commit: its writes to the registry and queues (no store writes: they are
+    /// stored), its events to be published with this batch's.
+    pub(crate) fn apply_commit(&mut self, commit: Commit) {
+        for write in commit.writes {
+            match write {
+                StoreWrite::Upsert(record) => {
+                    let device_id = record.identity.device_id.clone();
+                    // `cloudToDeviceMessageCount` is this node's queue depth, as for its own writes.
+                    let depth = self.c2d.depth(&device_id);
+                    let record = crate::cloud_to_device::with_message_count(&record, depth)
+                        .map(Arc::new)
+                        .unwrap_or(record);
+                    self.replace_in_memory(record);
+                }
+                StoreWrite::Delete(device_id) => {
+                    self.remove_in_memory(&device_id);
+                    self.cloud_to_device_dropped(&device_id);
+                }
+                // Sessions are taken by the transports at start; a session written by another node
+                // is found there by this node's next start. (Moving a persistent session between live
+                // nodes is still to do: docs/cluster.md.)
+                StoreWrite::UpsertSession(_) | StoreWrite::DeleteSession(_) => {}
+                StoreWrite::UpsertConsumerGroup(name) => self.consumer_group_stored(name, true),
+                StoreWrite::DeleteConsumerGroup(name) => self.consumer_group_stored(name, false),
+                StoreWrite::UpsertCloudToDevice { device_id, message } => {
+                    self.cloud_to_device_stored(&device_id, crate::cloud_to_device::StoredQueueChange::Upsert(message))
+                }
+                StoreWrite::DeleteCloudToDevice {
+                    device_id,
+                    sequence_number,
+                } => self.cloud_to_device_stored(
+                    &device_id,
+                    crate::cloud_to_device::StoredQueueChange::Delete(sequence_number),
+                ),
+                StoreWrite::UpsertFeedback {
+                    sequence_number,
+                    record,
+                } => self.feedback_stored(sequence_number, record),
+                StoreWrite::DeleteFeedback(sequence_number) => self.feedback_forgotten.push(sequence_number),
+            }
+        }
+        self.events.extend(commit.events);
+    }
+}
+
+/// What a node knows of the cluster's commits: how far its snapshot has applied the log, and the last
+/// commit number it asked PostgreSQL for (one question shared by every reader that arrives meanwhile).
+pub(crate) struct Follower {
+    store: Arc<dyn Store>,
+    /// The last commit the published snapshot includes.
+    pub(crate) applied: Arc<AtomicU64>,
+    last_probe: Mutex<Option<Probe>>,
+}
+
+#[derive(Clone, Copy)]
+struct Probe {
+    started: Instant,
+    seq: u64,
+}
+
+impl Follower {
+    pub(crate) fn new(store: Arc<dyn Store>, applied: u64) -> Option<Follower> {
+        store.cluster()?;
+        Some(Follower {
+            store,
+            applied: Arc::new(AtomicU64::new(applied)),
+            last_probe: Mutex::new(None),
+        })
+    }
+
+    fn cluster(&self) -> Result<&dyn ClusterStore, HubError> {
+        self.store
+            .cluster()
+            .ok_or(HubError::Internal("a follower over a store that is not shared"))
+    }
+
+    /// The last commit made anywhere, as read by a question that started after `asked`: readers that
+    /// arrive while one question is out wait for it and share the next.
+    async fn committed_since(&self, asked: Instant) -> Result<u64, HubError> {
+        let mut last = self.last_probe.lock().await;
+        if let Some(probe) = *last {
+            if probe.started >= asked {
+                return Ok(probe.seq);
+            }
+        }
+        let started = Instant::now();
+        let seq = self.cluster()?.committed_seq().await.map_err(HubError::Store)?;
+        *last = Some(Probe { started, seq });
+        Ok(seq)
+    }
+
+    /// Returns once the snapshot includes every commit acknowledged (on any node) before this call.
+    pub(crate) async fn caught_up(&self, writes: &mpsc::Sender<WriteCommand>) -> Result<(), HubError> {
+        let seq = self.committed_since(Instant::now()).await?;
+        if self.applied.load(Ordering::Acquire) >= seq {
+            return Ok(());
+        }
+        // The writer's catch-up reads the log to its end, which is at or past `seq`.
+        catch_up(writes).await
+    }
+}
+
+async fn catch_up(writes: &mpsc::Sender<WriteCommand>) -> Result<(), HubError> {
+    let (reply, answer) = oneshot::channel();
+    writes
+        .send(WriteCommand {
+            op: WriteOp::CatchUp,
+            reply,
+        })
+        .await
+        .map_err(|_| HubError::ShuttingDown)?;
+    answer.await.map_err(|_| HubError::ShuttingDown)?.map(|_| ())
+}
+
+/// Asks the writer to catch up each time the store hears of a commit this node has not applied, until
+/// the hub is gone.
+pub(crate) async fn follow_commits(
+    mut heard: watch::Receiver<u64>,
+    applied: Arc<AtomicU64>,
+    writes: mpsc::WeakSender<WriteCommand>,
+) {
+    loop {
+        if heard.changed().await.is_err() {
+            return;
+        }
+        let seq = *heard.borrow_and_update();
+        if applied.load(Ordering::Acquire) >= seq {
+            continue;
+        }
+        let Some(writes) = writes.upgrade() else { return };
+        if let Err(error) = catch_up(&writes).await {
+            if matches!(error, HubError::ShuttingDown) {
+                return;
+            }
+            tracing::warn!(%error, "could not apply other nodes' commits; this node's view is behind until it can");
+        }
+    }
+}

@@ -1,0 +1,224 @@
+//! Several hub nodes on one PostgreSQL database act as one hub: real `twinhub serve` processes, each on
+//! its own loopback address, sharing the host name, CA and policies, with raw clients pinned to one node
+//! or another. What a device or back end does through one node is seen, at once and exactly, through
+//! every other (docs/cluster.md).
+//!
+//! PostgreSQL: see `support/database.rs`; skipped when it cannot be reached, unless
+//! `TWINHUB_REQUIRE_POSTGRES=1` (CI sets it).
+
+mod mqtt_client;
+mod rest_client;
+mod support;
+
+use mqtt_client::{Credentials, MqttClient};
+use reqwest::Method;
+use rest_client::Service;
+use rmqtt_codec::types::QoS;
+use rmqtt_codec::v3::ConnectAckReason;
+use serde_json::{json, Value};
+use std::time::Duration;
+use support::database::Database;
+use support::TestHub;
+
+const DESIRED: &str = "$iothub/twin/PATCH/properties/desired/#";
+const RESPONSES: &str = "$iothub/twin/res/#";
+
+/// Two nodes on one database, and a back end on each.
+struct Cluster {
+    a: TestHub,
+    b: TestHub,
+    api_a: Service,
+    api_b: Service,
+    database: Database,
+}
+
+impl Cluster {
+    async fn start() -> Option<Cluster> {
+        let database = Database::create().await?;
+        let store = database.store_url();
+        let a = TestHub::start_with(&["--store", &store]);
+        let b = TestHub::start_node_of(&a, &["--store", &store]);
+        let owner = a.owner_connection_string();
+        let api_a = Service::new(&owner, &a.ca_path()).through(a.address());
+        let api_b = Service::new(&owner, &a.ca_path()).through(b.address());
+        Some(Cluster {
+            a,
+            b,
+            api_a,
+            api_b,
+            database,
+        })
+    }
+
+    async fn connect(&self, node: &TestHub, device_id: &str, key: &str) -> (MqttClient, ConnectAckReason) {
+        let credentials = Credentials::device(&node.host(), device_id, key, 3600);
+        let (client, code, _) = MqttClient::connect(node.address(), &node.ca_path(), &credentials).await;
+        (client, code)
+    }
+}
+
+fn json_of(bytes: &[u8]) -> Value {
+    serde_json::from_slice(bytes).expect("JSON")
+}
+
+async fn twin(api: &Service, id: &str) -> Value {
+    let reply = api.call(Method::GET, &format!("/twins/{id}"), None, None).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    reply.body
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_goes_through_one_node_is_seen_at_once_through_the_other() {
+    let Some(cluster) = Cluster::start().await else {
+        return;
+    };
+    // Created through A, the device authenticates on B at once.
+    let key = cluster.api_a.register_device("roamer").await;
+    let (mut device, code) = cluster.connect(&cluster.b, "roamer", &key).await;
+    assert_eq!(code, ConnectAckReason::ConnectionAccepted);
+    device
+        .subscribe(&[(RESPONSES, QoS::AtMostOnce), (DESIRED, QoS::AtLeastOnce)])
+        .await;
+
+    // Desired patched through A: the device on B is notified, in version order, with the exact patches.
+    for patch in [json!({"interval": 30}), json!({"interval": null, "mode": "eco"})] {
+        let body = json!({"properties": {"desired": patch}});
+        let reply = cluster
+            .api_a
+            .call(Method::PATCH, "/twins/roamer", Some(body), Some("*"))
+            .await;
+        assert_eq!(reply.status, 200, "{}", reply.body);
+    }
+    let (topic, body) = tokio::time::timeout(Duration::from_secs(5), device.next_publish())
+        .await
+        .expect("notified within 5 s");
+    assert_eq!(topic, "$iothub/twin/PATCH/properties/desired/?$version=2");
+    assert_eq!(json_of(&body), json!({"interval": 30, "$version": 2}));
+    let (topic, body) = device.next_publish().await;
+    assert_eq!(topic, "$iothub/twin/PATCH/properties/desired/?$version=3");
+    assert_eq!(json_of(&body), json!({"interval": null, "mode": "eco", "$version": 3}));
+
+    // Reported through B: read through A and found by a query on A as soon as it is acknowledged.
+    let (status, _, _) = device
+        .twin(
+            "$iothub/twin/PATCH/properties/reported/?$rid=1",
+            br#"{"firmware":"2.0"}"#,
+        )
+        .await;
+    assert_eq!(status, 204);
+    let on_a = twin(&cluster.api_a, "roamer").await;
+    assert_eq!(on_a["properties"]["reported"]["firmware"], "2.0");
+    assert_eq!(on_a["connectionState"], "Connected", "connected through B");
+    let reply = cluster
+        .api_a
+        .query(
+            "SELECT deviceId FROM devices WHERE properties.reported.firmware = '2.0'",
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(reply.body, json!([{"deviceId": "roamer"}]));
+
+    // Tags written through B, read back by the device's own twin GET on B and by A.
+    let reply = cluster
+        .api_b
+        .call(
+            Method::PATCH,
+            "/twins/roamer",
+            Some(json!({"tags": {"site": "north"}})),
+            Some("*"),
+        )
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(twin(&cluster.api_a, "roamer").await["tags"]["site"], "north");
+    let (status, _, body) = device.twin("$iothub/twin/GET/?$rid=2", b"").await;
+    assert_eq!(status, 200);
+    assert_eq!(json_of(&body)["desired"]["$version"], 3);
+
+    // Deleted through A: gone on B, and the device can no longer connect there.
+    drop(device);
+    let reply = cluster
+        .api_a
+        .call(Method::DELETE, "/devices/roamer", None, Some("*"))
+        .await;
+    assert_eq!(reply.status, 204, "{}", reply.body);
+    let reply = cluster.api_b.call(Method::GET, "/twins/roamer", None, None).await;
+    assert_eq!(reply.status, 404, "{}", reply.body);
+    let (_, code) = cluster.connect(&cluster.b, "roamer", &key).await;
+    assert_ne!(code, ConnectAckReason::ConnectionAccepted);
+    cluster.database.drop_now().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn versions_and_etags_stay_exact_with_writers_on_both_nodes() {
+    let Some(cluster) = Cluster::start().await else {
+        return;
+    };
+    cluster.api_a.register_device("shared").await;
+    let version_before = twin(&cluster.api_b, "shared").await["version"]
+        .as_u64()
+        .expect("version");
+
+    // Back ends on both nodes patch the same twin at once, each a key of its own.
+    const EACH: usize = 25;
+    async fn write_from(api: &Service, node: &str) -> Vec<u64> {
+        let mut versions = Vec::new();
+        for n in 0..EACH {
+            let body = json!({"tags": {format!("{node}{n}"): n}});
+            let reply = api.call(Method::PATCH, "/twins/shared", Some(body), Some("*")).await;
+            assert_eq!(reply.status, 200, "{}", reply.body);
+            versions.push(reply.body["version"].as_u64().expect("version"));
+        }
+        versions
+    }
+    let (mut versions, from_b) = tokio::join!(write_from(&cluster.api_a, "a"), write_from(&cluster.api_b, "b"));
+    versions.extend(from_b);
+    versions.sort_unstable();
+    let expected: Vec<u64> = (version_before + 1..=version_before + 2 * EACH as u64).collect();
+    assert_eq!(versions, expected, "every write got its own version, none lost");
+    for api in [&cluster.api_a, &cluster.api_b] {
+        let tags = &twin(api, "shared").await["tags"];
+        assert_eq!(tags.as_object().map(|tags| tags.len()), Some(2 * EACH), "{tags}");
+    }
+
+    // If-Match across nodes: an etag read on A is current on B; once B wrote, it is stale on A.
+    let etag = twin(&cluster.api_a, "shared").await["etag"]
+        .as_str()
+        .expect("etag")
+        .to_owned();
+    let quoted = format!("\"{etag}\"");
+    let body = json!({"tags": {"owner": "b"}});
+    let reply = cluster
+        .api_b
+        .call(Method::PATCH, "/twins/shared", Some(body), Some(&quoted))
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let body = json!({"tags": {"owner": "a"}});
+    let reply = cluster
+        .api_a
+        .call(Method::PATCH, "/twins/shared", Some(body), Some(&quoted))
+        .await;
+    assert_eq!(reply.status, 412, "{}", reply.body);
+    assert_eq!(reply.error_code(), "PreconditionFailed");
+    assert_eq!(twin(&cluster.api_a, "shared").await["tags"]["owner"], "b");
+    cluster.database.drop_now().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_that_moves_to_another_node_stays_connected() {
+    let Some(cluster) = Cluster::start().await else {
+        return;
+    };
+    let key = cluster.api_a.register_device("mover").await;
+    let (first, code) = cluster.connect(&cluster.a, "mover", &key).await;
+    assert_eq!(code, ConnectAckReason::ConnectionAccepted);
+    let (_second, code) = cluster.connect(&cluster.b, "mover", &key).await;
+    assert_eq!(code, ConnectAckReason::ConnectionAccepted);
+    // The old connection on A goes after the new one on B came: B's truth stands.
+    first.disconnect().await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for api in [&cluster.api_a, &cluster.api_b] {
+        assert_eq!(twin(api, "mover").await["connectionState"], "Connected");
+    }
+    cluster.database.drop_now().await;
+}
