@@ -218,8 +218,13 @@ pub(crate) async fn run(
                 tracing::error!(%error, "commit failed; the batch is refused and the snapshot left as it was");
                 batch.c2d.roll_back();
                 let message = error.to_string();
+                let unavailable = matches!(error, twinhub_store::StoreError::Unavailable(_));
                 for (reply, result) in replies {
                     let answer = match result {
+                        // Each caller gets the failure in the same kind: "unavailable" is a "try again".
+                        Ok(_) if unavailable => Err(HubError::Store(twinhub_store::StoreError::Unavailable(
+                            message.clone().into(),
+                        ))),
                         Ok(_) => Err(HubError::Store(twinhub_store::StoreError::Write(
                             message.clone().into(),
                         ))),
@@ -315,7 +320,16 @@ async fn commit_in_cluster(
     });
     match cluster.commit_in_turn(applied, build).await {
         Ok(seq) => Committed::Done(Some(seq)),
-        Err(error) => Committed::Failed(error),
+        Err(error) => {
+            // Failed before the batch was built (PostgreSQL out of reach): its commands are answered
+            // with the failure too, not left for the next batch.
+            replies.extend(
+                commands
+                    .drain(..)
+                    .map(|command| (command.reply, Ok(WriteOutcome::Done))),
+            );
+            Committed::Failed(error)
+        }
     }
 }
 

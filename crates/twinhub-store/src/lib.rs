@@ -37,6 +37,10 @@ pub enum StoreError {
     Write(#[source] Box<dyn std::error::Error + Send + Sync>),
     #[error("reading the store failed: {0}")]
     Read(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The store is out of reach (PostgreSQL down, restarting, cut off, or slower than the hub waits):
+    /// nothing was done, and the same request may succeed later.
+    #[error("the store cannot be reached now: {0}")]
+    Unavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
     #[error("the record stored for '{key}' is corrupt: {reason}")]
     Corrupt { key: String, reason: String },
     #[error(

@@ -147,15 +147,52 @@ impl PostgresStore {
     }
 
     async fn commit_with(&self, applied: Option<u64>, build: BuildCommit<'_>) -> Result<u64, StoreError> {
-        let mut connection = self.connection().await.map_err(|e| StoreError::Write(Box::new(e)))?;
-        let committer = commit::Committer {
-            node: &self.node,
-            channel: &self.channel,
-            count: self.commits.fetch_add(1, Ordering::Relaxed),
+        let commit = async {
+            let mut connection = self.connection().await.map_err(connection::write_failure)?;
+            let committer = commit::Committer {
+                node: &self.node,
+                channel: &self.channel,
+                count: self.commits.fetch_add(1, Ordering::Relaxed),
+            };
+            commit::commit_in_turn(&mut connection, committer, applied, build).await
         };
-        commit::commit_in_turn(&mut connection, committer, applied, build).await
+        // Bound first: the timed-out future (and the connection's lock it holds) must be dropped
+        // before the lock is taken again below.
+        let committed = tokio::time::timeout(COMMIT_TIMEOUT, commit).await;
+        match committed {
+            Ok(committed) => committed,
+            Err(_) => {
+                // The transaction's fate is unknown to this connection: the next commit opens another.
+                // (Had it committed, the commit comes back to this node through the log.)
+                *self.connection.lock().await = None;
+                Err(StoreError::Unavailable(Box::new(PostgresError::TimedOut("a commit"))))
+            }
+        }
+    }
+
+    /// A read on the read connection, given [`READ_TIMEOUT`].
+    async fn read_within<T>(
+        &self,
+        what: &'static str,
+        read: impl std::future::Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        let result = tokio::time::timeout(READ_TIMEOUT, read).await;
+        match result {
+            Ok(result) => result,
+            Err(_) => {
+                *self.reader.lock().await = None;
+                Err(StoreError::Unavailable(Box::new(PostgresError::TimedOut(what))))
+            }
+        }
     }
 }
+
+/// How long a commit may take before it is refused as "store unavailable": a PostgreSQL that stopped
+/// answering (a cut network) would otherwise hold every write of the node.
+const COMMIT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// How long the reads a node makes while serving (the log, the last commit number) may take.
+const READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Every row `sql` selects through `client`, each turned into a value by `row` as it arrives.
 async fn load_rows<T>(
@@ -176,7 +213,7 @@ async fn load_rows<T>(
 }
 
 fn read_error(error: tokio_postgres::Error) -> StoreError {
-    StoreError::Read(Box::new(PostgresError::from(error)))
+    connection::read_failure(error)
 }
 
 /// A sequence number read back: the store writes none below 0.
@@ -256,23 +293,23 @@ async fn load_feedback(client: &impl GenericClient) -> Result<Vec<(u64, Feedback
 #[async_trait::async_trait]
 impl Store for PostgresStore {
     async fn load_all(&self) -> Result<Vec<DeviceRecord>, StoreError> {
-        load_devices(&self.reader().await.map_err(|e| StoreError::Read(Box::new(e)))?.client).await
+        load_devices(&self.reader().await.map_err(connection::read_failure)?.client).await
     }
 
     async fn load_sessions(&self) -> Result<Vec<SessionRecord>, StoreError> {
-        load_sessions(&self.reader().await.map_err(|e| StoreError::Read(Box::new(e)))?.client).await
+        load_sessions(&self.reader().await.map_err(connection::read_failure)?.client).await
     }
 
     async fn load_consumer_groups(&self) -> Result<Vec<String>, StoreError> {
-        load_consumer_groups(&self.reader().await.map_err(|e| StoreError::Read(Box::new(e)))?.client).await
+        load_consumer_groups(&self.reader().await.map_err(connection::read_failure)?.client).await
     }
 
     async fn load_cloud_to_device(&self) -> Result<Vec<(DeviceId, QueuedMessage)>, StoreError> {
-        load_cloud_to_device(&self.reader().await.map_err(|e| StoreError::Read(Box::new(e)))?.client).await
+        load_cloud_to_device(&self.reader().await.map_err(connection::read_failure)?.client).await
     }
 
     async fn load_feedback(&self) -> Result<Vec<(u64, FeedbackRecord)>, StoreError> {
-        load_feedback(&self.reader().await.map_err(|e| StoreError::Read(Box::new(e)))?.client).await
+        load_feedback(&self.reader().await.map_err(connection::read_failure)?.client).await
     }
 
     /// A commit on its own: the turn is taken (other nodes' commits wait), the log is not read.
@@ -293,7 +330,7 @@ impl Store for PostgresStore {
 #[async_trait::async_trait]
 impl ClusterStore for PostgresStore {
     async fn load_consistent(&self) -> Result<Loaded, StoreError> {
-        let mut connection = self.reader().await.map_err(|e| StoreError::Read(Box::new(e)))?;
+        let mut connection = self.reader().await.map_err(connection::read_failure)?;
         let Connection { client, statements } = &mut *connection;
         // One snapshot for every table and the sequence number: the state is exactly as of `seq`.
         let transaction = client
@@ -321,13 +358,19 @@ impl ClusterStore for PostgresStore {
     }
 
     async fn commits_after(&self, applied: u64) -> Result<Vec<Commit>, StoreError> {
-        let connection = self.reader().await.map_err(|e| StoreError::Read(Box::new(e)))?;
-        commit::commits_after(&connection, applied).await
+        self.read_within("a read of the commit log", async {
+            let connection = self.reader().await.map_err(connection::read_failure)?;
+            commit::commits_after(&connection, applied).await
+        })
+        .await
     }
 
     async fn committed_seq(&self) -> Result<u64, StoreError> {
-        let connection = self.reader().await.map_err(|e| StoreError::Read(Box::new(e)))?;
-        commit::committed_seq(&connection.client, &connection.statements.select_seq).await
+        self.read_within("a read of the last commit", async {
+            let connection = self.reader().await.map_err(connection::read_failure)?;
+            commit::committed_seq(&connection.client, &connection.statements.select_seq).await
+        })
+        .await
     }
 
     fn commit_notifications(&self) -> watch::Receiver<u64> {

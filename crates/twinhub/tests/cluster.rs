@@ -222,3 +222,70 @@ async fn a_device_that_moves_to_another_node_stays_connected() {
     }
     cluster.database.drop_now().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgresql_out_of_reach_refuses_writes_with_server_busy_serves_reads_and_recovers() {
+    let Some(database) = Database::create().await else {
+        return;
+    };
+    let proxy = support::cut_proxy::CutProxy::start(database.server_address()).await;
+    let hub = TestHub::start_with(&["--store", &database.store_url_via(proxy.address)]);
+    let api = Service::new(&hub.owner_connection_string(), &hub.ca_path());
+    let key = api.register_device("steady").await;
+    let body = json!({"properties": {"desired": {"mode": "on"}}});
+    let reply = api.call(Method::PATCH, "/twins/steady", Some(body), Some("*")).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let (mut device, code) = {
+        let credentials = Credentials::device(&hub.host(), "steady", &key, 3600);
+        let (client, code, _) = MqttClient::connect(hub.address(), &hub.ca_path(), &credentials).await;
+        (client, code)
+    };
+    assert_eq!(code, ConnectAckReason::ConnectionAccepted);
+    device.subscribe(&[(RESPONSES, QoS::AtMostOnce)]).await;
+
+    proxy.cut();
+    // Writes are refused, promptly, in each protocol's "try again" terms; nothing half-written.
+    let started = std::time::Instant::now();
+    let body = json!({"properties": {"desired": {"mode": "off"}}});
+    let reply = api
+        .call(Method::PATCH, "/twins/steady", Some(body.clone()), Some("*"))
+        .await;
+    assert_eq!(reply.status, 503, "{}", reply.body);
+    assert_eq!(reply.error_code(), "ServerBusy");
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "refused after {:?}",
+        started.elapsed()
+    );
+    let (status, _, _) = device
+        .twin("$iothub/twin/PATCH/properties/reported/?$rid=1", br#"{"firmware":"3"}"#)
+        .await;
+    assert_eq!(status, 503);
+    // Reads and queries go on from memory.
+    assert_eq!(twin(&api, "steady").await["properties"]["desired"]["mode"], "on");
+    let reply = api.query("SELECT deviceId FROM devices", None, None).await;
+    assert_eq!(reply.body, json!([{"deviceId": "steady"}]));
+
+    proxy.restore();
+    // Everything recovers by itself: the next writes go through.
+    let mut status = 0;
+    for _ in 0..50 {
+        let reply = api
+            .call(Method::PATCH, "/twins/steady", Some(body.clone()), Some("*"))
+            .await;
+        status = reply.status;
+        if status == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(status, 200);
+    let (status, _, _) = device
+        .twin("$iothub/twin/PATCH/properties/reported/?$rid=2", br#"{"firmware":"3"}"#)
+        .await;
+    assert_eq!(status, 204);
+    let twin = twin(&api, "steady").await;
+    assert_eq!(twin["properties"]["desired"]["mode"], "off");
+    assert_eq!(twin["properties"]["reported"]["firmware"], "3");
+    database.drop_now().await;
+}

@@ -65,6 +65,8 @@ pub fn classify(error: &HubError) -> (StatusCode, &'static str) {
                 QueueError::LockLost => (StatusCode::PRECONDITION_FAILED, "DeviceMessageLockLost"),
             }
         }
+        // PostgreSQL out of reach: IoT Hub's "try again later".
+        HubError::Store(twinhub_store::StoreError::Unavailable(_)) => (StatusCode::SERVICE_UNAVAILABLE, "ServerBusy"),
         HubError::Store(_) | HubError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "ServerError"),
     }
 }

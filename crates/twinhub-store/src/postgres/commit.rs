@@ -15,7 +15,7 @@
 //! write, and about as fast for batches of one.
 
 use super::batch::{Grouped, Rows};
-use super::connection::{Connection, PostgresError};
+use super::connection::Connection;
 use super::schema;
 use crate::cluster::{decode_commit, encode_commit, BuildCommit, Commit};
 use crate::StoreError;
@@ -23,11 +23,11 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::{GenericClient, Row};
 
 fn write_error(error: tokio_postgres::Error) -> StoreError {
-    StoreError::Write(Box::new(PostgresError::from(error)))
+    super::connection::write_failure(error)
 }
 
 fn read_error(error: tokio_postgres::Error) -> StoreError {
-    StoreError::Read(Box::new(PostgresError::from(error)))
+    super::connection::read_failure(error)
 }
 
 pub(super) fn to_u64(value: i64) -> Result<u64, StoreError> {

@@ -12,6 +12,49 @@ pub enum PostgresError {
     Postgres(tokio_postgres::Error),
     /// The database is not one this store can use.
     Unusable(String),
+    /// PostgreSQL did not answer within the time the store gives it.
+    TimedOut(&'static str),
+}
+
+impl PostgresError {
+    /// Whether PostgreSQL was out of reach (down, restarting, cut off, too slow, out of connections)
+    /// rather than refusing what was asked: the request may succeed later.
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            PostgresError::Postgres(error) => match error.as_db_error() {
+                // No answer from the server at all: the connection failed or closed.
+                None => true,
+                Some(db) => {
+                    let code = db.code().code();
+                    // 08: connection exceptions; 53: insufficient resources; 57: operator
+                    // intervention (shutdown, cannot connect now, statement timeout).
+                    code.starts_with("08") || code.starts_with("53") || code.starts_with("57")
+                }
+            },
+            PostgresError::TimedOut(_) => true,
+            PostgresError::Unusable(_) => false,
+        }
+    }
+}
+
+/// A failed read as the store reports it: `Unavailable` when PostgreSQL was out of reach.
+pub(super) fn read_failure(error: impl Into<PostgresError>) -> crate::StoreError {
+    let error = error.into();
+    if error.is_unavailable() {
+        crate::StoreError::Unavailable(Box::new(error))
+    } else {
+        crate::StoreError::Read(Box::new(error))
+    }
+}
+
+/// A failed write as the store reports it: `Unavailable` when PostgreSQL was out of reach.
+pub(super) fn write_failure(error: impl Into<PostgresError>) -> crate::StoreError {
+    let error = error.into();
+    if error.is_unavailable() {
+        crate::StoreError::Unavailable(Box::new(error))
+    } else {
+        crate::StoreError::Write(Box::new(error))
+    }
 }
 
 impl From<tokio_postgres::Error> for PostgresError {
@@ -33,6 +76,7 @@ impl std::fmt::Display for PostgresError {
                 Ok(())
             }
             PostgresError::Unusable(text) => f.write_str(text),
+            PostgresError::TimedOut(what) => write!(f, "PostgreSQL did not answer {what} in time"),
         }
     }
 }

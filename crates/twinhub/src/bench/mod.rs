@@ -103,6 +103,10 @@ pub struct BenchArgs {
     /// port: connect and telemetry only.
     #[arg(long)]
     broker: Option<SocketAddr>,
+    /// Devices connect to this address (another node of a cluster) while the back end talks to the hub's
+    /// host name: `desired` then times notifications from node to node.
+    #[arg(long)]
+    devices_at: Option<IpAddr>,
     /// The process whose resident memory `connect` reports (the hub's or the broker's pid).
     #[arg(long)]
     server_pid: Option<u32>,
@@ -330,11 +334,14 @@ async fn setup(args: &BenchArgs, device_count: usize) -> anyhow::Result<Setup> {
     }
     let (service, ca) = Service::new(&args.access)?;
     let host = service.connection.host_name.clone();
-    let ip: IpAddr = tokio::net::lookup_host((host.as_str(), args.mqtt_port))
-        .await?
-        .next()
-        .with_context(|| format!("cannot resolve {host}"))?
-        .ip();
+    let ip: IpAddr = match args.devices_at {
+        Some(ip) => ip,
+        None => tokio::net::lookup_host((host.as_str(), args.mqtt_port))
+            .await?
+            .next()
+            .with_context(|| format!("cannot resolve {host}"))?
+            .ip(),
+    };
     let devices: Vec<String> = (0..device_count).map(|n| format!("bench-{n}")).collect();
     eprintln!("registering {} bench devices ...", thousands(device_count as u64));
     service.register(&devices).await?;

@@ -48,6 +48,29 @@ impl Database {
 
     /// The `--store` value: the admin URL's server and user, this database.
     pub fn store_url(&self) -> String {
+        let (host, port, user) = self.server();
+        format!("host={host} port={port} user={user} dbname={}", self.name)
+    }
+
+    /// The server's address, for a proxy in front of it.
+    pub fn server_address(&self) -> std::net::SocketAddr {
+        let (host, port, _) = self.server();
+        let ip: std::net::IpAddr = host.parse().expect("PostgreSQL at an IP address for this test");
+        std::net::SocketAddr::new(ip, port)
+    }
+
+    /// The `--store` value reaching this database through `proxy` (on 127.0.0.1).
+    pub fn store_url_via(&self, proxy: std::net::SocketAddr) -> String {
+        let (_, _, user) = self.server();
+        format!(
+            "host={} port={} user={user} dbname={} connect_timeout=2",
+            proxy.ip(),
+            proxy.port(),
+            self.name
+        )
+    }
+
+    fn server(&self) -> (String, u16, String) {
         let admin = admin_url();
         let config: tokio_postgres::Config = admin.parse().expect("a valid PostgreSQL URL");
         let host = match config.get_hosts().first() {
@@ -55,8 +78,8 @@ impl Database {
             _ => "127.0.0.1".into(),
         };
         let port = config.get_ports().first().copied().unwrap_or(5432);
-        let user = config.get_user().unwrap_or("postgres");
-        format!("host={host} port={port} user={user} dbname={}", self.name)
+        let user = config.get_user().unwrap_or("postgres").to_owned();
+        (host, port, user)
     }
 
     pub async fn count(&self, sql: &str) -> i64 {

@@ -3,6 +3,7 @@
 //! and tests run in parallel. Also installs and runs the official Node.js and Python SDKs.
 #![allow(dead_code)]
 
+pub mod cut_proxy;
 pub mod database;
 
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
