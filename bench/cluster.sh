@@ -121,9 +121,9 @@ row("1 PG node:     reported patches/s (durable)", ar["per_second"], "/s", *l(ar
 row("2 PG nodes:    reported patches/s through A", cr["per_second"], "/s", *l(cr),
     ratio=cr["per_second"] / er["per_second"])
 for name, report, label in (("embedded", er, "embedded"), ("alone", ar, "1 PG node"),
-                            ("cluster-a", cr, "2 PG nodes, A"), ("cluster-b", cr, "2 PG nodes, B (follows)")):
-    row("%-15sCPU s per 1,000 patches" % (label + ":"), 1000 * cpu(name) / max(report["operations"], 1), "s")
-for name, label in (("embedded", "embedded"), ("alone", "1 PG node"), ("cluster", "2 PG nodes, on B")):
+                            ("cluster-a", cr, "2 PG nodes, A"), ("cluster-b", cr, "B (follows A)")):
+    row("%-15sCPU per 1,000 patches" % (label + ":"), 1e6 * cpu(name) / max(report["operations"], 1), "ms")
+for name, label in (("embedded", "embedded"), ("alone", "1 PG node"), ("cluster", "2 nodes, on B")):
     r = load(name + "-twin-get")
     row("%-15stwin GET over MQTT/s" % (label + ":"), r["per_second"], "/s", *l(r))
 for name, label, target in (("embedded", "embedded", ""), ("alone", "1 PG node", ""),

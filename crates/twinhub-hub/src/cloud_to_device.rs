@@ -118,6 +118,11 @@ impl CloudToDeviceState {
             .unwrap_or_default()
     }
 
+    /// Whether any queue has a message or a lock due now.
+    pub(crate) fn any_due(&self, now: Timestamp) -> bool {
+        self.queues.values().any(|queue| queue.has_due(now))
+    }
+
     /// Devices with a message or a lock due now.
     fn due(&self, now: Timestamp) -> Vec<DeviceId> {
         self.queues

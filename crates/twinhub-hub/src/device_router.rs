@@ -125,8 +125,19 @@ struct RouterState {
     calls: HashMap<MethodRequestId, PendingCall>,
 }
 
+impl RouterState {
+    fn listens_to_methods(&self, endpoint: &Endpoint) -> bool {
+        self.routes
+            .get(endpoint)
+            .is_some_and(|routes| routes.iter().any(|route| route.interests.methods))
+    }
+}
+
 pub struct DeviceRouter {
     state: Mutex<RouterState>,
+    /// In a cluster: told when an endpoint gains its first, or loses its last, connection here that
+    /// listens to methods (so the node serves it to the others: `remote_methods.rs`).
+    method_listeners: std::sync::OnceLock<mpsc::UnboundedSender<(Endpoint, bool)>>,
     /// Bumped whenever a route's interests change: calls waiting for a device to come online look again.
     routes_changed: watch::Sender<u64>,
     next_id: AtomicU64,
@@ -136,6 +147,7 @@ impl Default for DeviceRouter {
     fn default() -> Self {
         DeviceRouter {
             state: Mutex::default(),
+            method_listeners: std::sync::OnceLock::new(),
             routes_changed: watch::Sender::new(0),
             next_id: AtomicU64::new(1),
         }
@@ -158,6 +170,7 @@ impl Registration {
     pub fn update(&self, change: impl FnOnce(&mut Interests)) {
         {
             let mut state = self.router.state();
+            let listened = state.listens_to_methods(&self.endpoint);
             if let Some(route) = state
                 .routes
                 .get_mut(&self.endpoint)
@@ -165,6 +178,7 @@ impl Registration {
             {
                 change(&mut route.interests);
             }
+            self.router.methods_listening(&state, &self.endpoint, listened);
         }
         self.router.routes_changed.send_modify(|generation| *generation += 1);
     }
@@ -174,12 +188,14 @@ impl Drop for Registration {
     fn drop(&mut self) {
         {
             let mut state = self.router.state();
+            let listened = state.listens_to_methods(&self.endpoint);
             if let Some(routes) = state.routes.get_mut(&self.endpoint) {
                 routes.retain(|route| route.id != self.id);
                 if routes.is_empty() {
                     state.routes.remove(&self.endpoint);
                 }
             }
+            self.router.methods_listening(&state, &self.endpoint, listened);
         }
         self.router.routes_changed.send_modify(|generation| *generation += 1);
     }
@@ -218,13 +234,18 @@ impl DeviceRouter {
         let resync = Arc::new(Notify::new());
         let c2d_ready = Arc::new(Notify::new());
         let id = self.next_id();
-        self.state().routes.entry(endpoint.clone()).or_default().push(Route {
-            id,
-            mailbox,
-            resync: Arc::clone(&resync),
-            c2d_ready: Arc::clone(&c2d_ready),
-            interests,
-        });
+        {
+            let mut state = self.state();
+            let listened = state.listens_to_methods(&endpoint);
+            state.routes.entry(endpoint.clone()).or_default().push(Route {
+                id,
+                mailbox,
+                resync: Arc::clone(&resync),
+                c2d_ready: Arc::clone(&c2d_ready),
+                interests,
+            });
+            self.methods_listening(&state, &endpoint, listened);
+        }
         self.routes_changed.send_modify(|generation| *generation += 1);
         (
             Registration {
@@ -271,6 +292,30 @@ impl DeviceRouter {
         for route in state.routes.values().flatten().filter(|route| route.interests.desired) {
             route.resync.notify_one();
         }
+    }
+
+    /// Tells the cluster's method server when `endpoint` started or stopped listening to methods here.
+    /// Called with the state locked, so the changes are told in the order they happened.
+    fn methods_listening(&self, state: &RouterState, endpoint: &Endpoint, listened: bool) {
+        let Some(listeners) = self.method_listeners.get() else {
+            return;
+        };
+        let listens = state.listens_to_methods(endpoint);
+        if listens != listened {
+            let _ = listeners.send((endpoint.clone(), listens));
+        }
+    }
+
+    /// In a cluster: the endpoints that start or stop listening to methods here, from now on.
+    pub(crate) fn watch_method_listeners(&self) -> Option<mpsc::UnboundedReceiver<(Endpoint, bool)>> {
+        let (listeners, listening) = mpsc::unbounded_channel();
+        self.method_listeners.set(listeners).ok()?;
+        Some(listening)
+    }
+
+    /// Whether a connection of `endpoint` here listens to methods.
+    pub(crate) fn listens_to_methods(&self, endpoint: &Endpoint) -> bool {
+        self.state().listens_to_methods(endpoint)
     }
 
     /// The newest connection of `endpoint` that listens to methods.

@@ -40,6 +40,9 @@ pub enum HubError {
     CloudToDevice(#[from] twinhub_core::c2d::QueueError),
     #[error("the store failed; the write was not applied: {0}")]
     Store(#[source] StoreError),
+    /// The bus between a cluster's nodes failed (NATS out of reach).
+    #[error("the cluster's bus failed: {0}")]
+    Bus(String),
     #[error("the hub is shutting down")]
     ShuttingDown,
     #[error("internal error: {0}")]

@@ -16,6 +16,7 @@ mod events;
 mod follow;
 pub mod index;
 mod query;
+mod remote_methods;
 mod writer;
 
 use arc_swap::ArcSwap;
@@ -92,6 +93,8 @@ pub struct Hub {
     feedback: Arc<FeedbackQueue>,
     /// In a cluster (a store other nodes share): how this node follows the others' commits.
     follower: Option<follow::Follower>,
+    /// In a cluster: the bus to the other nodes (direct methods to devices connected elsewhere).
+    bus: Option<Arc<dyn twinhub_bus::Bus>>,
     config: HubConfig,
 }
 
@@ -114,6 +117,17 @@ impl Hub {
     pub async fn start_with_events(
         store: Arc<dyn Store>,
         event_store: Option<Arc<dyn EventStore>>,
+        config: HubConfig,
+    ) -> Result<Arc<Hub>, HubError> {
+        Hub::start_node(store, event_store, None, config).await
+    }
+
+    /// As [`Hub::start_with_events`], as one node of a cluster when `bus` is given: direct methods reach
+    /// devices connected to the other nodes.
+    pub async fn start_node(
+        store: Arc<dyn Store>,
+        event_store: Option<Arc<dyn EventStore>>,
+        bus: Option<Arc<dyn twinhub_bus::Bus>>,
         config: HubConfig,
     ) -> Result<Arc<Hub>, HubError> {
         let event_log = match event_store {
@@ -181,6 +195,9 @@ impl Hub {
         let router = Arc::new(DeviceRouter::default());
         tokio::spawn(device_router::route_events(events.subscribe(), Arc::clone(&router)));
         let follower = follow::Follower::new(Arc::clone(&store), loaded_seq);
+        if let (Some(bus), Some(listening)) = (&bus, router.watch_method_listeners()) {
+            tokio::spawn(remote_methods::serve(Arc::clone(bus), Arc::clone(&router), listening));
+        }
         if let (Some(follower), Some(cluster)) = (&follower, store.cluster()) {
             tokio::spawn(follow::follow_commits(
                 cluster.commit_notifications(),
@@ -211,6 +228,7 @@ impl Hub {
             router,
             feedback,
             follower,
+            bus,
             config,
         }))
     }
@@ -303,8 +321,11 @@ impl Hub {
         endpoint: &Endpoint,
         call: twinhub_core::method::MethodCall,
     ) -> Result<twinhub_core::method::MethodAnswer, HubError> {
-        self.device(&endpoint.device_id)?;
-        self.router.call(endpoint, call).await
+        self.device_anywhere(&endpoint.device_id).await?;
+        match &self.bus {
+            Some(bus) => remote_methods::call(&**bus, &self.router, endpoint, call).await,
+            None => self.router.call(endpoint, call).await,
+        }
     }
 
     /// Queues a cloud-to-device message for a device; answers once it is durable. `DeviceNotFound`, or

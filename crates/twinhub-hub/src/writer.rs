@@ -274,7 +274,14 @@ async fn commit_in_cluster(
     commands: &mut Vec<WriteCommand>,
     replies: &mut Vec<Reply>,
 ) -> Committed {
-    if commands.iter().all(|command| matches!(command.op, WriteOp::CatchUp)) {
+    // Catch-ups, and sweeps with nothing due, write nothing: they follow the log without the turn.
+    let now = Timestamp::now();
+    let nothing_to_write = |op: &WriteOp| match op {
+        WriteOp::CatchUp => true,
+        WriteOp::CloudToDeviceSweep => !batch.c2d.any_due(now),
+        _ => false,
+    };
+    if commands.iter().all(|command| nothing_to_write(&command.op)) {
         let mut at = applied;
         loop {
             let commits = match cluster.commits_after(at).await {

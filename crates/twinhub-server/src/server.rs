@@ -36,6 +36,8 @@ pub struct ServeConfig {
     /// Where device-to-cloud events go when `store` is given (a PostgreSQL node keeps them in its data
     /// directory); `None` with a given `store`: no events.
     pub event_store: Option<Arc<dyn EventStore>>,
+    /// In a cluster: the bus to the other nodes (`serve --bus`).
+    pub bus: Option<Arc<dyn twinhub_bus::Bus>>,
     /// Partitions of the event log, when the store is created (an existing store keeps its own).
     pub event_partitions: u16,
     /// The name of the Event Hubs-compatible endpoint (`EntityPath`): IoT Hub names it after the hub.
@@ -86,6 +88,7 @@ impl ServeConfig {
             mqtt: MqttConfig::default(),
             store: None,
             event_store: None,
+            bus: None,
         }
     }
 
@@ -200,7 +203,7 @@ pub async fn serve(config: ServeConfig) -> Result<RunningHub, ServeError> {
             )
         }
     };
-    let hub = Hub::start_with_events(store, event_store, config.hub.clone()).await?;
+    let hub = Hub::start_node(store, event_store, config.bus.clone(), config.hub.clone()).await?;
     let mqtt = MqttService::start(
         Arc::clone(&hub),
         config.hostname.clone(),

@@ -74,7 +74,7 @@ impl From<&HubError> for TwinFailure {
             HubError::MethodTimeout(_) => (504, 504101),
             HubError::MethodCall(_) => (400, 400004),
             HubError::CloudToDevice(_) => (400, 400004),
-            HubError::Store(twinhub_store::StoreError::Unavailable(_)) => (503, 503003),
+            HubError::Store(twinhub_store::StoreError::Unavailable(_)) | HubError::Bus(_) => (503, 503003),
             HubError::Store(_) | HubError::Internal(_) => (500, 500001),
         };
         if status >= 500 {

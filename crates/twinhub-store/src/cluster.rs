@@ -69,8 +69,10 @@ pub trait ClusterStore: Send + Sync {
     fn commit_notifications(&self) -> tokio::sync::watch::Receiver<u64>;
 }
 
+/// A write as the log keeps it, its value already in stored form: encoded once, for the log and for the
+/// state tables alike.
 #[derive(Serialize, Deserialize)]
-enum LoggedWrite {
+pub(crate) enum LoggedWrite {
     Device(String, #[serde(with = "serde_bytes")] Option<Vec<u8>>),
     Session(String, #[serde(with = "serde_bytes")] Option<Vec<u8>>),
     ConsumerGroup { name: String, create: bool },
@@ -90,15 +92,27 @@ enum LoggedEvent {
     DeviceDeleted(String),
 }
 
-#[derive(Serialize, Deserialize)]
+#[derive(Deserialize)]
 struct LoggedCommit {
     writes: Vec<LoggedWrite>,
     events: Vec<LoggedEvent>,
 }
 
+/// The same, borrowed, for encoding (postcard writes a slice as it writes a Vec).
+#[derive(Serialize)]
+struct LoggedCommitRef<'a> {
+    writes: &'a [LoggedWrite],
+    events: Vec<LoggedEvent>,
+}
+
 /// A commit as the log keeps it: the format byte, then postcard; each value in its stored form.
 pub fn encode_commit(writes: &[StoreWrite], events: &[HubEvent]) -> Result<Vec<u8>, StoreError> {
-    let writes = writes
+    encode_logged(&log_writes(writes)?, events)
+}
+
+/// Every write in its stored form.
+pub(crate) fn log_writes(writes: &[StoreWrite]) -> Result<Vec<LoggedWrite>, StoreError> {
+    writes
         .iter()
         .map(|write| {
             Ok(match write {
@@ -134,7 +148,11 @@ pub fn encode_commit(writes: &[StoreWrite], events: &[HubEvent]) -> Result<Vec<u
                 StoreWrite::DeleteFeedback(sequence_number) => LoggedWrite::Feedback(*sequence_number, None),
             })
         })
-        .collect::<Result<Vec<_>, StoreError>>()?;
+        .collect()
+}
+
+/// The log's bytes for writes already in stored form.
+pub(crate) fn encode_logged(writes: &[LoggedWrite], events: &[HubEvent]) -> Result<Vec<u8>, StoreError> {
     let events = events
         .iter()
         .map(|event| match event {
@@ -147,7 +165,8 @@ pub fn encode_commit(writes: &[StoreWrite], events: &[HubEvent]) -> Result<Vec<u
             HubEvent::DeviceDeleted { device_id } => LoggedEvent::DeviceDeleted(device_id.as_str().to_owned()),
         })
         .collect();
-    postcard::to_extend(&LoggedCommit { writes, events }, vec![FORMAT_V1]).map_err(|e| StoreError::Write(Box::new(e)))
+    postcard::to_extend(&LoggedCommitRef { writes, events }, vec![FORMAT_V1])
+        .map_err(|e| StoreError::Write(Box::new(e)))
 }
 
 /// Commit `seq` as the log kept it; `Corrupt` (never a panic) when the bytes are not one.

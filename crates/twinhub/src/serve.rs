@@ -53,6 +53,11 @@ pub struct ServeArgs {
     /// (docs/cluster.md). Telemetry stays in the data directory.
     #[arg(long, env = "TWINHUB_STORE")]
     store: Option<String>,
+    /// With --store, one node of a cluster: the NATS server (`nats://host:4222`) the nodes reach each
+    /// other through (direct methods to a device connected to another node). Nodes of one cluster share
+    /// a --hostname, which names the cluster on the bus.
+    #[arg(long, env = "TWINHUB_BUS", requires = "store")]
+    bus: Option<String>,
     /// Also serve the Event Hubs-compatible endpoint as plain AMQP (no TLS) on this port, for the Event
     /// Hubs SDKs' `UseDevelopmentEmulator=true` mode (local use only: nothing is encrypted).
     #[arg(long)]
@@ -86,6 +91,13 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         let events = twinhub_store::EmbeddedStore::open_with(&args.data_dir.join("store"), options)?;
         config.store = Some(std::sync::Arc::new(store));
         config.event_store = Some(std::sync::Arc::new(events));
+    }
+    if let Some(url) = &args.bus {
+        let bus = twinhub_bus::NatsBus::connect(url, &args.hostname)
+            .await
+            .map_err(|error| anyhow::anyhow!("cannot use the bus: {error}"))?;
+        tracing::info!(bus = url, "reaching the cluster's other nodes through NATS");
+        config.bus = Some(std::sync::Arc::new(bus));
     }
     let running = twinhub_server::serve(config).await?;
     let owner = twinhub_server::HubMaterial::policy(&running.material.policies, "iothubowner")?;

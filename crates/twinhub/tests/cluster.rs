@@ -4,7 +4,8 @@
 //! every other (docs/cluster.md).
 //!
 //! PostgreSQL: see `support/database.rs`; skipped when it cannot be reached, unless
-//! `TWINHUB_REQUIRE_POSTGRES=1` (CI sets it).
+//! `TWINHUB_REQUIRE_POSTGRES=1` (CI sets it). NATS: `TWINHUB_TEST_NATS_URL` (default
+//! `nats://127.0.0.1:4222`), which `.ci/run` starts.
 
 mod mqtt_client;
 mod rest_client;
@@ -36,8 +37,9 @@ impl Cluster {
     async fn start() -> Option<Cluster> {
         let database = Database::create().await?;
         let store = database.store_url();
-        let a = TestHub::start_with(&["--store", &store]);
-        let b = TestHub::start_node_of(&a, &["--store", &store]);
+        let bus = nats_url();
+        let a = TestHub::start_with(&["--store", &store, "--bus", &bus]);
+        let b = TestHub::start_node_of(&a, &["--store", &store, "--bus", &bus]);
         let owner = a.owner_connection_string();
         let api_a = Service::new(&owner, &a.ca_path()).through(a.address());
         let api_b = Service::new(&owner, &a.ca_path()).through(b.address());
@@ -55,6 +57,10 @@ impl Cluster {
         let (client, code, _) = MqttClient::connect(node.address(), &node.ca_path(), &credentials).await;
         (client, code)
     }
+}
+
+fn nats_url() -> String {
+    std::env::var("TWINHUB_TEST_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
 }
 
 fn json_of(bytes: &[u8]) -> Value {
@@ -288,4 +294,51 @@ async fn postgresql_out_of_reach_refuses_writes_with_server_busy_serves_reads_an
     assert_eq!(twin["properties"]["desired"]["mode"], "off");
     assert_eq!(twin["properties"]["reported"]["firmware"], "3");
     database.drop_now().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_direct_method_called_through_one_node_reaches_the_device_on_the_other() {
+    let Some(cluster) = Cluster::start().await else {
+        return;
+    };
+    let key = cluster.api_a.register_device("far").await;
+    let (mut device, code) = cluster.connect(&cluster.b, "far", &key).await;
+    assert_eq!(code, ConnectAckReason::ConnectionAccepted);
+    device.subscribe(&[("$iothub/methods/POST/#", QoS::AtMostOnce)]).await;
+
+    let api = Service::new(&cluster.a.owner_connection_string(), &cluster.a.ca_path()).through(cluster.a.address());
+    let call = tokio::spawn(async move {
+        let body = json!({"methodName": "reboot", "payload": {"delay": 3}, "responseTimeoutInSeconds": 10});
+        api.call(Method::POST, "/twins/far/methods", Some(body), None).await
+    });
+    let (topic, payload) = tokio::time::timeout(Duration::from_secs(10), device.next_publish())
+        .await
+        .expect("the request within 10 s");
+    let rid = topic
+        .strip_prefix("$iothub/methods/POST/reboot/?$rid=")
+        .unwrap_or_else(|| panic!("not the method request: {topic}"))
+        .to_owned();
+    assert_eq!(json_of(&payload), json!({"delay": 3}));
+    device
+        .publish(
+            &format!("$iothub/methods/res/201/?$rid={rid}"),
+            br#"{"rebooting":true}"#,
+            QoS::AtMostOnce,
+        )
+        .await;
+    let reply = call.await.expect("the call");
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(reply.body, json!({"status": 201, "payload": {"rebooting": true}}));
+
+    // Connected nowhere: DeviceNotOnline from either node once the connect timeout passed.
+    drop(device);
+    cluster.api_b.register_device("nowhere").await;
+    let body = json!({"methodName": "ping", "responseTimeoutInSeconds": 5, "connectTimeoutInSeconds": 1});
+    let reply = cluster
+        .api_a
+        .call(Method::POST, "/twins/nowhere/methods", Some(body), None)
+        .await;
+    assert_eq!(reply.status, 404, "{}", reply.body);
+    assert_eq!(reply.error_code(), "DeviceNotOnline");
+    cluster.database.drop_now().await;
 }

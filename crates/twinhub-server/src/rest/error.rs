@@ -66,7 +66,9 @@ pub fn classify(error: &HubError) -> (StatusCode, &'static str) {
             }
         }
         // PostgreSQL out of reach: IoT Hub's "try again later".
-        HubError::Store(twinhub_store::StoreError::Unavailable(_)) => (StatusCode::SERVICE_UNAVAILABLE, "ServerBusy"),
+        HubError::Store(twinhub_store::StoreError::Unavailable(_)) | HubError::Bus(_) => {
+            (StatusCode::SERVICE_UNAVAILABLE, "ServerBusy")
+        }
         HubError::Store(_) | HubError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "ServerError"),
     }
 }

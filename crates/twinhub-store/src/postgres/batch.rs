@@ -6,8 +6,10 @@
 //! a whole batch: an upsert then a delete of one device leaves a tombstone, a delete then an upsert
 //! leaves the record. Keys are kept sorted, so rows are always written (and locked) in key order.
 
-use crate::codec::{encode, encode_cloud_to_device, encode_feedback, encode_session};
-use crate::{StoreError, StoreWrite};
+use crate::cluster::LoggedWrite;
+use crate::StoreError;
+#[cfg(test)]
+use crate::StoreWrite;
 use std::collections::BTreeMap;
 
 /// Per table: key → `Some(value)` to upsert, `None` to delete (for devices: to leave a tombstone).
@@ -57,59 +59,33 @@ pub(super) fn to_bigint(sequence_number: u64) -> Result<i64, StoreError> {
 }
 
 impl Grouped {
+    #[cfg(test)]
     pub fn from_batch(batch: Vec<StoreWrite>) -> Result<Grouped, StoreError> {
+        Grouped::from_logged(&crate::cluster::log_writes(&batch)?)
+    }
+
+    /// The rows of writes already in stored form (as the commit log has them: encoded once for both).
+    pub fn from_logged(writes: &[LoggedWrite]) -> Result<Grouped, StoreError> {
         let mut grouped = Grouped::default();
-        for write in batch {
+        for write in writes {
             match write {
-                StoreWrite::Upsert(record) => {
-                    let value = encode(&record)?;
-                    grouped
-                        .devices
-                        .insert(record.identity.device_id.as_str().to_owned(), Some(value));
+                LoggedWrite::Device(id, value) => {
+                    grouped.devices.insert(id.clone(), value.clone());
                 }
-                StoreWrite::Delete(id) => {
-                    grouped.devices.insert(id.as_str().to_owned(), None);
+                LoggedWrite::Session(client_id, value) => {
+                    grouped.sessions.insert(client_id.clone(), value.clone());
                 }
-                StoreWrite::UpsertSession(session) => {
-                    let value = encode_session(&session)?;
-                    grouped.sessions.insert(session.client_id, Some(value));
-                }
-                StoreWrite::DeleteSession(client_id) => {
-                    grouped.sessions.insert(client_id, None);
-                }
-                StoreWrite::UpsertConsumerGroup(name) => {
+                LoggedWrite::ConsumerGroup { name, create } => {
                     grouped
                         .consumer_groups
-                        .insert(twinhub_core::consumer_group::key(&name), Some(name));
+                        .insert(twinhub_core::consumer_group::key(name), create.then(|| name.clone()));
                 }
-                StoreWrite::DeleteConsumerGroup(name) => {
-                    grouped
-                        .consumer_groups
-                        .insert(twinhub_core::consumer_group::key(&name), None);
+                LoggedWrite::CloudToDevice(device_id, sequence_number, value) => {
+                    let key = (device_id.clone(), to_bigint(*sequence_number)?);
+                    grouped.cloud_to_device.insert(key, value.clone());
                 }
-                StoreWrite::UpsertCloudToDevice { device_id, message } => {
-                    let key = (device_id.as_str().to_owned(), to_bigint(message.sequence_number)?);
-                    grouped
-                        .cloud_to_device
-                        .insert(key, Some(encode_cloud_to_device(&message)?));
-                }
-                StoreWrite::DeleteCloudToDevice {
-                    device_id,
-                    sequence_number,
-                } => {
-                    let key = (device_id.as_str().to_owned(), to_bigint(sequence_number)?);
-                    grouped.cloud_to_device.insert(key, None);
-                }
-                StoreWrite::UpsertFeedback {
-                    sequence_number,
-                    record,
-                } => {
-                    grouped
-                        .feedback
-                        .insert(to_bigint(sequence_number)?, Some(encode_feedback(&record)?));
-                }
-                StoreWrite::DeleteFeedback(sequence_number) => {
-                    grouped.feedback.insert(to_bigint(sequence_number)?, None);
+                LoggedWrite::Feedback(sequence_number, value) => {
+                    grouped.feedback.insert(to_bigint(*sequence_number)?, value.clone());
                 }
             }
         }

@@ -17,7 +17,7 @@
 use super::batch::{Grouped, Rows};
 use super::connection::Connection;
 use super::schema;
-use crate::cluster::{decode_commit, encode_commit, BuildCommit, Commit};
+use crate::cluster::{decode_commit, encode_logged, log_writes, BuildCommit, Commit};
 use crate::StoreError;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{GenericClient, Row};
@@ -139,9 +139,11 @@ pub(super) async fn commit_in_turn(
     }
     let seq = locked + 1;
     let seq_bigint = to_bigint(seq)?;
-    let body = encode_commit(&writes, &events)?;
-    // Encoded and reduced to the last write per key (batch.rs).
-    let grouped = Grouped::from_batch(writes)?;
+    // Every value encoded once, for the log and the state tables alike.
+    let logged = log_writes(&writes)?;
+    let body = encode_logged(&logged, &events)?;
+    // Reduced to the last write per key (batch.rs).
+    let grouped = Grouped::from_logged(&logged)?;
     let seq_text = seq.to_string();
 
     // A device delete is a tombstone: record NULL, with this commit's seq.

@@ -60,6 +60,14 @@ CREATE TABLE IF NOT EXISTS commits (
     committed_at timestamptz NOT NULL DEFAULT now(),
     body bytea NOT NULL
 );
+-- Kept out of line without compression: postcard is compact already, and compressing every batch
+-- would cost the server more CPU than the bytes it saves.
+-- (Altered only when it is not so already: ALTER TABLE takes a lock that would stop every commit.)
+DO $$ BEGIN
+    IF (SELECT attstorage FROM pg_attribute WHERE attrelid = 'commits'::regclass AND attname = 'body') <> 'e' THEN
+        ALTER TABLE commits ALTER COLUMN body SET STORAGE EXTERNAL;
+    END IF;
+END $$;
 ";
 
 /// Every this many commits, a node trims the log ([`TRIM_COMMITS`]).
