@@ -94,7 +94,46 @@ fn ca_params() -> Result<CertificateParams, MaterialError> {
     Ok(params)
 }
 
+/// What every node of a cluster must share: the policies, and the CA that signs each node's server
+/// certificate (each node makes its own, for its own names, from the shared CA).
+pub const SHARED_FILES: [&str; 3] = [POLICIES_FILE, CA_CERT_FILE, CA_KEY_FILE];
+
 impl HubMaterial {
+    /// The shared files of `data_dir` (see [`SHARED_FILES`]), creating the material first when missing.
+    pub fn shared_files(data_dir: &Path, names: &[String]) -> Result<Vec<(String, Vec<u8>)>, MaterialError> {
+        HubMaterial::open_or_create(data_dir, names)?;
+        SHARED_FILES
+            .iter()
+            .map(|name| {
+                let path = data_dir.join(name);
+                std::fs::read(&path)
+                    .map(|content| ((*name).to_owned(), content))
+                    .map_err(io_error(&path))
+            })
+            .collect()
+    }
+
+    /// Takes the cluster's shared files into `data_dir`, replacing what differs. A different CA also
+    /// retires the server certificate, which the next [`HubMaterial::open_or_create`] makes again from
+    /// it. Names other than [`SHARED_FILES`] are ignored. Returns whether anything changed.
+    pub fn adopt_shared(data_dir: &Path, files: &[(String, Vec<u8>)]) -> Result<bool, MaterialError> {
+        std::fs::create_dir_all(data_dir).map_err(io_error(data_dir))?;
+        let mut changed = false;
+        for (name, content) in files.iter().filter(|(name, _)| SHARED_FILES.contains(&name.as_str())) {
+            let path = data_dir.join(name);
+            if std::fs::read(&path).ok().as_deref() == Some(content.as_slice()) {
+                continue;
+            }
+            let text = String::from_utf8(content.clone()).map_err(|_| MaterialError::Pem(path.clone()))?;
+            write_private(&path, &text)?;
+            changed = true;
+            if name == CA_KEY_FILE || name == CA_CERT_FILE {
+                let _ = std::fs::remove_file(data_dir.join(SERVER_NAMES_FILE));
+            }
+        }
+        Ok(changed)
+    }
+
     /// Opens the material in `data_dir`, creating what is missing. `names` are the host names and
     /// addresses the server certificate must cover.
     pub fn open_or_create(data_dir: &Path, names: &[String]) -> Result<HubMaterial, MaterialError> {

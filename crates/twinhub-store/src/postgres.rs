@@ -117,6 +117,32 @@ impl PostgresStore {
         self
     }
 
+    /// The files every node of the cluster shares (policies, CA), by name; none before the first node
+    /// or `twinhub cluster init` offered them.
+    pub async fn cluster_files(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let connection = self.reader().await.map_err(connection::read_failure)?;
+        load_rows(&connection.client, schema::SELECT_CLUSTER_FILES, |row| {
+            Ok((row.try_get(0).map_err(read_error)?, row.try_get(1).map_err(read_error)?))
+        })
+        .await
+    }
+
+    /// Offers this node's files as the cluster's; the files of the first offer stay (a file already
+    /// there is kept). Read them back with [`Self::cluster_files`].
+    pub async fn offer_cluster_files(&self, files: &[(String, Vec<u8>)]) -> Result<(), StoreError> {
+        let connection = self.reader().await.map_err(connection::write_failure)?;
+        let (names, contents): (Vec<&str>, Vec<&[u8]>) = files
+            .iter()
+            .map(|(name, content)| (name.as_str(), content.as_slice()))
+            .unzip();
+        connection
+            .client
+            .execute(schema::OFFER_CLUSTER_FILES, &[&names, &contents])
+            .await
+            .map_err(connection::write_failure)?;
+        Ok(())
+    }
+
     /// Where this store is: hosts, ports, user, database, schema (no password).
     pub fn describe(&self) -> &str {
         &self.described

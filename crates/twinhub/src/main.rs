@@ -3,6 +3,7 @@
 mod bench;
 mod client;
 mod cloud_to_device;
+mod cluster;
 mod commands;
 mod event_hubs;
 mod monitor;
@@ -47,6 +48,11 @@ pub struct HubAccess {
 enum Command {
     /// Run the hub.
     Serve(serve::ServeArgs),
+    /// A cluster of nodes on PostgreSQL (docs/cluster.md).
+    Cluster {
+        #[command(subcommand)]
+        command: cluster::ClusterCommand,
+    },
     /// Print a policy's connection string (the last line of output).
     ConnectionString {
         #[arg(long, default_value = "./twinhub-data")]
@@ -145,6 +151,7 @@ fn main() -> ExitCode {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => serve::run(args).await,
+        Command::Cluster { command } => cluster::run(command).await,
         Command::ConnectionString {
             data_dir,
             policy,

@@ -85,6 +85,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             .await
             .map_err(|error| anyhow::anyhow!("cannot use the PostgreSQL store: {error}"))?;
         tracing::info!(store = store.describe(), "devices and twins are kept in PostgreSQL");
+        // Every node of the cluster serves with the same policies and CA.
+        crate::cluster::share_material(&store, &args.data_dir, &args.hostname).await?;
         let options = twinhub_store::StoreOptions {
             event_partitions: args.event_partitions,
         };

@@ -342,3 +342,163 @@ async fn a_direct_method_called_through_one_node_reaches_the_device_on_the_other
     assert_eq!(reply.error_code(), "DeviceNotOnline");
     cluster.database.drop_now().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_init_gives_every_node_the_same_policies_and_ca() {
+    let Some(database) = Database::create().await else {
+        return;
+    };
+    let store = database.store_url();
+    let init_dir = tempfile::tempdir().expect("temporary directory");
+    let init = |hostname: &str| {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_twinhub"))
+            .args([
+                "cluster",
+                "init",
+                "--store",
+                &store,
+                "--hostname",
+                hostname,
+                "--data-dir",
+            ])
+            .arg(init_dir.path())
+            .output()
+            .expect("run twinhub cluster init");
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    let printed = init("hub.example");
+    assert!(printed.contains("now has this hub's policies and CA"), "{printed}");
+    let connection_string = printed.lines().last().expect("the connection string").to_owned();
+    assert!(connection_string.starts_with("HostName=hub.example;SharedAccessKeyName=iothubowner;"));
+    // Again: the cluster keeps what it has.
+    assert!(init("hub.example").contains("had its policies and CA already"));
+
+    // A node started on the store serves with them: the key init printed works, the CA it made is trusted.
+    let node = TestHub::start_with(&["--store", &store]);
+    let on_node = connection_string.replace("HostName=hub.example", &format!("HostName={}", node.host()));
+    let api = Service::new(&on_node, &init_dir.path().join("ca.pem"));
+    let reply = api.call(Method::GET, "/devices", None, None).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    drop(node);
+    database.drop_now().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_haproxy_the_nodes_are_one_hub_and_devices_of_a_killed_node_go_on_through_the_others() {
+    let Some(database) = Database::create().await else {
+        return;
+    };
+    let (store, bus) = (database.store_url(), nats_url());
+    let balancer_address = support::free_loopback_address();
+    let hostname = balancer_address.to_string();
+    let a = TestHub::start_named(&hostname, &["--store", &store, "--bus", &bus]);
+    let mut b = TestHub::start_node_of(&a, &["--store", &store, "--bus", &bus]);
+    let Some(balancer) = support::balancer::Balancer::start(balancer_address, &[a.address(), b.address()]) else {
+        assert!(std::env::var("CI").is_err(), "CI installs HAProxy");
+        eprintln!("skipped: HAProxy is not installed");
+        return;
+    };
+    // Exactly as to one hub: the host name is the balancer's.
+    let api = Service::new(&a.owner_connection_string(), &a.ca_path());
+    assert_eq!(api.connection.host_name, hostname);
+    let mut devices = Vec::new();
+    for n in 0..4 {
+        let id = format!("lb{n}");
+        let key = api.register_device(&id).await;
+        let credentials = Credentials::device(&hostname, &id, &key, 3600);
+        let (mut device, code, _) = MqttClient::connect(balancer.address, &a.ca_path(), &credentials).await;
+        assert_eq!(code, ConnectAckReason::ConnectionAccepted);
+        device
+            .subscribe(&[(RESPONSES, QoS::AtMostOnce), (DESIRED, QoS::AtLeastOnce)])
+            .await;
+        devices.push((id, credentials, device));
+    }
+    // The balancer spread them over both nodes.
+    for node in [&a, &b] {
+        assert!(
+            node.log().contains("device connected"),
+            "no device on a node:\n{}",
+            node.log()
+        );
+    }
+    let patch_all = |version: u64| {
+        let api = &api;
+        let ids: Vec<String> = devices.iter().map(|(id, _, _)| id.clone()).collect();
+        async move {
+            for id in ids {
+                let body = json!({"properties": {"desired": {"step": version}}});
+                let reply = api
+                    .call(Method::PATCH, &format!("/twins/{id}"), Some(body), Some("*"))
+                    .await;
+                assert_eq!(reply.status, 200, "{}", reply.body);
+            }
+        }
+    };
+    patch_all(1).await;
+    for (id, _, device) in &mut devices {
+        let (topic, body) = tokio::time::timeout(Duration::from_secs(5), device.next_publish())
+            .await
+            .unwrap_or_else(|_| panic!("{id} notified within 5 s"));
+        assert_eq!(topic, "$iothub/twin/PATCH/properties/desired/?$version=2");
+        assert_eq!(json_of(&body)["step"], 1);
+    }
+
+    // Node B dies. Its devices reconnect through the balancer (to A, once HAProxy saw B go) and go on;
+    // nothing acknowledged is lost.
+    b.kill9();
+    let mut reconnected = Vec::new();
+    for (id, credentials, mut device) in devices {
+        // A device on B finds its connection closed; one on A hears nothing.
+        if tokio::time::timeout(Duration::from_secs(1), device.receive())
+            .await
+            .is_err()
+        {
+            reconnected.push((id, device));
+            continue;
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        let device = loop {
+            let attempt = tokio::time::timeout(
+                Duration::from_secs(3),
+                MqttClient::connect(balancer.address, &a.ca_path(), &credentials),
+            )
+            .await;
+            if let Ok((device, ConnectAckReason::ConnectionAccepted, _)) = attempt {
+                break device;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{id} did not get back in within 15 s"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        reconnected.push((id, device));
+    }
+    for (_, device) in &mut reconnected {
+        device
+            .subscribe(&[(RESPONSES, QoS::AtMostOnce), (DESIRED, QoS::AtLeastOnce)])
+            .await;
+    }
+    // A new back-end client: the old one's pooled connections to B died with it.
+    let api = Service::new(&a.owner_connection_string(), &a.ca_path());
+    let ids: Vec<String> = reconnected.iter().map(|(id, _)| id.clone()).collect();
+    for id in &ids {
+        let body = json!({"properties": {"desired": {"step": 2}}});
+        let reply = api
+            .call(Method::PATCH, &format!("/twins/{id}"), Some(body), Some("*"))
+            .await;
+        assert_eq!(reply.status, 200, "{}", reply.body);
+    }
+    for (id, device) in &mut reconnected {
+        let (topic, _) = tokio::time::timeout(Duration::from_secs(5), device.next_publish())
+            .await
+            .unwrap_or_else(|_| panic!("{id} notified within 5 s after the failover"));
+        assert_eq!(topic, "$iothub/twin/PATCH/properties/desired/?$version=3");
+        let twin = twin(&api, id).await;
+        assert_eq!(twin["properties"]["desired"]["step"], 2);
+        assert_eq!(twin["connectionState"], "Connected");
+    }
+    drop(balancer);
+    database.drop_now().await;
+}

@@ -18,6 +18,8 @@ pub(super) const SCHEMA_LOCK: i64 = 0x0074_7769_6e68_7562; // "twinhub" in ASCII
 ///   commit order; the index on `devices.seq` is for that feed.
 /// - `devices`: `record` NULL is a deleted device's tombstone, kept for the feed; loads skip it.
 /// - `c2d_messages`: keyed by device and sequence number, so `d1`'s messages never mix with `d10`'s.
+/// - `cluster_files` (version 2): what every node shares besides the state: the policies and the CA
+///   (its private key too: whoever can read this database can sign server certificates for the hub).
 /// - `commits` (version 2): the commit log every node follows, one row per commit (`crate::cluster`),
 ///   kept for an hour ([`TRIM_COMMITS`]).
 pub(super) const CREATE_TABLES: &str = "
@@ -59,6 +61,10 @@ CREATE TABLE IF NOT EXISTS commits (
     node text NOT NULL,
     committed_at timestamptz NOT NULL DEFAULT now(),
     body bytea NOT NULL
+);
+CREATE TABLE IF NOT EXISTS cluster_files (
+    name text PRIMARY KEY,
+    content bytea NOT NULL
 );
 -- Kept out of line without compression: postcard is compact already, and compressing every batch
 -- would cost the server more CPU than the bytes it saves.
@@ -123,6 +129,13 @@ INSERT INTO c2d_feedback (sequence_number, record)
 SELECT * FROM unnest($1::bigint[], $2::bytea[])
 ON CONFLICT (sequence_number) DO UPDATE SET record = EXCLUDED.record";
 pub(super) const DELETE_FEEDBACK: &str = "DELETE FROM c2d_feedback WHERE sequence_number = ANY($1::bigint[])";
+
+pub(super) const SELECT_CLUSTER_FILES: &str = "SELECT name, content FROM cluster_files ORDER BY name";
+/// The first node (or `cluster init`) to offer the files makes them the cluster's; later offers change
+/// nothing.
+pub(super) const OFFER_CLUSTER_FILES: &str = "
+INSERT INTO cluster_files (name, content) SELECT * FROM unnest($1::text[], $2::bytea[])
+ON CONFLICT (name) DO NOTHING";
 
 pub(super) const LOAD_DEVICES: &str = "SELECT device_id, record FROM devices WHERE record IS NOT NULL";
 pub(super) const LOAD_SESSIONS: &str = "SELECT client_id, record FROM sessions";

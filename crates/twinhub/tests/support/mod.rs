@@ -3,6 +3,7 @@
 //! and tests run in parallel. Also installs and runs the official Node.js and Python SDKs.
 #![allow(dead_code)]
 
+pub mod balancer;
 pub mod cut_proxy;
 pub mod database;
 
@@ -58,14 +59,24 @@ impl TestHub {
         hub
     }
 
-    /// Another node of `peer`'s cluster, on its own address: the same host name, CA and policies (copied
-    /// from the peer's data directory, as `twinhub cluster init` will share them), its own data directory.
-    /// `extra_args` name the shared store.
+    /// A hub on its own address that devices and back ends know as `hostname` (a load balancer's).
+    pub fn start_named(hostname: &str, extra_args: &[&str]) -> TestHub {
+        let mut hub = TestHub {
+            address: free_loopback_address(),
+            data_dir: tempfile::tempdir().expect("temporary data directory"),
+            child: None,
+            log_filter: None,
+            extra_args: extra_args.iter().map(|arg| (*arg).to_owned()).collect(),
+            hostname: Some(hostname.to_owned()),
+        };
+        hub.spawn();
+        hub
+    }
+
+    /// Another node of `peer`'s cluster, on its own address with its own data directory, under the same
+    /// host name; `extra_args` name the shared store, from which it takes the cluster's policies and CA.
     pub fn start_node_of(peer: &TestHub, extra_args: &[&str]) -> TestHub {
         let data_dir = tempfile::tempdir().expect("temporary data directory");
-        for file in ["ca.pem", "ca.key.pem", "policies.json"] {
-            std::fs::copy(peer.data_dir().join(file), data_dir.path().join(file)).expect("copy the peer's material");
-        }
         let mut hub = TestHub {
             address: free_loopback_address(),
             data_dir,
@@ -247,7 +258,7 @@ fn last_line(bytes: &[u8]) -> String {
 
 /// 127.X.Y.Z with X from the process id (test binaries run one after another, tests in one binary in
 /// parallel) and Y.Z from a counter; an address whose HTTPS port is taken is skipped.
-fn free_loopback_address() -> Ipv4Addr {
+pub fn free_loopback_address() -> Ipv4Addr {
     static NEXT: AtomicU32 = AtomicU32::new(0);
     let base = 20 + (std::process::id() % 200) as u8;
     loop {
