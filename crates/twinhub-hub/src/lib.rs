@@ -134,18 +134,7 @@ impl Hub {
             Some(event_store) => Some(EventLog::open(event_store, config.events.clone()).await?),
             None => None,
         };
-        let loaded = match store.cluster() {
-            // One consistent view, as of a commit the log is then followed from.
-            Some(cluster) => cluster.load_consistent().await.map_err(HubError::Store)?,
-            None => twinhub_store::Loaded {
-                records: store.load_all().await.map_err(HubError::Store)?,
-                sessions: store.load_sessions().await.map_err(HubError::Store)?,
-                consumer_groups: store.load_consumer_groups().await.map_err(HubError::Store)?,
-                cloud_to_device: store.load_cloud_to_device().await.map_err(HubError::Store)?,
-                feedback: store.load_feedback().await.map_err(HubError::Store)?,
-                seq: 0,
-            },
-        };
+        // In a cluster, one consistent view, as of a commit the log is then followed from.
         let twinhub_store::Loaded {
             records,
             sessions: stored_sessions,
@@ -153,7 +142,7 @@ impl Hub {
             cloud_to_device: c2d_messages,
             feedback: feedback_records,
             seq: loaded_seq,
-        } = loaded;
+        } = store.load().await.map_err(HubError::Store)?;
         let consumer_groups = consumer_groups
             .into_iter()
             .map(|name| (twinhub_core::consumer_group::key(&name), name))

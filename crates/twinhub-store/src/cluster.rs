@@ -28,7 +28,7 @@ pub struct Commit {
     pub events: Vec<HubEvent>,
 }
 
-/// Everything a hub loads at start, as of one commit sequence number.
+/// Everything a hub loads at start ([`crate::Store::load`]), as of one commit sequence number.
 #[derive(Debug, Default)]
 pub struct Loaded {
     pub records: Vec<DeviceRecord>,
@@ -46,9 +46,6 @@ pub type BuildCommit<'a> = Box<dyn FnOnce(Vec<Commit>) -> (Vec<StoreWrite>, Vec<
 
 #[async_trait::async_trait]
 pub trait ClusterStore: Send + Sync {
-    /// Everything, in one consistent view, with the sequence number it is as of.
-    async fn load_consistent(&self) -> Result<Loaded, StoreError>;
-
     /// Takes the commit turn (every other node's commit waits until this one ends), hands `build` every
     /// commit after `applied`, and commits what it returns as the next commit. Returns the sequence
     /// number the node is at afterwards: its own commit's, or the last one `build` was given when it

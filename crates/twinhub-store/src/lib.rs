@@ -118,6 +118,20 @@ pub trait Store: Send + Sync + 'static {
         Ok(Vec::new())
     }
 
+    /// Everything a hub loads at start, in one view. By default the loads above one after another, as of
+    /// no commit sequence (0): right for a store only one hub writes. A store other nodes share loads
+    /// it in one consistent view, with the sequence number it is as of.
+    async fn load(&self) -> Result<Loaded, StoreError> {
+        Ok(Loaded {
+            records: self.load_all().await?,
+            sessions: self.load_sessions().await?,
+            consumer_groups: self.load_consumer_groups().await?,
+            cloud_to_device: self.load_cloud_to_device().await?,
+            feedback: self.load_feedback().await?,
+            seq: 0,
+        })
+    }
+
     /// Makes the batch durable. See the trait's contract.
     async fn commit(&self, batch: Vec<StoreWrite>) -> Result<(), StoreError>;
 

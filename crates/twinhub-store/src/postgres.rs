@@ -338,24 +338,9 @@ impl Store for PostgresStore {
         load_feedback(&self.reader().await.map_err(connection::read_failure)?.client).await
     }
 
-    /// A commit on its own: the turn is taken (other nodes' commits wait), the log is not read.
-    async fn commit(&self, batch: Vec<StoreWrite>) -> Result<(), StoreError> {
-        if batch.is_empty() {
-            return Ok(());
-        }
-        self.commit_with(None, Box::new(move |_| (batch, Vec::new())))
-            .await
-            .map(|_| ())
-    }
-
-    fn cluster(&self) -> Option<&dyn ClusterStore> {
-        Some(self)
-    }
-}
-
-#[async_trait::async_trait]
-impl ClusterStore for PostgresStore {
-    async fn load_consistent(&self) -> Result<Loaded, StoreError> {
+    /// One snapshot for every table and the sequence number: the state is exactly as of `seq`, and the
+    /// log is followed from there.
+    async fn load(&self) -> Result<Loaded, StoreError> {
         let mut connection = self.reader().await.map_err(connection::read_failure)?;
         let Connection { client, statements } = &mut *connection;
         // One snapshot for every table and the sequence number: the state is exactly as of `seq`.
@@ -379,6 +364,23 @@ impl ClusterStore for PostgresStore {
         Ok(loaded)
     }
 
+    /// A commit on its own: the turn is taken (other nodes' commits wait), the log is not read.
+    async fn commit(&self, batch: Vec<StoreWrite>) -> Result<(), StoreError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        self.commit_with(None, Box::new(move |_| (batch, Vec::new())))
+            .await
+            .map(|_| ())
+    }
+
+    fn cluster(&self) -> Option<&dyn ClusterStore> {
+        Some(self)
+    }
+}
+
+#[async_trait::async_trait]
+impl ClusterStore for PostgresStore {
     async fn commit_in_turn(&self, applied: u64, build: BuildCommit<'_>) -> Result<u64, StoreError> {
         self.commit_with(Some(applied), build).await
     }

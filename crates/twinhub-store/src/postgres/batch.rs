@@ -61,31 +61,31 @@ pub(super) fn to_bigint(sequence_number: u64) -> Result<i64, StoreError> {
 impl Grouped {
     #[cfg(test)]
     pub fn from_batch(batch: Vec<StoreWrite>) -> Result<Grouped, StoreError> {
-        Grouped::from_logged(&crate::cluster::log_writes(&batch)?)
+        Grouped::from_logged(crate::cluster::log_writes(&batch)?)
     }
 
-    /// The rows of writes already in stored form (as the commit log has them: encoded once for both).
-    pub fn from_logged(writes: &[LoggedWrite]) -> Result<Grouped, StoreError> {
+    /// The rows of writes already in stored form (as the commit log has them: encoded once for both),
+    /// taken whole: the log is encoded from them first.
+    pub fn from_logged(writes: Vec<LoggedWrite>) -> Result<Grouped, StoreError> {
         let mut grouped = Grouped::default();
         for write in writes {
             match write {
                 LoggedWrite::Device(id, value) => {
-                    grouped.devices.insert(id.clone(), value.clone());
+                    grouped.devices.insert(id, value);
                 }
                 LoggedWrite::Session(client_id, value) => {
-                    grouped.sessions.insert(client_id.clone(), value.clone());
+                    grouped.sessions.insert(client_id, value);
                 }
                 LoggedWrite::ConsumerGroup { name, create } => {
-                    grouped
-                        .consumer_groups
-                        .insert(twinhub_core::consumer_group::key(name), create.then(|| name.clone()));
+                    let key = twinhub_core::consumer_group::key(&name);
+                    grouped.consumer_groups.insert(key, create.then_some(name));
                 }
                 LoggedWrite::CloudToDevice(device_id, sequence_number, value) => {
-                    let key = (device_id.clone(), to_bigint(*sequence_number)?);
-                    grouped.cloud_to_device.insert(key, value.clone());
+                    let key = (device_id, to_bigint(sequence_number)?);
+                    grouped.cloud_to_device.insert(key, value);
                 }
                 LoggedWrite::Feedback(sequence_number, value) => {
-                    grouped.feedback.insert(to_bigint(*sequence_number)?, value.clone());
+                    grouped.feedback.insert(to_bigint(sequence_number)?, value);
                 }
             }
         }

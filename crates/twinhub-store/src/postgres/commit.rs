@@ -143,7 +143,7 @@ pub(super) async fn commit_in_turn(
     let logged = log_writes(&writes)?;
     let body = encode_logged(&logged, &events)?;
     // Reduced to the last write per key (batch.rs).
-    let grouped = Grouped::from_logged(&logged)?;
+    let grouped = Grouped::from_logged(logged)?;
     let seq_text = seq.to_string();
 
     // A device delete is a tombstone: record NULL, with this commit's seq.
