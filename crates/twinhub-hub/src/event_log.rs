@@ -14,7 +14,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
 use twinhub_core::event::{partition_of, DeviceEvent, EventOrigin, StoredEvent};
 use twinhub_core::Timestamp;
-use twinhub_store::{EventAppend, EventStore};
+use twinhub_store::{EventAppend, EventStore, PartitionEnd};
 
 /// Events waiting for the appender; past this, senders wait (back-pressure).
 const APPEND_QUEUE_MAX: usize = 16 * 1024;
@@ -107,6 +107,9 @@ impl EventLog {
             );
         }
         let partitions = Arc::new(partitions);
+        if let Some(ends) = store.follow_appends().await.map_err(HubError::Store)? {
+            tokio::spawn(follow_loop(ends, Arc::clone(&partitions)));
+        }
         let (appends, queue) = mpsc::channel(APPEND_QUEUE_MAX);
         tokio::spawn(append_loop(queue, Arc::clone(&store), Arc::clone(&partitions)));
         tokio::spawn(retention_loop(Arc::clone(&store), Arc::clone(&partitions), config));
@@ -173,37 +176,26 @@ async fn append_loop(
     let count = partitions.len() as u16;
     let mut commands = Vec::with_capacity(APPEND_BATCH_MAX);
     while queue.recv_many(&mut commands, APPEND_BATCH_MAX).await > 0 {
-        let mut next: Vec<u64> = partitions.iter().map(|p| p.borrow().next).collect();
         let enqueued_time = Timestamp::now();
         let mut batch = Vec::with_capacity(commands.len());
         let mut replies = Vec::with_capacity(commands.len());
         for command in commands.drain(..) {
             let partition = partition_of(&command.origin.device_id, count);
-            let mut enqueued = Vec::with_capacity(command.events.len());
+            let events = command.events.len();
             for event in command.events {
-                let slot = &mut next[usize::from(partition)];
-                let sequence_number = *slot;
-                *slot += 1;
                 batch.push(EventAppend {
                     partition,
-                    event: StoredEvent {
-                        sequence_number,
-                        enqueued_time,
-                        origin: command.origin.clone(),
-                        event,
-                    },
-                });
-                enqueued.push(Enqueued {
-                    partition,
-                    sequence_number,
+                    enqueued_time,
+                    origin: command.origin.clone(),
+                    event,
                 });
             }
-            replies.push((command.reply, enqueued));
+            replies.push((command.reply, partition, events));
         }
         let events = batch.len();
         let started = std::time::Instant::now();
         match store.append_events(batch).await {
-            Ok(()) => {
+            Ok(numbers) if numbers.len() == events => {
                 let took = started.elapsed();
                 if took >= Duration::from_millis(20) {
                     tracing::warn!(
@@ -212,34 +204,84 @@ async fn append_loop(
                         "slow event append: every event in the batch waited for it"
                     );
                 }
-                for (partition, sender) in partitions.iter().enumerate() {
-                    let end = next[partition];
-                    sender.send_if_modified(|state| {
-                        if state.next == end {
-                            return false;
-                        }
-                        state.next = end;
-                        state.last_enqueued = Some(enqueued_time);
-                        true
-                    });
-                }
-                for (reply, enqueued) in replies {
+                let mut numbers = numbers.into_iter();
+                let mut ends = Vec::with_capacity(replies.len());
+                for (reply, partition, events) in replies {
+                    let enqueued: Vec<Enqueued> = numbers
+                        .by_ref()
+                        .take(events)
+                        .map(|sequence_number| Enqueued {
+                            partition,
+                            sequence_number,
+                        })
+                        .collect();
+                    if let Some(last) = enqueued.last() {
+                        ends.push(PartitionEnd {
+                            partition,
+                            next: last.sequence_number + 1,
+                            enqueued_time,
+                        });
+                    }
                     // The device may have gone; the event stands.
                     let _ = reply.send(Ok(enqueued));
                 }
+                for end in ends {
+                    publish_end(&partitions, end);
+                }
+            }
+            Ok(numbers) => {
+                tracing::error!(
+                    events,
+                    numbered = numbers.len(),
+                    "the event store numbered another count of events than it was given"
+                );
+                for (reply, _, _) in replies {
+                    let _ = reply.send(Err(HubError::Internal(
+                        "the event store numbered another count of events",
+                    )));
+                }
             }
             Err(error) => {
-                // Nothing of the batch was stored: its sequence numbers are given out again.
+                // The store refused the batch (or, on a store without atomic batches, part of it): every
+                // sender is told, and sends again.
                 tracing::error!(%error, events, "appending events failed; the batch is refused");
                 let message = error.to_string();
-                for (reply, _) in replies {
-                    let _ = reply.send(Err(HubError::Store(twinhub_store::StoreError::Write(
-                        message.clone().into(),
-                    ))));
+                let unavailable = matches!(error, twinhub_store::StoreError::Unavailable(_));
+                for (reply, _, _) in replies {
+                    let error = if unavailable {
+                        twinhub_store::StoreError::Unavailable(message.clone().into())
+                    } else {
+                        twinhub_store::StoreError::Write(message.clone().into())
+                    };
+                    let _ = reply.send(Err(HubError::Store(error)));
                 }
             }
         }
     }
+}
+
+/// Moves a partition's end forward (never back: ends from this node's appends and from the store's feed
+/// of every node's appends arrive in either order).
+fn publish_end(partitions: &[watch::Sender<PartitionState>], end: PartitionEnd) {
+    let Some(sender) = partitions.get(usize::from(end.partition)) else {
+        return;
+    };
+    sender.send_if_modified(|state| {
+        if state.next >= end.next {
+            return false;
+        }
+        state.next = end.next;
+        state.last_enqueued = Some(end.enqueued_time);
+        true
+    });
+}
+
+/// Follows the ends that other nodes' appends move, for as long as the store reports them.
+async fn follow_loop(mut ends: mpsc::Receiver<PartitionEnd>, partitions: Arc<Vec<watch::Sender<PartitionState>>>) {
+    while let Some(end) = ends.recv().await {
+        publish_end(&partitions, end);
+    }
+    tracing::warn!("the event store stopped reporting other nodes' appends");
 }
 
 async fn retention_loop(

@@ -7,7 +7,7 @@
 //! is what makes `retained_bytes` exact after a trim without reading the trimmed events.
 
 use serde::{Deserialize, Serialize};
-use twinhub_core::event::StoredEvent;
+use twinhub_core::event::{DeviceEvent, EventOrigin, StoredEvent};
 
 use crate::codec::FORMAT_V1;
 use crate::events::PartitionBounds;
@@ -92,6 +92,26 @@ pub fn decode_event(partition: u16, key: &[u8], value: &[u8]) -> Result<StoredEv
     Ok(event)
 }
 
+/// An event as a JetStream message carries it: its origin and the event (the stream gives its sequence
+/// number and enqueued time).
+pub fn encode_jetstream_event(origin: &EventOrigin, event: &DeviceEvent) -> Result<Vec<u8>, StoreError> {
+    postcard::to_extend(&(origin, event), vec![FORMAT_V1]).map_err(|e| StoreError::Write(Box::new(e)))
+}
+
+/// The origin and event of event `sequence_number` of `partition`, from its JetStream message.
+pub fn decode_jetstream_event(
+    partition: u16,
+    sequence_number: u64,
+    value: &[u8],
+) -> Result<(EventOrigin, DeviceEvent), StoreError> {
+    let key = event_key(sequence_number);
+    let body = event_body(partition, &key, value)?;
+    postcard::from_bytes(body).map_err(|e| StoreError::Corrupt {
+        key: event_name(partition, &key),
+        reason: e.to_string(),
+    })
+}
+
 /// The byte offset of the event stored under `key`, without decoding the event.
 pub fn decode_event_byte_offset(partition: u16, key: &[u8], value: &[u8]) -> Result<u64, StoreError> {
     let body = event_body(partition, key, value)?;
@@ -144,6 +164,32 @@ pub fn decode_partition_count(name: &str, value: &[u8]) -> Result<u16, StoreErro
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+    use twinhub_core::event::EventValue;
+    use twinhub_core::DeviceId;
+
+    #[test]
+    fn a_jetstream_event_reads_back_and_garbage_is_corrupt_naming_the_event() {
+        let origin = EventOrigin {
+            device_id: DeviceId::new("d.1").expect("id"),
+            module_id: Some("m".to_owned()),
+            generation_id: "g".to_owned(),
+        };
+        let event = DeviceEvent {
+            body: b"{\"t\":1}".to_vec(),
+            application_properties: vec![("k".to_owned(), EventValue::Long(7))],
+            ..DeviceEvent::default()
+        };
+        let bytes = encode_jetstream_event(&origin, &event).expect("encode");
+        assert_eq!(decode_jetstream_event(3, 9, &bytes).expect("decode"), (origin, event));
+        for garbage in [&b""[..], &[9, 1], &[FORMAT_V1, 0xff, 0xff]] {
+            match decode_jetstream_event(3, 9, garbage) {
+                Err(StoreError::Corrupt { key, .. }) => assert_eq!(key, "event 3/9"),
+                other => panic!("{garbage:?}: {other:?}"),
+            }
+        }
+    }
+
     /// Event bodies are encoded as byte strings; logs written when they were sequences of `u8` must read
     /// the same, which holds because postcard gives both forms the same bytes.
     #[test]

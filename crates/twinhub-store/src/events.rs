@@ -1,11 +1,13 @@
 //! Where device telemetry lives durably: a partitioned, append-only event log, as an Event Hub keeps it.
 //!
-//! The hub owns the log's rules: it picks each event's partition, assigns sequence numbers (contiguous
-//! from 0 per partition), groups appends into batches and decides what retention removes. A store only
-//! keeps what it is given, in order, and refuses a batch that would leave a gap. That keeps the interface
-//! small enough for a distributed engine to implement beside [`crate::EmbeddedStore`].
+//! The hub owns the log's rules: it picks each event's partition, groups appends into batches and decides
+//! what retention removes. The store numbers the events (contiguous from 0 per partition, in the order it
+//! appends them), because in a cluster several nodes append to one partition and only the engine that
+//! holds it can give out the next number without a consensus of our own: JetStream numbers a stream's
+//! messages exactly so. That keeps the interface small enough for a distributed engine to implement
+//! beside [`crate::EmbeddedStore`].
 
-use twinhub_core::event::StoredEvent;
+use twinhub_core::event::{DeviceEvent, EventOrigin, StoredEvent};
 use twinhub_core::Timestamp;
 
 use crate::StoreError;
@@ -23,7 +25,23 @@ pub const EVENT_PARTITIONS_MAX: u16 = 32;
 #[derive(Clone, Debug, PartialEq)]
 pub struct EventAppend {
     pub partition: u16,
-    pub event: StoredEvent,
+    /// When the hub received it. A store whose engine stamps each message with its own clock (JetStream)
+    /// keeps that time instead, so that times never decrease within a partition whichever node appended.
+    pub enqueued_time: Timestamp,
+    pub origin: EventOrigin,
+    pub event: DeviceEvent,
+}
+
+impl EventAppend {
+    /// The event as stored under `sequence_number`.
+    pub fn stored(self, sequence_number: u64) -> StoredEvent {
+        StoredEvent {
+            sequence_number,
+            enqueued_time: self.enqueued_time,
+            origin: self.origin,
+            event: self.event,
+        }
+    }
 }
 
 /// What a partition holds: the sequence numbers `first..next` and their stored size.
@@ -48,18 +66,31 @@ impl PartitionBounds {
     }
 }
 
+/// A partition's end moved: an event was appended, by this process or another node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PartitionEnd {
+    pub partition: u16,
+    /// The partition's next sequence number after the append.
+    pub next: u64,
+    pub enqueued_time: Timestamp,
+}
+
 /// A durable, partitioned event log.
 ///
 /// Contract:
 /// - The partition count is fixed when the store is created and never changes.
-/// - `append_events`: when `Ok`, the whole batch survives a process kill and a power cut, and was applied
-///   atomically (all or none). A batch that names a partition out of range, or whose sequence numbers do
-///   not continue a partition's contiguously (from `next`, one by one, in batch order), is refused with
-///   nothing of it written.
+/// - `append_events`: each event gets its partition's `next` sequence number, in batch order (so a device's
+///   events keep their order), and the numbers are returned in batch order. When `Ok`, the whole batch is
+///   durable: on the embedded store it survives a process kill and a power cut and was applied atomically
+///   (all or none); on JetStream each event is stored (and replicated, as the stream's replicas say)
+///   before the answer, but a failed batch may have stored some of its events, which the sender, told
+///   the batch failed, sends again (at least once, as IoT Hub). A batch that names a partition out of
+///   range is refused with nothing of it written.
 /// - Readers never see an event before the append that carries it returned `Ok`.
 /// - `trim_events` is durable when `Ok`; events below `first` are never returned again.
 ///
-/// Implementations must be usable from several tasks at once; the hub appends from one writer per store.
+/// Implementations must be usable from several tasks at once; the hub appends from one writer per process,
+/// and in a cluster every node appends to the same partitions.
 #[async_trait::async_trait]
 pub trait EventStore: Send + Sync + 'static {
     /// Partitions, numbered `0..partition_count()`.
@@ -68,8 +99,8 @@ pub trait EventStore: Send + Sync + 'static {
     /// Every partition's bounds, index = partition id. Cheap: no scan, whatever the backlog.
     async fn event_bounds(&self) -> Result<Vec<PartitionBounds>, StoreError>;
 
-    /// Makes the batch durable. See the trait's contract.
-    async fn append_events(&self, batch: Vec<EventAppend>) -> Result<(), StoreError>;
+    /// Numbers the batch's events and makes them durable. See the trait's contract.
+    async fn append_events(&self, batch: Vec<EventAppend>) -> Result<Vec<u64>, StoreError>;
 
     /// Events of `partition` from sequence number `from` on (from the first retained one when `from` is
     /// below it), in order: at most `max_events`, and no more than `max_bytes` of stored size, except
@@ -92,4 +123,11 @@ pub trait EventStore: Send + Sync + 'static {
     /// is past `next`): moves `first` up and lowers `retained_bytes`. Durable when `Ok`. Sequence numbers
     /// are never reused: `next` does not move.
     async fn trim_events(&self, partition: u16, before: u64) -> Result<(), StoreError>;
+
+    /// Every partition end as other nodes append, as it happens (this process's own appends may come too),
+    /// for as long as the receiver is held; `None` for a store only this process appends to. A node's
+    /// Event Hubs receivers wait on these to hear of events that devices on other nodes sent.
+    async fn follow_appends(&self) -> Result<Option<tokio::sync::mpsc::Receiver<PartitionEnd>>, StoreError> {
+        Ok(None)
+    }
 }

@@ -2,7 +2,8 @@
 //! calls a store only to make writes durable (in batches: group commit) and to load everything at start.
 //! Two stores keep the same [`Store`] contract: [`EmbeddedStore`] (fjall, in the data directory) and
 //! [`PostgresStore`] (PostgreSQL, the state a cluster of nodes shares). Device telemetry has an interface
-//! of its own, [`EventStore`]: a partitioned, append-only event log.
+//! of its own, [`EventStore`]: a partitioned, append-only event log, in the data directory
+//! ([`EmbeddedStore`]) or, for a cluster, in NATS JetStream ([`JetStreamEvents`]).
 //!
 //! Architecture invariant: this is the only crate that touches disk (and SQL).
 
@@ -16,13 +17,16 @@ pub mod codec;
 pub mod embedded;
 pub mod event_codec;
 pub mod events;
+pub mod jetstream;
 pub mod postgres;
 
 pub use cluster::{BuildCommit, ClusterStore, Commit, Loaded};
 pub use embedded::{EmbeddedStore, StoreOptions};
 pub use events::{
-    EventAppend, EventStore, PartitionBounds, EVENT_PARTITIONS_DEFAULT, EVENT_PARTITIONS_MAX, EVENT_PARTITIONS_MIN,
+    EventAppend, EventStore, PartitionBounds, PartitionEnd, EVENT_PARTITIONS_DEFAULT, EVENT_PARTITIONS_MAX,
+    EVENT_PARTITIONS_MIN,
 };
+pub use jetstream::{JetStreamEvents, JetStreamOptions};
 pub use postgres::PostgresStore;
 
 #[derive(Debug, thiserror::Error)]
@@ -51,8 +55,6 @@ pub enum StoreError {
     EventPartitionCount { asked: u16 },
     #[error("event partition {partition} does not exist: the log has {partition_count} partitions")]
     NoSuchPartition { partition: u16, partition_count: u16 },
-    #[error("event partition {partition} continues at sequence number {expected}, not {found}")]
-    SequenceGap { partition: u16, expected: u64, found: u64 },
 }
 
 /// One change in a commit.

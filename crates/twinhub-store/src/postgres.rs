@@ -117,6 +117,18 @@ impl PostgresStore {
         self
     }
 
+    /// The cluster's identity: a random id made with its tables, the same for every node of it and
+    /// different for every database (so a cluster's streams elsewhere are its own).
+    pub async fn cluster_identity(&self) -> Result<String, StoreError> {
+        let connection = self.reader().await.map_err(connection::read_failure)?;
+        let row = connection
+            .client
+            .query_one(schema::SELECT_CLUSTER_IDENTITY, &[])
+            .await
+            .map_err(connection::read_failure)?;
+        row.try_get(0).map_err(read_error)
+    }
+
     /// The files every node of the cluster shares (policies, CA), by name; none before the first node
     /// or `twinhub cluster init` offered them.
     pub async fn cluster_files(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {

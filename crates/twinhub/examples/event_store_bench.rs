@@ -19,7 +19,7 @@ use clap::Parser;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
-use twinhub_core::event::{DeviceEvent, EventOrigin, EventProperties, EventValue, StoredEvent};
+use twinhub_core::event::{DeviceEvent, EventOrigin, EventProperties, EventValue};
 use twinhub_core::{DeviceId, Timestamp};
 use twinhub_store::{EmbeddedStore, EventAppend, EventStore, StoreOptions};
 
@@ -107,8 +107,8 @@ impl EventSource {
                 self.next_partition = (partition + 1) % self.next_sequence.len() as u16;
                 let sequence_number = self.next_sequence[usize::from(partition)];
                 self.next_sequence[usize::from(partition)] += 1;
-                let event = StoredEvent {
-                    sequence_number,
+                EventAppend {
+                    partition,
                     enqueued_time: now,
                     origin: self.origin.clone(),
                     event: DeviceEvent {
@@ -122,8 +122,7 @@ impl EventSource {
                         application_properties: vec![("alert".to_owned(), EventValue::Bool(false))],
                         annotations: Vec::new(),
                     },
-                };
-                EventAppend { partition, event }
+                }
             })
             .collect()
     }
@@ -278,8 +277,8 @@ async fn backlog(dir: &Path, args: &Args) -> anyhow::Result<Value> {
     let mut tail_reads = Vec::with_capacity(LATENCY_SAMPLES);
     for _ in 0..LATENCY_SAMPLES {
         let batch = source.batch(1, BACKLOG_BODY_BYTES);
-        let (partition, sequence_number) = (batch[0].partition, batch[0].event.sequence_number);
-        store.append_events(batch).await?;
+        let partition = batch[0].partition;
+        let sequence_number = store.append_events(batch).await?[0];
         let started = Instant::now();
         let events = store
             .read_events(partition, sequence_number, READ_EVENTS_MAX, READ_BYTES_MAX)

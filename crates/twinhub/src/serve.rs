@@ -50,14 +50,19 @@ pub struct ServeArgs {
     event_retention_mib_per_partition: u64,
     /// Keep devices, twins, sessions and cloud-to-device queues in PostgreSQL (`postgres://user@host/db`
     /// or `host=... user=... dbname=...`) instead of the data directory; the first step to a cluster
-    /// (docs/cluster.md). Telemetry stays in the data directory.
+    /// (docs/cluster.md). Telemetry stays in the data directory unless --bus is given.
     #[arg(long, env = "TWINHUB_STORE")]
     store: Option<String>,
-    /// With --store, one node of a cluster: the NATS server (`nats://host:4222`) the nodes reach each
-    /// other through (direct methods to a device connected to another node). Nodes of one cluster share
-    /// a --hostname, which names the cluster on the bus.
+    /// With --store, one node of a cluster: the NATS server (`nats://host:4222`, with JetStream) the
+    /// nodes reach each other through (direct methods to a device connected to another node) and that
+    /// keeps the telemetry partitions every node appends to and reads. Nodes of one cluster share a
+    /// --hostname, which names the cluster on the bus.
     #[arg(long, env = "TWINHUB_BUS", requires = "store")]
     bus: Option<String>,
+    /// With --bus: replicas of each telemetry partition's JetStream stream (3 on a NATS cluster of three
+    /// or more survives losing a NATS server).
+    #[arg(long, default_value_t = 1, requires = "bus")]
+    event_replicas: usize,
     /// Also serve the Event Hubs-compatible endpoint as plain AMQP (no TLS) on this port, for the Event
     /// Hubs SDKs' `UseDevelopmentEmulator=true` mode (local use only: nothing is encrypted).
     #[arg(long)]
@@ -87,12 +92,36 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         tracing::info!(store = store.describe(), "devices and twins are kept in PostgreSQL");
         // Every node of the cluster serves with the same policies and CA.
         crate::cluster::share_material(&store, &args.data_dir, &args.hostname).await?;
-        let options = twinhub_store::StoreOptions {
-            event_partitions: args.event_partitions,
+        let events: std::sync::Arc<dyn twinhub_store::EventStore> = match &args.bus {
+            Some(url) => {
+                let options = twinhub_store::JetStreamOptions {
+                    partitions: args.event_partitions,
+                    replicas: args.event_replicas,
+                };
+                // Named by the database's cluster identity: a cluster made anew under the same host name
+                // starts with empty partitions.
+                let cluster = store
+                    .cluster_identity()
+                    .await
+                    .map_err(|error| anyhow::anyhow!("cannot read the cluster's identity: {error}"))?;
+                let events = twinhub_store::JetStreamEvents::connect(url, &cluster, options)
+                    .await
+                    .map_err(|error| anyhow::anyhow!("cannot keep telemetry in JetStream: {error}"))?;
+                tracing::info!(events = events.describe(), "telemetry is kept in NATS JetStream");
+                std::sync::Arc::new(events)
+            }
+            None => {
+                let options = twinhub_store::StoreOptions {
+                    event_partitions: args.event_partitions,
+                };
+                std::sync::Arc::new(twinhub_store::EmbeddedStore::open_with(
+                    &args.data_dir.join("store"),
+                    options,
+                )?)
+            }
         };
-        let events = twinhub_store::EmbeddedStore::open_with(&args.data_dir.join("store"), options)?;
         config.store = Some(std::sync::Arc::new(store));
-        config.event_store = Some(std::sync::Arc::new(events));
+        config.event_store = Some(events);
     }
     if let Some(url) = &args.bus {
         let bus = twinhub_bus::NatsBus::connect(url, &args.hostname)

@@ -7,6 +7,7 @@
 //! `TWINHUB_REQUIRE_POSTGRES=1` (CI sets it). NATS: `TWINHUB_TEST_NATS_URL` (default
 //! `nats://127.0.0.1:4222`), which `.ci/run` starts.
 
+mod event_hubs_client;
 mod mqtt_client;
 mod rest_client;
 mod support;
@@ -340,6 +341,102 @@ async fn a_direct_method_called_through_one_node_reaches_the_device_on_the_other
         .await;
     assert_eq!(reply.status, 404, "{}", reply.body);
     assert_eq!(reply.error_code(), "DeviceNotOnline");
+    cluster.database.drop_now().await;
+}
+
+/// Sends `count` events at QoS 1 from `device`, each acknowledged before the next (`<device>:<n>`).
+async fn send_events(device: &mut MqttClient, id: &str, count: usize) {
+    for n in 0..count {
+        let topic = format!("devices/{id}/messages/events/n={n}");
+        let packet_id = device
+            .publish(&topic, format!("{id}:{n}").as_bytes(), QoS::AtLeastOnce)
+            .await
+            .expect("a packet id");
+        match device.receive().await {
+            Some(rmqtt_codec::v3::Packet::PublishAck { packet_id: acked }) => assert_eq!(acked, packet_id),
+            other => panic!("expected the PUBACK of event {n} of {id}, got {other:?}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn telemetry_sent_through_any_node_is_read_through_every_node_with_the_same_numbers() {
+    use event_hubs_client::{body, next_event, partition, sequence_number, Consumer};
+    let Some(cluster) = Cluster::start().await else {
+        return;
+    };
+    let store = cluster.database.store_url();
+    let c = TestHub::start_node_of(&cluster.a, &["--store", &store, "--bus", &nats_url()]);
+    // Two devices that share a partition, so that their events interleave in it.
+    let first = "sensor-0".to_owned();
+    let second = (1..)
+        .map(|n| format!("sensor-{n}"))
+        .find(|id| partition(id) == partition(&first))
+        .expect("another device in the partition");
+    let shared = partition(&first);
+    let key_first = cluster.api_a.register_device(&first).await;
+    let key_second = cluster.api_b.register_device(&second).await;
+
+    // A receiver on C, attached before anything is sent, hears of events appended through A and B.
+    let mut live = Consumer::service(&c).await;
+    let mut receiver = live
+        .receiver(&shared.to_string(), "amqp.annotation.x-opt-offset > '-1'", None)
+        .await;
+
+    let (mut on_a, code) = cluster.connect(&cluster.a, &first, &key_first).await;
+    assert_eq!(code, ConnectAckReason::ConnectionAccepted);
+    let (mut on_b, code) = cluster.connect(&cluster.b, &second, &key_second).await;
+    assert_eq!(code, ConnectAckReason::ConnectionAccepted);
+    const EVENTS: usize = 15;
+    tokio::join!(
+        send_events(&mut on_a, &first, EVENTS),
+        send_events(&mut on_b, &second, EVENTS)
+    );
+
+    let mut heard = Vec::new();
+    for _ in 0..2 * EVENTS {
+        let event = next_event(&mut receiver).await;
+        heard.push((sequence_number(&event), String::from_utf8(body(&event)).expect("UTF-8")));
+    }
+    assert_eq!(
+        heard.iter().map(|(number, _)| *number).collect::<Vec<_>>(),
+        (0..2 * EVENTS as i64).collect::<Vec<_>>(),
+        "one numbering for the partition, whichever node took the event"
+    );
+    for id in [&first, &second] {
+        let own: Vec<&str> = heard
+            .iter()
+            .map(|(_, text)| text.as_str())
+            .filter(|text| text.starts_with(&format!("{id}:")))
+            .collect();
+        let expected: Vec<String> = (0..EVENTS).map(|n| format!("{id}:{n}")).collect();
+        assert_eq!(own, expected, "{id}'s events in the order it sent them");
+    }
+
+    // Every node reads the same partitions: the same events under the same sequence numbers.
+    for node in [&cluster.a, &cluster.b, &c] {
+        let mut consumer = Consumer::service(node).await;
+        let (last, empty) = consumer.partition_state(shared).await;
+        assert_eq!(
+            (last, empty),
+            (2 * EVENTS as i64 - 1, false),
+            "partition {shared} on {}",
+            node.address()
+        );
+        let everything = consumer.read_everything().await;
+        let read: Vec<(i64, String)> = everything[&shared]
+            .iter()
+            .map(|event| (sequence_number(event), String::from_utf8(body(event)).expect("UTF-8")))
+            .collect();
+        assert_eq!(read, heard, "partition {shared} through {}", node.address());
+        assert_eq!(
+            everything.values().map(Vec::len).sum::<usize>(),
+            2 * EVENTS,
+            "nothing else anywhere"
+        );
+        consumer.close().await;
+    }
+    live.close().await;
     cluster.database.drop_now().await;
 }
 

@@ -176,30 +176,26 @@ impl EventLog {
         counters.iter().map(PartitionCounters::bounds).collect()
     }
 
-    fn append(&self, batch: Vec<EventAppend>) -> Result<(), StoreError> {
+    fn append(&self, batch: Vec<EventAppend>) -> Result<Vec<u64>, StoreError> {
         if batch.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
         let _writing = self.writing.lock().unwrap_or_else(PoisonError::into_inner);
         let mut counters = self.counters.read().unwrap_or_else(PoisonError::into_inner).clone();
         let mut touched = vec![false; counters.len()];
+        let mut numbers = Vec::with_capacity(batch.len());
         let mut writes = self.db.batch().durability(Some(PersistMode::SyncAll));
         // Any error returns before the commit: the batch is dropped and nothing of it is written.
-        for EventAppend { partition, event } in batch {
-            let index = self.check_partition(partition)?;
+        for append in batch {
+            let index = self.check_partition(append.partition)?;
             let partition_counters = &mut counters[index];
-            if event.sequence_number != partition_counters.next {
-                return Err(StoreError::SequenceGap {
-                    partition,
-                    expected: partition_counters.next,
-                    found: event.sequence_number,
-                });
-            }
-            let value = encode_event(partition_counters.next_byte_offset, &event)?;
+            let sequence_number = partition_counters.next;
+            let value = encode_event(partition_counters.next_byte_offset, &append.stored(sequence_number))?;
             partition_counters.next += 1;
             partition_counters.next_byte_offset += value.len() as u64;
-            writes.insert(&self.partitions[index], event_key(event.sequence_number), value);
+            writes.insert(&self.partitions[index], event_key(sequence_number), value);
             touched[index] = true;
+            numbers.push(sequence_number);
         }
         for (partition, partition_counters) in (0..self.partition_count).zip(&counters) {
             if touched[usize::from(partition)] {
@@ -212,7 +208,7 @@ impl EventLog {
         }
         writes.commit().map_err(|e| StoreError::Write(Box::new(e)))?;
         *self.counters.write().unwrap_or_else(PoisonError::into_inner) = counters;
-        Ok(())
+        Ok(numbers)
     }
 
     fn read(
@@ -343,7 +339,7 @@ impl EventStore for EmbeddedStore {
         Ok(self.events.bounds())
     }
 
-    async fn append_events(&self, batch: Vec<EventAppend>) -> Result<(), StoreError> {
+    async fn append_events(&self, batch: Vec<EventAppend>) -> Result<Vec<u64>, StoreError> {
         let events = Arc::clone(&self.events);
         tokio::task::spawn_blocking(move || events.append(batch))
             .await

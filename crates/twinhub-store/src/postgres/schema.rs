@@ -22,6 +22,9 @@ pub(super) const SCHEMA_LOCK: i64 = 0x0074_7769_6e68_7562; // "twinhub" in ASCII
 ///   (its private key too: whoever can read this database can sign server certificates for the hub).
 /// - `commits` (version 2): the commit log every node follows, one row per commit (`crate::cluster`),
 ///   kept for an hour ([`TRIM_COMMITS`]).
+/// - `cluster_identity`: a random id made with the tables, which names the cluster where its other
+///   engines keep its state (its telemetry streams in JetStream): a database made anew is a new cluster,
+///   even under the same host name. Older code ignores the table, so it needs no new version.
 pub(super) const CREATE_TABLES: &str = "
 CREATE TABLE IF NOT EXISTS schema_version (
     id smallint PRIMARY KEY CHECK (id = 1),
@@ -66,6 +69,11 @@ CREATE TABLE IF NOT EXISTS cluster_files (
     name text PRIMARY KEY,
     content bytea NOT NULL
 );
+CREATE TABLE IF NOT EXISTS cluster_identity (
+    id smallint PRIMARY KEY CHECK (id = 1),
+    name text NOT NULL
+);
+INSERT INTO cluster_identity (id, name) VALUES (1, gen_random_uuid()::text) ON CONFLICT (id) DO NOTHING;
 -- Kept out of line without compression: postcard is compact already, and compressing every batch
 -- would cost the server more CPU than the bytes it saves.
 -- (Altered only when it is not so already: ALTER TABLE takes a lock that would stop every commit.)
@@ -130,6 +138,7 @@ SELECT * FROM unnest($1::bigint[], $2::bytea[])
 ON CONFLICT (sequence_number) DO UPDATE SET record = EXCLUDED.record";
 pub(super) const DELETE_FEEDBACK: &str = "DELETE FROM c2d_feedback WHERE sequence_number = ANY($1::bigint[])";
 
+pub(super) const SELECT_CLUSTER_IDENTITY: &str = "SELECT name FROM cluster_identity WHERE id = 1";
 pub(super) const SELECT_CLUSTER_FILES: &str = "SELECT name, content FROM cluster_files ORDER BY name";
 /// The first node (or `cluster init`) to offer the files makes them the cluster's; later offers change
 /// nothing.

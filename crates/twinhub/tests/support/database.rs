@@ -90,7 +90,16 @@ impl Database {
         client.query_one(sql, &[]).await.expect(sql).get(0)
     }
 
+    /// Drops the database, and the telemetry streams in NATS of the cluster it held (nodes started with
+    /// `--bus` made them, named by the database's cluster identity).
     pub async fn drop_now(self) {
+        if let Ok((client, connection)) = tokio_postgres::connect(&self.store_url(), tokio_postgres::NoTls).await {
+            tokio::spawn(connection);
+            if let Ok(row) = client.query_one("SELECT name FROM cluster_identity", &[]).await {
+                let nats = std::env::var("TWINHUB_TEST_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into());
+                let _ = twinhub_store::JetStreamEvents::remove(&nats, &row.get::<_, String>(0)).await;
+            }
+        }
         let statement = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name);
         let _ = self.admin.batch_execute(&statement).await;
     }

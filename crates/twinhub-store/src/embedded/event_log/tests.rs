@@ -37,13 +37,20 @@ fn event(sequence_number: u64, time_ms: i64, body_bytes: usize) -> StoredEvent {
     }
 }
 
+/// The append that stores `stored` in `partition`, if the partition's next number is its own.
+fn append_of(partition: u16, stored: StoredEvent) -> EventAppend {
+    EventAppend {
+        partition,
+        enqueued_time: stored.enqueued_time,
+        origin: stored.origin,
+        event: stored.event,
+    }
+}
+
 /// Events `sequence_numbers` of `partition`, enqueued at their sequence number in milliseconds.
 fn appends(partition: u16, sequence_numbers: std::ops::Range<u64>, body_bytes: usize) -> Vec<EventAppend> {
     sequence_numbers
-        .map(|sequence_number| EventAppend {
-            partition,
-            event: event(sequence_number, sequence_number as i64, body_bytes),
-        })
+        .map(|sequence_number| append_of(partition, event(sequence_number, sequence_number as i64, body_bytes)))
         .collect()
 }
 
@@ -126,70 +133,40 @@ fn reads_stop_at_max_events_and_max_bytes_but_always_return_one_event() {
 }
 
 #[test]
-fn a_batch_that_breaks_contiguity_or_names_no_partition_is_refused_whole() {
+fn the_store_numbers_each_partition_on_in_batch_order_and_refuses_a_batch_naming_no_partition_whole() {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = EmbeddedStore::open(dir.path()).expect("open");
-    block_on(store.append_events(appends(0, 0..2, 10))).expect("append");
+    assert_eq!(
+        block_on(store.append_events(appends(0, 0..2, 10))).expect("append"),
+        vec![0, 1]
+    );
+    // Interleaved partitions: each goes on from its own next number.
+    let mut batch = appends(1, 0..2, 10);
+    batch.insert(1, appends(0, 2..3, 10).remove(0));
+    batch.extend(appends(0, 3..4, 10));
+    assert_eq!(block_on(store.append_events(batch)).expect("append"), vec![0, 2, 1, 3]);
     let before = block_on(store.event_bounds()).expect("bounds");
 
-    let mut gap = appends(1, 0..3, 10);
-    gap.extend(appends(0, 3..4, 10)); // partition 0 continues at 2
-    let mut repeat = appends(1, 0..2, 10);
-    repeat.extend(appends(1, 1..2, 10));
-    let mut restart = appends(3, 0..1, 10);
-    restart.extend(appends(0, 0..1, 10));
-    let mut nowhere = appends(1, 0..1, 10);
+    let mut nowhere = appends(2, 0..1, 10);
     nowhere.extend(appends(EVENT_PARTITIONS_DEFAULT, 0..1, 10));
-
-    let refusals = [
-        (
-            gap,
-            StoreError::SequenceGap {
-                partition: 0,
-                expected: 2,
-                found: 3,
-            },
-        ),
-        (
-            repeat,
-            StoreError::SequenceGap {
-                partition: 1,
-                expected: 2,
-                found: 1,
-            },
-        ),
-        (
-            restart,
-            StoreError::SequenceGap {
-                partition: 0,
-                expected: 2,
-                found: 0,
-            },
-        ),
-        (
-            nowhere,
-            StoreError::NoSuchPartition {
-                partition: EVENT_PARTITIONS_DEFAULT,
-                partition_count: EVENT_PARTITIONS_DEFAULT,
-            },
-        ),
-    ];
-    for (batch, expected) in refusals {
-        let error = block_on(store.append_events(batch)).expect_err("refused");
-        assert_eq!(error.to_string(), expected.to_string());
-        assert_eq!(block_on(store.event_bounds()).expect("bounds"), before);
-        for partition in 1..EVENT_PARTITIONS_DEFAULT {
-            assert!(read_all(&store, partition).is_empty(), "partition {partition}");
-            assert!(store.events.partitions[usize::from(partition)]
-                .is_empty()
-                .expect("is_empty"));
+    let error = block_on(store.append_events(nowhere)).expect_err("refused");
+    assert_eq!(
+        error.to_string(),
+        StoreError::NoSuchPartition {
+            partition: EVENT_PARTITIONS_DEFAULT,
+            partition_count: EVENT_PARTITIONS_DEFAULT,
         }
-    }
+        .to_string()
+    );
+    assert_eq!(block_on(store.event_bounds()).expect("bounds"), before);
+    assert!(read_all(&store, 2).is_empty());
+    assert!(store.events.partitions[2].is_empty().expect("is_empty"));
     drop(store);
     // Nothing of a refused batch is there after reopening either.
     let store = EmbeddedStore::open(dir.path()).expect("reopen");
     assert_eq!(block_on(store.event_bounds()).expect("bounds"), before);
-    assert_eq!(sequence_numbers(&read_all(&store, 0)), vec![0, 1]);
+    assert_eq!(sequence_numbers(&read_all(&store, 0)), vec![0, 1, 2, 3]);
+    assert_eq!(read_all(&store, 1)[1], event(1, 1, 10));
 }
 
 #[test]
@@ -241,8 +218,8 @@ fn trims_move_first_and_lower_retained_bytes_durably() {
     assert_eq!(sequence_numbers(&read_all(&store, 3)), vec![20, 21]);
     // The partition's byte offsets go on too: the new events are counted at the offsets they were stored at.
     let offset = stored_bytes(&written);
-    let first_bytes = encode_event(offset, &more[0].event).expect("encode").len() as u64;
-    let second_bytes = encode_event(offset + first_bytes, &more[1].event)
+    let first_bytes = encode_event(offset, &more[0].clone().stored(20)).expect("encode").len() as u64;
+    let second_bytes = encode_event(offset + first_bytes, &more[1].clone().stored(21))
         .expect("encode")
         .len() as u64;
     assert_eq!(
@@ -257,10 +234,7 @@ fn first_at_or_after_finds_the_first_event_at_or_after_a_time() {
     let store = EmbeddedStore::open(dir.path()).expect("open");
     // Times in ms: 10, 10, 10, 20, 20, 30, ... (several events per millisecond, as under load).
     let batch: Vec<EventAppend> = (0..30)
-        .map(|sequence_number| EventAppend {
-            partition: 1,
-            event: event(sequence_number, 10 * (1 + sequence_number as i64 / 3), 8),
-        })
+        .map(|sequence_number| append_of(1, event(sequence_number, 10 * (1 + sequence_number as i64 / 3), 8)))
         .collect();
     block_on(store.append_events(batch)).expect("append");
     let search = |time_ms: i64| block_on(store.first_at_or_after(1, Timestamp(time_ms * 1_000_000))).expect("search");
@@ -500,6 +474,7 @@ proptest! {
         let mut store = EmbeddedStore::open_with(dir.path(), options).expect("open");
         let mut model = vec![ModelPartition::default(); 3];
         let mut pending: Vec<EventAppend> = Vec::new();
+        let mut pending_numbers: Vec<u64> = Vec::new();
         let mut pending_model = model.clone();
         let mut clock_ms = 0i64;
         for op in ops.into_iter().chain([Op::Commit, Op::Reopen]) {
@@ -511,12 +486,16 @@ proptest! {
                         let stored = event(target.events.len() as u64, clock_ms, usize::from(body_bytes));
                         let offset: u64 = target.events.iter().map(|(_, bytes)| bytes).sum();
                         let bytes = encode_event(offset, &stored).expect("encode").len() as u64;
+                        pending_numbers.push(stored.sequence_number);
                         target.events.push((stored.clone(), bytes));
-                        pending.push(EventAppend { partition, event: stored });
+                        pending.push(append_of(partition, stored));
                     }
                 }
                 Op::Commit => {
-                    block_on(store.append_events(std::mem::take(&mut pending))).expect("append");
+                    let batch = std::mem::take(&mut pending);
+                    let numbered = block_on(store.append_events(batch)).expect("append");
+                    prop_assert_eq!(numbered.len(), pending_numbers.len());
+                    prop_assert_eq!(numbered, std::mem::take(&mut pending_numbers));
                     model = pending_model.clone();
                 }
                 Op::Trim { partition, advance } => {
@@ -546,6 +525,7 @@ proptest! {
                 }
                 Op::Reopen => {
                     pending.clear();
+                    pending_numbers.clear();
                     pending_model = model.clone();
                     drop(store);
                     store = EmbeddedStore::open_with(dir.path(), options).expect("reopen");
