@@ -47,6 +47,9 @@ const READERS_MAX: usize = 1024;
 /// How long a JetStream request (an append's acknowledgement, a stream's state) may take: past it, NATS is
 /// out of reach for this purpose and the caller is told so, instead of waiting.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often a node looks at each partition's state besides following its appends (the fallback that
+/// catches up after NATS restarted).
+const FOLLOW_POLL: Duration = Duration::from_secs(1);
 
 #[derive(Clone, Debug)]
 pub struct JetStreamOptions {
@@ -470,44 +473,77 @@ impl EventStore for JetStreamEvents {
     async fn follow_appends(&self) -> Result<Option<mpsc::Receiver<PartitionEnd>>, StoreError> {
         let (ends, receiver) = mpsc::channel(1024);
         for (partition, stream) in (0u16..).zip(&self.streams) {
-            // An ordered consumer of the headers only: it follows every append cheaply and restarts itself
-            // where it was after a reconnection.
-            let consumer = stream
-                .create_consumer(consumer::pull::OrderedConfig {
-                    deliver_policy: consumer::DeliverPolicy::New,
-                    headers_only: true,
-                    ..consumer::pull::OrderedConfig::default()
-                })
-                .await
-                .map_err(unavailable)?;
-            let mut messages = consumer.messages().await.map_err(unavailable)?;
-            let ends = ends.clone();
-            tokio::spawn(async move {
-                while let Some(message) = messages.next().await {
-                    let end = match message {
-                        Ok(message) => match message.info() {
-                            Ok(info) => PartitionEnd {
-                                partition,
-                                next: info.stream_sequence,
-                                enqueued_time: timestamp(info.published),
-                            },
-                            Err(error) => {
-                                tracing::warn!(partition, %error, "an append notice without its position");
-                                continue;
-                            }
-                        },
-                        Err(error) => {
-                            tracing::warn!(partition, %error, "following a partition's appends failed; going on");
-                            continue;
-                        }
-                    };
+            let next = bounds_of(&stream.get_info().await.map_err(unavailable)?.state).next;
+            tokio::spawn(follow_partition(stream.clone(), partition, next, ends.clone()));
+        }
+        Ok(Some(receiver))
+    }
+}
+
+/// Reports `partition`'s end as it moves, from `next` on, until the receiver goes. An ordered consumer of
+/// the headers only tells of each append at once; a look at the stream's state every
+/// [`FOLLOW_POLL`] covers what it may miss (NATS restarted, the consumer lost), and a consumer that ended
+/// or failed is made anew from where the partition was.
+async fn follow_partition(stream: stream::Stream, partition: u16, mut next: u64, ends: mpsc::Sender<PartitionEnd>) {
+    let mut poll = tokio::time::interval(FOLLOW_POLL);
+    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let consumer = stream
+            .create_consumer(consumer::pull::OrderedConfig {
+                deliver_policy: consumer::DeliverPolicy::ByStartSequence {
+                    start_sequence: next + 1,
+                },
+                headers_only: true,
+                ..consumer::pull::OrderedConfig::default()
+            })
+            .await;
+        let mut messages = match consumer {
+            Ok(consumer) => consumer.messages().await.ok(),
+            Err(error) => {
+                tracing::debug!(partition, %error, "cannot follow a partition's appends now; looking again later");
+                None
+            }
+        };
+        loop {
+            let end = tokio::select! {
+                message = async {
+                    match messages.as_mut() {
+                        Some(messages) => messages.next().await,
+                        None => std::future::pending().await,
+                    }
+                } => match message {
+                    Some(Ok(message)) => match message.info() {
+                        Ok(info) => Some(PartitionEnd {
+                            partition,
+                            next: info.stream_sequence,
+                            enqueued_time: timestamp(info.published),
+                        }),
+                        Err(_) => None,
+                    },
+                    // Ended or failed: made anew from `next`.
+                    _ => break,
+                },
+                _ = poll.tick() => match stream.get_info().await {
+                    Ok(info) if bounds_of(&info.state).next > next => Some(PartitionEnd {
+                        partition,
+                        next: bounds_of(&info.state).next,
+                        enqueued_time: timestamp(info.state.last_timestamp),
+                    }),
+                    Ok(_) => None,
+                    Err(_) if messages.is_none() => break,
+                    Err(_) => None,
+                },
+            };
+            if let Some(end) = end {
+                if end.next > next {
+                    next = end.next;
                     if ends.send(end).await.is_err() {
                         return;
                     }
                 }
-            });
+            }
         }
-        Ok(Some(receiver))
+        tokio::time::sleep(FOLLOW_POLL).await;
     }
 }
 

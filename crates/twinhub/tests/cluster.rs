@@ -36,11 +36,15 @@ struct Cluster {
 
 impl Cluster {
     async fn start() -> Option<Cluster> {
+        Cluster::start_on(&nats_url()).await
+    }
+
+    /// Two nodes whose bus is the NATS server at `bus`.
+    async fn start_on(bus: &str) -> Option<Cluster> {
         let database = Database::create().await?;
         let store = database.store_url();
-        let bus = nats_url();
-        let a = TestHub::start_with(&["--store", &store, "--bus", &bus]);
-        let b = TestHub::start_node_of(&a, &["--store", &store, "--bus", &bus]);
+        let a = TestHub::start_with(&["--store", &store, "--bus", bus]);
+        let b = TestHub::start_node_of(&a, &["--store", &store, "--bus", bus]);
         let owner = a.owner_connection_string();
         let api_a = Service::new(&owner, &a.ca_path()).through(a.address());
         let api_b = Service::new(&owner, &a.ca_path()).through(b.address());
@@ -437,6 +441,114 @@ async fn telemetry_sent_through_any_node_is_read_through_every_node_with_the_sam
         consumer.close().await;
     }
     live.close().await;
+    cluster.database.drop_now().await;
+}
+
+/// `POST /devices/{id}/messages/events` through `node`, as the HTTPS device transport sends it.
+async fn post_event(api: &Service, node: &TestHub, id: &str, key: &str, body: &str) -> rest_client::Reply {
+    let token = twinhub_core::sas::sign(
+        &format!("{}/devices/{id}", node.host()),
+        key,
+        None,
+        rest_client::now() + 600,
+    )
+    .expect("a token");
+    let url = format!(
+        "https://{}/devices/{id}/messages/events?api-version=2021-04-12",
+        node.address()
+    );
+    let response = api
+        .http
+        .post(url)
+        .header("Authorization", token)
+        .header("Content-Type", "application/json")
+        .body(body.to_owned())
+        .timeout(Duration::from_secs(30))
+        .send()
+        .await
+        .expect("an answer");
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let text = response.text().await.expect("a body");
+    let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+    rest_client::Reply { status, headers, body }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_out_of_reach_refuses_telemetry_with_server_busy_keeps_twins_going_and_recovers() {
+    use event_hubs_client::{body, partition, Consumer};
+    let Some(mut nats) = support::nats::PrivateNats::start() else {
+        return;
+    };
+    let Some(cluster) = Cluster::start_on(&nats.url()).await else {
+        return;
+    };
+    let key = cluster.api_a.register_device("talker").await;
+    let sent = post_event(&cluster.api_b, &cluster.b, "talker", &key, r#"{"n":"before"}"#).await;
+    assert_eq!(sent.status, 204, "{}", sent.body);
+
+    nats.kill();
+    let started = std::time::Instant::now();
+    let refused = post_event(&cluster.api_b, &cluster.b, "talker", &key, r#"{"n":"during"}"#).await;
+    assert_eq!(refused.status, 503, "{}", refused.body);
+    assert_eq!(refused.error_code(), "ServerBusy");
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "refused after {:?}",
+        started.elapsed()
+    );
+    // Twins are in PostgreSQL: written through one node and read through the other while NATS is down.
+    let reply = cluster
+        .api_a
+        .call(
+            Method::PATCH,
+            "/twins/talker",
+            Some(json!({"tags": {"bus": "down"}})),
+            Some("*"),
+        )
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(twin(&cluster.api_b, "talker").await["tags"]["bus"], "down");
+
+    // NATS back: the nodes reconnect by themselves and telemetry goes on.
+    nats.resume();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let sent = post_event(&cluster.api_b, &cluster.b, "talker", &key, r#"{"n":"after"}"#).await;
+        if sent.status == 204 {
+            break;
+        }
+        assert_eq!(sent.status, 503, "{}", sent.body);
+        assert!(
+            std::time::Instant::now() < deadline,
+            "telemetry did not recover: {}",
+            sent.body
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    // Read through the other node: what was acknowledged is there, in order, numbered without a gap
+    // (the refused event may be there too: the device was told to send it again, at least once).
+    let mut consumer = Consumer::service(&cluster.a).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let bodies = loop {
+        let everything = consumer.read_everything().await;
+        let events = everything.get(&partition("talker")).cloned().unwrap_or_default();
+        let bodies: Vec<String> = events
+            .iter()
+            .map(|event| String::from_utf8(body(event)).expect("UTF-8"))
+            .collect();
+        if bodies.last().map(String::as_str) == Some(r#"{"n":"after"}"#) || std::time::Instant::now() > deadline {
+            break bodies;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let acknowledged: Vec<&str> = bodies
+        .iter()
+        .map(String::as_str)
+        .filter(|text| !text.contains("during"))
+        .collect();
+    assert_eq!(acknowledged, [r#"{"n":"before"}"#, r#"{"n":"after"}"#], "{bodies:?}");
+    consumer.close().await;
     cluster.database.drop_now().await;
 }
 
