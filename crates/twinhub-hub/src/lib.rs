@@ -15,6 +15,7 @@ pub mod event_log;
 mod events;
 mod follow;
 pub mod index;
+mod presence_leases;
 mod query;
 mod remote_methods;
 mod writer;
@@ -194,6 +195,15 @@ impl Hub {
                 writes.downgrade(),
             ));
         }
+        // In a cluster: presence leases, so that a dead node's devices do not stay Connected.
+        let holds = if store.cluster().is_some() {
+            let (holds, changes) = mpsc::unbounded_channel();
+            tokio::spawn(presence_leases::record_holds(Arc::clone(&store), changes));
+            tokio::spawn(presence_leases::keep_lease(Arc::clone(&store), writes.downgrade()));
+            Some(holds)
+        } else {
+            None
+        };
         tokio::spawn(writer::run(
             queue,
             Arc::clone(&snapshot),
@@ -205,6 +215,7 @@ impl Hub {
                 router: Arc::clone(&router),
                 feedback: Arc::clone(&feedback),
                 applied: follower.as_ref().map(|follower| Arc::clone(&follower.applied)),
+                holds,
             },
         ));
         tokio::spawn(sweep_cloud_to_device(writes.downgrade()));

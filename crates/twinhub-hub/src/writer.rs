@@ -67,6 +67,12 @@ pub(crate) enum WriteOp {
     FeedbackReceived(Vec<u64>),
     /// In a cluster: apply every commit other nodes made so far (`follow.rs`). Writes nothing.
     CatchUp,
+    /// In a cluster: a node's lease lapsed; the devices it held are Disconnected where their
+    /// `connectionStateUpdatedTime` is still the stamp it gave them (`presence_leases.rs`).
+    ReleaseHolds(Vec<(DeviceId, Timestamp)>),
+    /// In a cluster: this node's lease had lapsed, so other nodes may have marked its devices
+    /// Disconnected: every device it holds is stamped Connected anew.
+    ReassertHolds,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -126,6 +132,8 @@ pub(crate) struct Batch<'a> {
     pub(crate) feedback: Vec<(u64, twinhub_core::c2d::FeedbackRecord)>,
     /// Feedback records a back end received through another node.
     pub(crate) feedback_forgotten: Vec<u64>,
+    /// Devices this node began or stopped holding, for its presence lease once committed.
+    pub(crate) holds: Vec<twinhub_store::HoldChange>,
 }
 
 /// What the writer hands on after each commit, besides the snapshot and the hub events.
@@ -134,6 +142,8 @@ pub(crate) struct Deliveries {
     pub(crate) feedback: Arc<crate::FeedbackQueue>,
     /// In a cluster: the last commit of the log the published snapshot includes.
     pub(crate) applied: Option<Arc<std::sync::atomic::AtomicU64>>,
+    /// In a cluster: where the devices this node holds are recorded (`presence_leases::record_holds`).
+    pub(crate) holds: Option<mpsc::UnboundedSender<Vec<twinhub_store::HoldChange>>>,
 }
 
 /// A device's connections to this node.
@@ -180,6 +190,7 @@ pub(crate) async fn run(
             c2d_ready: Vec::new(),
             feedback: Vec::new(),
             feedback_forgotten: Vec::new(),
+            holds: Vec::new(),
         };
         batch.c2d.begin_batch();
         let mut replies = Vec::with_capacity(commands.len());
@@ -247,6 +258,12 @@ pub(crate) async fn run(
         for event in batch.events {
             // No subscriber is fine: nobody is waiting for notifications.
             let _ = events.send(event);
+        }
+        if let Some(holds) = &deliveries.holds {
+            if !batch.holds.is_empty() {
+                // The recorder lives as long as the hub.
+                let _ = holds.send(batch.holds);
+            }
         }
         deliveries.feedback.forget(&batch.feedback_forgotten);
         deliveries.feedback.push(batch.feedback);
@@ -424,6 +441,77 @@ impl Batch<'_> {
             }
             // Outside a cluster there is nothing to catch up with.
             WriteOp::CatchUp => Ok(WriteOutcome::Done),
+            WriteOp::ReleaseHolds(held) => {
+                self.release_holds(held, now);
+                Ok(WriteOutcome::Done)
+            }
+            WriteOp::ReassertHolds => {
+                self.reassert_holds(now);
+                Ok(WriteOutcome::Done)
+            }
+        }
+    }
+
+    /// A lapsed node's devices: Disconnected, unless someone stamped them since (they moved on).
+    fn release_holds(&mut self, held: Vec<(DeviceId, Timestamp)>, now: Timestamp) {
+        for (id, stamp) in held {
+            let Some(current) = self.registry.get(&id).cloned() else {
+                continue;
+            };
+            let presence = &current.presence;
+            if presence.connection_state != ConnectionState::Connected
+                || presence.connection_state_updated != Some(stamp)
+            {
+                continue;
+            }
+            let presence = Presence {
+                connection_state: ConnectionState::Disconnected,
+                connection_state_updated: Some(now),
+                last_activity: presence.last_activity,
+            };
+            let record = DeviceRecord::new(current.identity.clone(), current.twin.clone(), presence);
+            self.upsert(Arc::new(record));
+        }
+    }
+
+    /// Stamps Connected anew every device this node holds whose record says otherwise than this node left it.
+    fn reassert_holds(&mut self, now: Timestamp) {
+        let held: Vec<DeviceId> = self
+            .connections
+            .iter()
+            .filter(|(_, held)| held.count > 0)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in held {
+            let Some(current) = self.registry.get(&id).cloned() else {
+                continue;
+            };
+            let marked = self.connections.get(&id).and_then(|held| held.marked);
+            let presence = &current.presence;
+            if presence.connection_state == ConnectionState::Connected && presence.connection_state_updated == marked {
+                // Still as this node left it: the lease is renewed, the record needs nothing.
+                if let Some(stamp) = marked {
+                    self.holds.push(twinhub_store::HoldChange::Held {
+                        device_id: id.clone(),
+                        stamp,
+                    });
+                }
+                continue;
+            }
+            let presence = Presence {
+                connection_state: ConnectionState::Connected,
+                connection_state_updated: Some(now),
+                last_activity: presence.last_activity,
+            };
+            if let Some(held) = self.connections.get_mut(&id) {
+                held.marked = Some(now);
+            }
+            self.holds.push(twinhub_store::HoldChange::Held {
+                device_id: id.clone(),
+                stamp: now,
+            });
+            let record = DeviceRecord::new(current.identity.clone(), current.twin.clone(), presence);
+            self.upsert(Arc::new(record));
         }
     }
 
@@ -441,6 +529,9 @@ impl Batch<'_> {
         let marked = held.marked;
         if !connected {
             self.connections.remove(&id);
+            if marked.is_some() {
+                self.holds.push(twinhub_store::HoldChange::Released(id.clone()));
+            }
         }
         // A device deleted while connected: its connections still close and count down; nothing to write.
         let Some(current) = self.registry.get(&id).cloned() else {
@@ -470,6 +561,14 @@ impl Batch<'_> {
         }
         if connected {
             if let Some(held) = self.connections.get_mut(&id) {
+                if held.marked != presence.connection_state_updated {
+                    if let Some(stamp) = presence.connection_state_updated {
+                        self.holds.push(twinhub_store::HoldChange::Held {
+                            device_id: id.clone(),
+                            stamp,
+                        });
+                    }
+                }
                 held.marked = presence.connection_state_updated;
             }
         }

@@ -18,7 +18,7 @@ use twinhub_core::c2d::{FeedbackRecord, QueuedMessage};
 use twinhub_core::hub_event::HubEvent;
 use twinhub_core::session::SessionRecord;
 use twinhub_core::twin::DesiredChange;
-use twinhub_core::{DeviceId, DeviceRecord};
+use twinhub_core::{DeviceId, DeviceRecord, Timestamp};
 
 /// One commit of the log, as a node reads it back.
 #[derive(Clone, Debug)]
@@ -39,6 +39,26 @@ pub struct Loaded {
     /// The last commit the state includes: the log is followed from the next one.
     pub seq: u64,
 }
+
+/// A change of the devices a node holds (has connections of), for presence leases.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HoldChange {
+    /// The node stamped the device Connected at `stamp` (`connectionStateUpdatedTime`).
+    Held { device_id: DeviceId, stamp: Timestamp },
+    /// The node's last connection of the device closed.
+    Released(DeviceId),
+}
+
+/// A node whose lease lapsed, with the devices it held and the stamps it gave them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LapsedNode {
+    pub node: String,
+    pub held: Vec<(DeviceId, Timestamp)>,
+}
+
+/// A lease lapses this long after its node last renewed it: what a dead node's devices wait, at most,
+/// before another node marks them Disconnected (plus the sweep's period).
+pub const LEASE_LAPSES_AFTER: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Builds a commit once the turn is taken: given the commits other nodes made since the node's last
 /// one, returns the writes and events of this node's commit (none: nothing is committed).
@@ -64,6 +84,23 @@ pub trait ClusterStore: Send + Sync {
     /// Told a sequence number each time some node commits (soon after; it may skip numbers, and is
     /// backed by a poll in case a notification is lost).
     fn commit_notifications(&self) -> tokio::sync::watch::Receiver<u64>;
+
+    /// This node's name among the leases: unique to this process.
+    fn lease_name(&self) -> &str;
+
+    /// Renews this node's lease (taking it when it has none). `false` when there was none to renew: at
+    /// the first call, or after it lapsed, when another node may have marked this node's devices
+    /// Disconnected, so that the node must stamp the devices it holds anew.
+    async fn renew_lease(&self) -> Result<bool, StoreError>;
+
+    /// Records changes of the devices this node holds, in order (the last change of a device wins).
+    async fn record_holds(&self, changes: &[HoldChange]) -> Result<(), StoreError>;
+
+    /// The other nodes whose lease lapsed ([`LEASE_LAPSES_AFTER`] without renewal), with what they held.
+    async fn lapsed_nodes(&self) -> Result<Vec<LapsedNode>, StoreError>;
+
+    /// Forgets a lapsed node: its lease and its held devices (once their presence was settled).
+    async fn forget_node(&self, node: &str) -> Result<(), StoreError>;
 }
 
 /// A write as the log keeps it, its value already in stored form: encoded once, for the log and for the

@@ -21,7 +21,7 @@
 //! again by the next call; the call that found it broken fails. No TLS yet (`NoTls`): use a local or
 //! otherwise trusted network.
 
-use crate::cluster::{BuildCommit, ClusterStore, Commit, Loaded};
+use crate::cluster::{BuildCommit, ClusterStore, Commit, HoldChange, LapsedNode, Loaded};
 use crate::codec::{cloud_to_device_key, decode_all, decode_cloud_to_device, decode_feedback, decode_session};
 use crate::{Store, StoreError, StoreWrite};
 use connection::Connection;
@@ -41,6 +41,7 @@ mod batch;
 mod commit;
 mod connection;
 mod listen;
+mod presence;
 mod schema;
 
 pub struct PostgresStore {
@@ -55,6 +56,9 @@ pub struct PostgresStore {
     reader: Mutex<Option<Connection>>,
     /// This node's name in the commit log.
     node: String,
+    /// This process among the presence leases: the node's name and a random part, so that two processes
+    /// under one name (or a node restarted) never share a lease.
+    lease: String,
     /// Where commits are announced (NOTIFY): one channel per schema, so hubs sharing a database do not
     /// wake each other.
     channel: String,
@@ -105,6 +109,7 @@ impl PostgresStore {
             connection: Mutex::new(Some(connection)),
             reader: Mutex::new(None),
             node: format!("node-{}", std::process::id()),
+            lease: lease_name(&format!("node-{}", std::process::id())),
             channel,
             commits: AtomicU64::new(0),
             notifications: OnceLock::new(),
@@ -114,6 +119,7 @@ impl PostgresStore {
     /// Names this node in the commit log (by default `node-<process id>`).
     pub fn with_node_name(mut self, node: &str) -> PostgresStore {
         self.node = node.to_owned();
+        self.lease = lease_name(node);
         self
     }
 
@@ -223,6 +229,10 @@ impl PostgresStore {
             }
         }
     }
+}
+
+fn lease_name(node: &str) -> String {
+    format!("{node}/{:016x}", rand::random::<u64>())
 }
 
 /// How long a commit may take before it is refused as "store unavailable": a PostgreSQL that stopped
@@ -409,6 +419,42 @@ impl ClusterStore for PostgresStore {
         self.read_within("a read of the last commit", async {
             let connection = self.reader().await.map_err(connection::read_failure)?;
             commit::committed_seq(&connection.client, &connection.statements.select_seq).await
+        })
+        .await
+    }
+
+    fn lease_name(&self) -> &str {
+        &self.lease
+    }
+
+    async fn renew_lease(&self) -> Result<bool, StoreError> {
+        self.read_within("a renewal of the node's lease", async {
+            let connection = self.reader().await.map_err(connection::write_failure)?;
+            presence::renew_lease(&connection.client, &self.lease).await
+        })
+        .await
+    }
+
+    async fn record_holds(&self, changes: &[HoldChange]) -> Result<(), StoreError> {
+        self.read_within("a record of the devices the node holds", async {
+            let connection = self.reader().await.map_err(connection::write_failure)?;
+            presence::record_holds(&connection.client, &self.lease, changes).await
+        })
+        .await
+    }
+
+    async fn lapsed_nodes(&self) -> Result<Vec<LapsedNode>, StoreError> {
+        self.read_within("a look for lapsed leases", async {
+            let connection = self.reader().await.map_err(connection::read_failure)?;
+            presence::lapsed_nodes(&connection.client, &self.lease).await
+        })
+        .await
+    }
+
+    async fn forget_node(&self, node: &str) -> Result<(), StoreError> {
+        self.read_within("forgetting a lapsed node", async {
+            let connection = self.reader().await.map_err(connection::write_failure)?;
+            presence::forget_node(&connection.client, node).await
         })
         .await
     }

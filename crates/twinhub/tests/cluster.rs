@@ -78,6 +78,22 @@ async fn twin(api: &Service, id: &str) -> Value {
     reply.body
 }
 
+/// Waits until `id`'s twin read through `api` shows `state`; panics after `within`.
+async fn await_connection_state(api: &Service, id: &str, state: &str, within: Duration) {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        let shown = twin(api, id).await["connectionState"].clone();
+        if shown == state {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{id} is still {shown} after {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn what_goes_through_one_node_is_seen_at_once_through_the_other() {
     let Some(cluster) = Cluster::start().await else {
@@ -235,6 +251,56 @@ async fn a_device_that_moves_to_another_node_stays_connected() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_nodes_devices_are_shown_disconnected_once_its_lease_lapses_unless_they_moved_on() {
+    let Some(mut cluster) = Cluster::start().await else {
+        return;
+    };
+    let orphan_key = cluster.api_a.register_device("orphan").await;
+    let mover_key = cluster.api_a.register_device("mover").await;
+    let (_orphan, code) = cluster.connect(&cluster.b, "orphan", &orphan_key).await;
+    assert_eq!(code, ConnectAckReason::ConnectionAccepted);
+    let (_mover_on_b, code) = cluster.connect(&cluster.b, "mover", &mover_key).await;
+    assert_eq!(code, ConnectAckReason::ConnectionAccepted);
+    // The mover goes on through A (its connection to B is not closed yet when B dies).
+    let (_mover_on_a, code) = cluster.connect(&cluster.a, "mover", &mover_key).await;
+    assert_eq!(code, ConnectAckReason::ConnectionAccepted);
+    assert_eq!(twin(&cluster.api_a, "orphan").await["connectionState"], "Connected");
+
+    cluster.b.kill9();
+    let killed = std::time::Instant::now();
+    await_connection_state(&cluster.api_a, "orphan", "Disconnected", Duration::from_secs(40)).await;
+    let took = killed.elapsed();
+    let orphan = twin(&cluster.api_a, "orphan").await;
+    // The lease lapses 10 s after its last renewal (every 2 s); lapsed leases are looked for every 4 s.
+    assert!(
+        took >= Duration::from_secs(7),
+        "disconnected after {took:?}: before the lease could lapse"
+    );
+    let device = cluster.api_a.call(Method::GET, "/devices/orphan", None, None).await;
+    assert_eq!(device.body["connectionState"], "Disconnected");
+    assert_ne!(orphan["lastActivityTime"], Value::Null);
+    assert_eq!(
+        twin(&cluster.api_a, "mover").await["connectionState"],
+        "Connected",
+        "it moved on to A"
+    );
+    // The node is forgotten: its lease and holds are gone.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while cluster.database.count("SELECT count(*) FROM node_leases").await != 1 {
+        assert!(std::time::Instant::now() < deadline, "the lapsed lease is still there");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        cluster
+            .database
+            .count("SELECT count(*) FROM held_devices WHERE device_id = 'orphan'")
+            .await,
+        0
+    );
+    cluster.database.drop_now().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgresql_out_of_reach_refuses_writes_with_server_busy_serves_reads_and_recovers() {
     let Some(database) = Database::create().await else {
         return;
@@ -242,6 +308,9 @@ async fn postgresql_out_of_reach_refuses_writes_with_server_busy_serves_reads_an
     let proxy = support::cut_proxy::CutProxy::start(database.server_address()).await;
     let hub = TestHub::start_with(&["--store", &database.store_url_via(proxy.address)]);
     let api = Service::new(&hub.owner_connection_string(), &hub.ca_path());
+    // A second node, which PostgreSQL stays in reach of.
+    let other = TestHub::start_node_of(&hub, &["--store", &database.store_url()]);
+    let api_other = Service::new(&hub.owner_connection_string(), &hub.ca_path()).through(other.address());
     let key = api.register_device("steady").await;
     let body = json!({"properties": {"desired": {"mode": "on"}}});
     let reply = api.call(Method::PATCH, "/twins/steady", Some(body), Some("*")).await;
@@ -276,6 +345,9 @@ async fn postgresql_out_of_reach_refuses_writes_with_server_busy_serves_reads_an
     assert_eq!(twin(&api, "steady").await["properties"]["desired"]["mode"], "on");
     let reply = api.query("SELECT deviceId FROM devices", None, None).await;
     assert_eq!(reply.body, json!([{"deviceId": "steady"}]));
+    // Cut off long enough, the node's lease lapses: the other node, which cannot tell a cut from a
+    // death, shows its device Disconnected.
+    await_connection_state(&api_other, "steady", "Disconnected", Duration::from_secs(30)).await;
 
     proxy.restore();
     // Everything recovers by itself: the next writes go through.
@@ -295,9 +367,11 @@ async fn postgresql_out_of_reach_refuses_writes_with_server_busy_serves_reads_an
         .twin("$iothub/twin/PATCH/properties/reported/?$rid=2", br#"{"firmware":"3"}"#)
         .await;
     assert_eq!(status, 204);
-    let twin = twin(&api, "steady").await;
-    assert_eq!(twin["properties"]["desired"]["mode"], "off");
-    assert_eq!(twin["properties"]["reported"]["firmware"], "3");
+    let twin_now = twin(&api, "steady").await;
+    assert_eq!(twin_now["properties"]["desired"]["mode"], "off");
+    assert_eq!(twin_now["properties"]["reported"]["firmware"], "3");
+    // Back in reach, the node finds its lease lapsed and stamps the device it still holds Connected anew.
+    await_connection_state(&api_other, "steady", "Connected", Duration::from_secs(15)).await;
     database.drop_now().await;
 }
 

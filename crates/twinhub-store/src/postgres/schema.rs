@@ -25,6 +25,11 @@ pub(super) const SCHEMA_LOCK: i64 = 0x0074_7769_6e68_7562; // "twinhub" in ASCII
 /// - `cluster_identity`: a random id made with the tables, which names the cluster where its other
 ///   engines keep its state (its telemetry streams in JetStream): a database made anew is a new cluster,
 ///   even under the same host name. Older code ignores the table, so it needs no new version.
+/// - `node_leases` and `held_devices`: presence leases. Each running node renews its lease; it lists the
+///   devices it holds (stamped Connected at `stamp`, nanoseconds). When a lease lapses (its node died or
+///   was cut off), another node marks the lapsed node's devices Disconnected where their stamp is still
+///   that node's, then forgets the node (`crate::cluster::ClusterStore::lapsed_nodes`). Older code
+///   ignores these tables too.
 pub(super) const CREATE_TABLES: &str = "
 CREATE TABLE IF NOT EXISTS schema_version (
     id smallint PRIMARY KEY CHECK (id = 1),
@@ -74,6 +79,16 @@ CREATE TABLE IF NOT EXISTS cluster_identity (
     name text NOT NULL
 );
 INSERT INTO cluster_identity (id, name) VALUES (1, gen_random_uuid()::text) ON CONFLICT (id) DO NOTHING;
+CREATE TABLE IF NOT EXISTS node_leases (
+    node text PRIMARY KEY,
+    renewed_at timestamptz NOT NULL
+);
+CREATE TABLE IF NOT EXISTS held_devices (
+    node text,
+    device_id text,
+    stamp bigint NOT NULL,
+    PRIMARY KEY (node, device_id)
+);
 -- Kept out of line without compression: postcard is compact already, and compressing every batch
 -- would cost the server more CPU than the bytes it saves.
 -- (Altered only when it is not so already: ALTER TABLE takes a lock that would stop every commit.)
@@ -138,6 +153,22 @@ SELECT * FROM unnest($1::bigint[], $2::bytea[])
 ON CONFLICT (sequence_number) DO UPDATE SET record = EXCLUDED.record";
 pub(super) const DELETE_FEEDBACK: &str = "DELETE FROM c2d_feedback WHERE sequence_number = ANY($1::bigint[])";
 
+pub(super) const RENEW_LEASE: &str = "UPDATE node_leases SET renewed_at = now() WHERE node = $1";
+pub(super) const TAKE_LEASE: &str = "
+INSERT INTO node_leases (node, renewed_at) VALUES ($1, now())
+ON CONFLICT (node) DO UPDATE SET renewed_at = now()";
+pub(super) const LAPSED_NODES: &str =
+    "SELECT node FROM node_leases WHERE renewed_at < now() - make_interval(secs => $1) AND node <> $2";
+pub(super) const HELD_BY: &str = "SELECT device_id, stamp FROM held_devices WHERE node = $1";
+pub(super) const HOLD_DEVICES: &str = "
+INSERT INTO held_devices (node, device_id, stamp)
+SELECT $1, h.device_id, h.stamp FROM unnest($2::text[], $3::bigint[]) AS h(device_id, stamp)
+ON CONFLICT (node, device_id) DO UPDATE SET stamp = EXCLUDED.stamp";
+pub(super) const RELEASE_DEVICES: &str = "
+DELETE FROM held_devices AS h USING unnest($2::text[]) AS r(device_id)
+WHERE h.node = $1 AND h.device_id = r.device_id";
+pub(super) const FORGET_HELD: &str = "DELETE FROM held_devices WHERE node = $1";
+pub(super) const FORGET_LEASE: &str = "DELETE FROM node_leases WHERE node = $1";
 pub(super) const SELECT_CLUSTER_IDENTITY: &str = "SELECT name FROM cluster_identity WHERE id = 1";
 pub(super) const SELECT_CLUSTER_FILES: &str = "SELECT name, content FROM cluster_files ORDER BY name";
 /// The first node (or `cluster init`) to offer the files makes them the cluster's; later offers change
