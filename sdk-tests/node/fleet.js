@@ -15,7 +15,7 @@ const { Registry } = require('azure-iothub');
 const { Client } = require('azure-iot-device');
 const { ConnectionString } = require('azure-iot-common');
 const { Mqtt } = require('azure-iot-device-mqtt');
-const { randomBytes } = require('node:crypto');
+const { eachLimited, registerDevices } = require('./support');
 
 const connectionString = process.env.TWINHUB_CONNECTION_STRING;
 if (!connectionString) {
@@ -25,22 +25,9 @@ if (!connectionString) {
 const deviceCount = Number(process.argv[2] || process.env.TWINHUB_FLEET_DEVICES || 200);
 const patchesPerDevice = Number(process.argv[3] || process.env.TWINHUB_FLEET_PATCHES || 5);
 const OPEN_CONCURRENCY = 50;
-const BULK_MAX = 100;
 
 const run = Date.now().toString(36);
 const ids = Array.from({ length: deviceCount }, (_, n) => `fleet-${run}-${n}`);
-
-// Runs `work` over `items`, at most `limit` at a time.
-async function eachLimited(items, limit, work) {
-  let next = 0;
-  const workers = Array.from({ length: Math.min(limit, items.length) }, async () => {
-    while (next < items.length) {
-      const index = next++;
-      await work(items[index], index);
-    }
-  });
-  await Promise.all(workers);
-}
 
 function percentile(sorted, p) {
   return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))];
@@ -55,15 +42,7 @@ function report(twin, patch) {
 async function main() {
   const registry = Registry.fromConnectionString(connectionString);
   const hostName = ConnectionString.parse(connectionString).HostName;
-  const keys = new Map();
-  for (let start = 0; start < ids.length; start += BULK_MAX) {
-    const batch = ids.slice(start, start + BULK_MAX).map((deviceId) => {
-      const key = randomBytes(32).toString('base64');
-      keys.set(deviceId, key);
-      return { deviceId, authentication: { symmetricKey: { primaryKey: key, secondaryKey: key } } };
-    });
-    await registry.addDevices(batch);
-  }
+  const keys = await registerDevices(registry, ids);
   console.log(`- registered ${ids.length} devices`);
 
   const opened = Date.now();

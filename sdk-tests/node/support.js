@@ -51,4 +51,31 @@ function deviceScriptEnv() {
   return env;
 }
 
-module.exports = { log, sleep, waitFor, run, deviceScriptEnv };
+// Runs `work` over `items`, at most `limit` at a time.
+async function eachLimited(items, limit, work) {
+  let next = 0;
+  const workers = Array.from({ length: Math.min(limit, items.length) }, async () => {
+    while (next < items.length) {
+      const index = next++;
+      await work(items[index], index);
+    }
+  });
+  await Promise.all(workers);
+}
+
+// Registers `ids` with the bulk API (100 at a time), each with a random key; returns the keys by id.
+async function registerDevices(registry, ids) {
+  const { randomBytes } = require('node:crypto');
+  const keys = new Map();
+  for (let start = 0; start < ids.length; start += 100) {
+    const batch = ids.slice(start, start + 100).map((deviceId) => {
+      const key = randomBytes(32).toString('base64');
+      keys.set(deviceId, key);
+      return { deviceId, authentication: { symmetricKey: { primaryKey: key, secondaryKey: key } } };
+    });
+    await registry.addDevices(batch);
+  }
+  return keys;
+}
+
+module.exports = { log, sleep, waitFor, run, deviceScriptEnv, eachLimited, registerDevices };

@@ -34,10 +34,10 @@ impl Batch<'_> {
                     self.remove_in_memory(&device_id);
                     self.cloud_to_device_dropped(&device_id);
                 }
-                // Sessions are taken by the transports at start; a session written by another node
-                // is found there by this node's next start. (Moving a persistent session between live
-                // nodes is still to do: docs/cluster.md.)
-                StoreWrite::UpsertSession(_) | StoreWrite::DeleteSession(_) => {}
+                // Another node holds the session now: this node's copy (and its connection, if it still
+                // has one) gives way; the device's next connection here reads the session afresh.
+                StoreWrite::UpsertSession(session) => self.sessions_elsewhere.push(session.client_id),
+                StoreWrite::DeleteSession(client_id) => self.sessions_elsewhere.push(client_id),
                 StoreWrite::UpsertConsumerGroup(name) => self.consumer_group_stored(name, true),
                 StoreWrite::DeleteConsumerGroup(name) => self.consumer_group_stored(name, false),
                 StoreWrite::UpsertCloudToDevice { device_id, message } => {

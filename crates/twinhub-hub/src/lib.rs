@@ -84,6 +84,10 @@ pub struct Hub {
     snapshot: Arc<ArcSwap<Snapshot>>,
     /// The persistent sessions found at start, until a transport takes them.
     stored_sessions: std::sync::Mutex<Vec<SessionRecord>>,
+    /// Client ids whose persistent session another node wrote since (a cluster).
+    sessions_elsewhere: broadcast::Sender<String>,
+    /// The store, for the rare reads outside the snapshot (a session another node wrote).
+    store: Arc<dyn Store>,
     writes: mpsc::Sender<WriteCommand>,
     events: broadcast::Sender<HubEvent>,
     /// Device-to-cloud events; `None` for a hub started without an event store (benchmarks of the registry).
@@ -195,6 +199,7 @@ impl Hub {
                 writes.downgrade(),
             ));
         }
+        let (sessions_elsewhere, _) = broadcast::channel(SESSIONS_ELSEWHERE_QUEUE_MAX);
         // In a cluster: presence leases, so that a dead node's devices do not stay Connected.
         let holds = if store.cluster().is_some() {
             let (holds, changes) = mpsc::unbounded_channel();
@@ -207,7 +212,7 @@ impl Hub {
         tokio::spawn(writer::run(
             queue,
             Arc::clone(&snapshot),
-            store,
+            Arc::clone(&store),
             events.clone(),
             config.clone(),
             c2d,
@@ -216,12 +221,15 @@ impl Hub {
                 feedback: Arc::clone(&feedback),
                 applied: follower.as_ref().map(|follower| Arc::clone(&follower.applied)),
                 holds,
+                sessions_elsewhere: sessions_elsewhere.clone(),
             },
         ));
         tokio::spawn(sweep_cloud_to_device(writes.downgrade()));
         Ok(Arc::new(Hub {
             snapshot,
             stored_sessions: std::sync::Mutex::new(stored_sessions),
+            sessions_elsewhere,
+            store,
             writes,
             events,
             event_log,
@@ -532,6 +540,21 @@ impl Hub {
         )
     }
 
+    /// In a cluster: the client ids whose persistent session another node wrote from now on (its device
+    /// connected there): a transport drops its own copy, and closes the connection that still holds it.
+    pub fn sessions_taken_elsewhere(&self) -> broadcast::Receiver<String> {
+        self.sessions_elsewhere.subscribe()
+    }
+
+    /// In a cluster: the persistent session the store holds for `client_id` (a device whose session was
+    /// on another node). `None` alone: the transport's own sessions are all there is.
+    pub async fn stored_session(&self, client_id: &str) -> Result<Option<SessionRecord>, HubError> {
+        match self.store.cluster() {
+            Some(cluster) => cluster.load_session(client_id).await.map_err(HubError::Store),
+            None => Ok(None),
+        }
+    }
+
     /// Makes a device's session durable (its subscriptions), or forgets it (`None`). Returns once durable.
     pub async fn store_session(&self, client_id: String, session: Option<SessionRecord>) -> Result<(), HubError> {
         self.write(WriteOp::Session { client_id, session }).await.map(|_| ())
@@ -588,6 +611,10 @@ impl Hub {
         }
     }
 }
+
+/// Session changes from other nodes a transport may fall behind on before it misses some (it then reads
+/// the session afresh at the device's next connection anyway).
+const SESSIONS_ELSEWHERE_QUEUE_MAX: usize = 4096;
 
 /// How often due cloud-to-device messages expire and timed-out locks are released, when nothing else
 /// touches their queue first.

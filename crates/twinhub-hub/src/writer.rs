@@ -134,6 +134,8 @@ pub(crate) struct Batch<'a> {
     pub(crate) feedback_forgotten: Vec<u64>,
     /// Devices this node began or stopped holding, for its presence lease once committed.
     pub(crate) holds: Vec<twinhub_store::HoldChange>,
+    /// Client ids whose persistent session another node wrote (it holds the session now).
+    pub(crate) sessions_elsewhere: Vec<String>,
 }
 
 /// What the writer hands on after each commit, besides the snapshot and the hub events.
@@ -144,6 +146,8 @@ pub(crate) struct Deliveries {
     pub(crate) applied: Option<Arc<std::sync::atomic::AtomicU64>>,
     /// In a cluster: where the devices this node holds are recorded (`presence_leases::record_holds`).
     pub(crate) holds: Option<mpsc::UnboundedSender<Vec<twinhub_store::HoldChange>>>,
+    /// Told the client ids whose persistent session another node wrote (`Hub::sessions_taken_elsewhere`).
+    pub(crate) sessions_elsewhere: broadcast::Sender<String>,
 }
 
 /// A device's connections to this node.
@@ -191,6 +195,7 @@ pub(crate) async fn run(
             feedback: Vec::new(),
             feedback_forgotten: Vec::new(),
             holds: Vec::new(),
+            sessions_elsewhere: Vec::new(),
         };
         batch.c2d.begin_batch();
         let mut replies = Vec::with_capacity(commands.len());
@@ -264,6 +269,10 @@ pub(crate) async fn run(
                 // The recorder lives as long as the hub.
                 let _ = holds.send(batch.holds);
             }
+        }
+        for client_id in batch.sessions_elsewhere {
+            // Nobody listening (no MQTT service): nothing to drop.
+            let _ = deliveries.sessions_elsewhere.send(client_id);
         }
         deliveries.feedback.forget(&batch.feedback_forgotten);
         deliveries.feedback.push(batch.feedback);

@@ -85,6 +85,10 @@ pub trait ClusterStore: Send + Sync {
     /// backed by a poll in case a notification is lost).
     fn commit_notifications(&self) -> tokio::sync::watch::Receiver<u64>;
 
+    /// The persistent session stored for `client_id`, as committed: what a node gives a device that had
+    /// its session on another node.
+    async fn load_session(&self, client_id: &str) -> Result<Option<SessionRecord>, StoreError>;
+
     /// This node's name among the leases: unique to this process.
     fn lease_name(&self) -> &str;
 

@@ -423,6 +423,23 @@ impl ClusterStore for PostgresStore {
         .await
     }
 
+    async fn load_session(&self, client_id: &str) -> Result<Option<SessionRecord>, StoreError> {
+        self.read_within("a read of a session", async {
+            let connection = self.reader().await.map_err(connection::read_failure)?;
+            let row = connection
+                .client
+                .query_opt(schema::LOAD_SESSION, &[&client_id])
+                .await
+                .map_err(connection::read_failure)?;
+            row.map(|row| {
+                let record: &[u8] = row.try_get(0).map_err(read_error)?;
+                decode_session(client_id.as_bytes(), record)
+            })
+            .transpose()
+        })
+        .await
+    }
+
     fn lease_name(&self) -> &str {
         &self.lease
     }

@@ -727,8 +727,9 @@ async fn behind_haproxy_the_nodes_are_one_hub_and_devices_of_a_killed_node_go_on
         assert_eq!(json_of(&body)["step"], 1);
     }
 
-    // Node B dies. Its devices reconnect through the balancer (to A, once HAProxy saw B go) and go on;
-    // nothing acknowledged is lost.
+    // Node B dies. Its devices reconnect through the balancer (to A, once HAProxy saw B go) and go on
+    // on their persistent sessions, which moved with them: no new SUBSCRIBE, and the whole desired
+    // document at once (what they may have missed); nothing acknowledged is lost.
     b.kill9();
     let mut reconnected = Vec::new();
     for (id, credentials, mut device) in devices {
@@ -741,13 +742,14 @@ async fn behind_haproxy_the_nodes_are_one_hub_and_devices_of_a_killed_node_go_on
             continue;
         }
         let deadline = std::time::Instant::now() + Duration::from_secs(15);
-        let device = loop {
+        let mut device = loop {
             let attempt = tokio::time::timeout(
                 Duration::from_secs(3),
                 MqttClient::connect(balancer.address, &a.ca_path(), &credentials),
             )
             .await;
-            if let Ok((device, ConnectAckReason::ConnectionAccepted, _)) = attempt {
+            if let Ok((device, ConnectAckReason::ConnectionAccepted, session_present)) = attempt {
+                assert!(session_present, "{id}'s session went with it");
                 break device;
             }
             assert!(
@@ -756,12 +758,12 @@ async fn behind_haproxy_the_nodes_are_one_hub_and_devices_of_a_killed_node_go_on
             );
             tokio::time::sleep(Duration::from_millis(200)).await;
         };
+        let (topic, body) = tokio::time::timeout(Duration::from_secs(5), device.next_publish())
+            .await
+            .unwrap_or_else(|_| panic!("{id} given its desired document within 5 s"));
+        assert_eq!(topic, "$iothub/twin/PATCH/properties/desired/?$version=2");
+        assert_eq!(json_of(&body)["step"], 1);
         reconnected.push((id, device));
-    }
-    for (_, device) in &mut reconnected {
-        device
-            .subscribe(&[(RESPONSES, QoS::AtMostOnce), (DESIRED, QoS::AtLeastOnce)])
-            .await;
     }
     // A new back-end client: the old one's pooled connections to B died with it.
     let api = Service::new(&a.owner_connection_string(), &a.ca_path());

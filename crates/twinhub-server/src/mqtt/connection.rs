@@ -266,7 +266,27 @@ pub(crate) async fn serve<R, W>(
         connection_id,
         close: Arc::clone(&close),
     };
-    let (session, session_present) = service.sessions.attach(&client, connect.clean_session, owner);
+    // In a cluster, a persistent session this node does not have may be another node's: read it.
+    let client_id = client.client_id();
+    let stored = if !connect.clean_session && service.hub.is_clustered() && !service.sessions.contains(&client_id) {
+        match service.hub.stored_session(&client_id).await {
+            Ok(stored) => stored,
+            Err(error) => {
+                tracing::warn!(%error, %client_id, "could not read the stored session; the device starts a new one");
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let moved_here = stored.clone();
+    let (session, session_present) = service.sessions.attach(&client, connect.clean_session, owner, stored);
+    if let Some(record) = moved_here {
+        // Written here, so that the node that held it lets it go (and closes its connection, if any).
+        if let Err(error) = service.hub.store_session(client_id, Some(record)).await {
+            tracing::warn!(%error, client_id = %connect.client_id, "could not take the session over in the store");
+        }
+    }
     let forget_stored = connect.clean_session && std::mem::take(&mut session.state().stored);
     if forget_stored {
         if let Err(error) = service.hub.store_session(client.client_id(), None).await {

@@ -82,6 +82,10 @@ impl MqttService {
                 }
             });
         }
+        tokio::spawn(give_way_to_other_nodes(
+            hub.sessions_taken_elsewhere(),
+            Arc::downgrade(&sessions),
+        ));
         tokio::spawn(router::run(
             hub.subscribe(),
             Arc::downgrade(&hub),
@@ -111,5 +115,26 @@ impl MqttService {
         W: AsyncWrite + Unpin + Send,
     {
         connection::serve(Arc::clone(self), reader, writer, peer, transport).await
+    }
+}
+
+/// In a cluster: drops the sessions other nodes took (their device connected there), closing the
+/// connection that still held one here.
+async fn give_way_to_other_nodes(
+    mut taken: tokio::sync::broadcast::Receiver<String>,
+    sessions: std::sync::Weak<session::Sessions>,
+) {
+    use tokio::sync::broadcast::error::RecvError;
+    loop {
+        let client_id = match taken.recv().await {
+            Ok(client_id) => client_id,
+            Err(RecvError::Lagged(missed)) => {
+                tracing::warn!(missed, "missed sessions taken by other nodes: a device among them that comes back here resumes this node's older copy");
+                continue;
+            }
+            Err(RecvError::Closed) => return,
+        };
+        let Some(sessions) = sessions.upgrade() else { return };
+        sessions.taken_elsewhere(&client_id);
     }
 }

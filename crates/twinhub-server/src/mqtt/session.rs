@@ -121,6 +121,23 @@ impl Session {
     }
 }
 
+/// A session as the store kept it: its subscriptions, no owner, and nothing known of the desired version
+/// the device has (so it gets the full desired document once).
+fn stored_state(record: &SessionRecord, client: &ClientIdentity) -> SessionState {
+    let mut state = SessionState {
+        stored: true,
+        desired: DesiredCursor::Unknown,
+        ..SessionState::default()
+    };
+    for stored in &record.subscriptions {
+        if let (Some(subscription), Ok(qos)) = (topic::parse_filter(&stored.filter, client), QoS::try_from(stored.qos))
+        {
+            state.grant(subscription, Some(qos));
+        }
+    }
+    state
+}
+
 #[derive(Default)]
 pub struct Sessions {
     by_client_id: Mutex<HashMap<String, Arc<Session>>>,
@@ -134,8 +151,16 @@ impl Sessions {
     }
 
     /// Gives the client's session to a new connection, closing the one that held it. Returns the session
-    /// and whether it was present (CONNACK `sessionPresent`). A clean session starts empty.
-    pub fn attach(&self, client: &ClientIdentity, clean_session: bool, owner: Owner) -> (Arc<Session>, bool) {
+    /// and whether it was present (CONNACK `sessionPresent`). A clean session starts empty. `stored`: the
+    /// session the store holds, when this node has none (in a cluster, the device's session was on
+    /// another node): the connection gets it, as after a restart.
+    pub fn attach(
+        &self,
+        client: &ClientIdentity,
+        clean_session: bool,
+        owner: Owner,
+        stored: Option<SessionRecord>,
+    ) -> (Arc<Session>, bool) {
         let mut map = self.map();
         let key = client.client_id();
         let existing = map.get(&key).cloned();
@@ -159,16 +184,34 @@ impl Sessions {
                 (session, present)
             }
             None => {
+                let (state, present) = match stored {
+                    Some(record) if !clean_session => (stored_state(&record, client), true),
+                    _ => (SessionState::default(), false),
+                };
                 let session = Arc::new(Session {
                     client: client.clone(),
-                    state: Mutex::new(SessionState::default()),
+                    state: Mutex::new(state),
                 });
                 map.insert(key, Arc::clone(&session));
-                (session, false)
+                (session, present)
             }
         };
         session.state().owner = Some(owner);
         (session, present)
+    }
+
+    /// Whether this node has a session for `client_id` (held or not).
+    pub fn contains(&self, client_id: &str) -> bool {
+        self.map().contains_key(client_id)
+    }
+
+    /// Another node of the cluster holds the session now: this node's copy goes, and the connection that
+    /// still owned it here is closed (one connection per device, across nodes). The device's next
+    /// connection here reads the session from the store.
+    pub fn taken_elsewhere(&self, client_id: &str) {
+        if let Some(session) = self.map().remove(client_id) {
+            session.close_owner();
+        }
     }
 
     /// The connection `connection_id` ended. A session it still owns becomes ownerless; a clean session is
@@ -209,21 +252,9 @@ impl Sessions {
                 stale.push(record.client_id);
                 continue;
             };
-            let mut state = SessionState {
-                stored: true,
-                desired: DesiredCursor::Unknown,
-                ..SessionState::default()
-            };
-            for stored in &record.subscriptions {
-                if let (Some(subscription), Ok(qos)) =
-                    (topic::parse_filter(&stored.filter, &client), QoS::try_from(stored.qos))
-                {
-                    state.grant(subscription, Some(qos));
-                }
-            }
             let session = Session {
-                client: client.clone(),
-                state: Mutex::new(state),
+                state: Mutex::new(stored_state(&record, &client)),
+                client,
             };
             map.insert(record.client_id, Arc::new(session));
         }
@@ -299,14 +330,14 @@ mod tests {
         let sessions = Sessions::default();
         let client = ClientIdentity::parse("d1").unwrap();
         let (first, _first_mail, first_close) = owner(1);
-        let (session, present) = sessions.attach(&client, false, first);
+        let (session, present) = sessions.attach(&client, false, first, None);
         assert!(!present);
         session
             .state()
             .grant(Subscription::DesiredPatches, Some(QoS::AtLeastOnce));
 
         let (second, (), second_close) = owner(2);
-        let (again, present) = sessions.attach(&client, false, second);
+        let (again, present) = sessions.attach(&client, false, second, None);
         assert!(present && Arc::ptr_eq(&session, &again));
         tokio::time::timeout(std::time::Duration::from_secs(1), first_close.notified())
             .await
@@ -337,7 +368,7 @@ mod tests {
         let sessions = Sessions::default();
         let client = ClientIdentity::parse("d1").unwrap();
         let (first, _, _) = owner(1);
-        let (session, _) = sessions.attach(&client, false, first);
+        let (session, _) = sessions.attach(&client, false, first, None);
         session
             .state()
             .grant(Subscription::TwinResponses, Some(QoS::AtMostOnce));
@@ -350,7 +381,7 @@ mod tests {
         );
 
         let (clean, _, _) = owner(2);
-        let (session, present) = sessions.attach(&client, true, clean);
+        let (session, present) = sessions.attach(&client, true, clean, None);
         assert!(!present);
         assert_eq!(session.state().granted(Subscription::TwinResponses), None);
         sessions.detach(&session, 2, true, None);

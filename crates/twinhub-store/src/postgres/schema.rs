@@ -179,6 +179,7 @@ ON CONFLICT (name) DO NOTHING";
 
 pub(super) const LOAD_DEVICES: &str = "SELECT device_id, record FROM devices WHERE record IS NOT NULL";
 pub(super) const LOAD_SESSIONS: &str = "SELECT client_id, record FROM sessions";
+pub(super) const LOAD_SESSION: &str = "SELECT record FROM sessions WHERE client_id = $1";
 pub(super) const LOAD_CONSUMER_GROUPS: &str = "SELECT key, name FROM consumer_groups";
 pub(super) const LOAD_C2D: &str = "SELECT device_id, sequence_number, message FROM c2d_messages";
 pub(super) const LOAD_FEEDBACK: &str = "SELECT sequence_number, record FROM c2d_feedback";

@@ -228,6 +228,11 @@ impl TestHub {
     }
 
     /// SIGKILL: no shutdown code runs, as in a crash.
+    /// The hub process's id, for a script that kills it at a moment of its own choosing.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, std::process::Child::id)
+    }
+
     pub fn kill9(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
