@@ -2,7 +2,8 @@
 # The cluster beside the single node, on this machine, in one run, driven by `twinhub bench`:
 #   1. an embedded node (the default),
 #   2. one node on PostgreSQL,
-#   3. two nodes on one PostgreSQL database (A takes the load, B follows A's commits),
+#   3. three nodes on one PostgreSQL database and one NATS (A takes the load, B and C follow A's
+#      commits),
 # for durable reported patches/s, twin GET/s, the CPU time each node spends per 1,000 patches, and
 # desired notifications at a steady rate: on one node, and from a back end on A to devices on B.
 # Prints one table; every figure also lands in $OUT/*.json.
@@ -11,7 +12,8 @@
 #   DEVICES=1000 IN_FLIGHT=8 BENCH_SECONDS=10 DESIRED_RATE=1000 bench/cluster.sh
 #
 # PostgreSQL: PG_ADMIN_URL (default host=127.0.0.1 user=postgres dbname=test) names a server where the
-# script may create (and at the end drop) a database of its own. Needs root for the standard ports.
+# script may create (and at the end drop) a database of its own. NATS_URL (default nats://127.0.0.1:4222):
+# the cluster's bus, with JetStream. Needs root for the standard ports.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -24,6 +26,8 @@ EMBEDDED=${EMBEDDED:-127.240.0.1}
 ALONE=${ALONE:-127.240.0.2}
 NODE_A=${NODE_A:-127.240.0.3}
 NODE_B=${NODE_B:-127.240.0.4}
+NODE_C=${NODE_C:-127.240.0.5}
+NATS_URL=${NATS_URL:-nats://127.0.0.1:4222}
 OUT=${OUT:-$(mktemp -d /tmp/twinhub-cluster.XXXXXX)}
 
 cargo build --release -p twinhub
@@ -82,19 +86,22 @@ one_node embedded "$EMBEDDED"
 echo "== 2. one node on PostgreSQL"
 one_node alone "$ALONE" --store "$(store_url "$DB_ALONE")"
 
-echo "== 3. two nodes on one PostgreSQL database"
-serve node-a "$NODE_A" "$NODE_A" --store "$(store_url "$DB_CLUSTER")"
+echo "== 3. three nodes on one PostgreSQL database and NATS"
+CLUSTER=(--store "$(store_url "$DB_CLUSTER")" --bus "$NATS_URL")
+serve node-a "$NODE_A" "$NODE_A" "${CLUSTER[@]}"
 A_PID=$LAST_PID
-# B shares A's host name, CA and policies (as the nodes of a cluster do).
-mkdir -p "$OUT/node-b"
-cp "$OUT/node-a/ca.pem" "$OUT/node-a/ca.key.pem" "$OUT/node-a/policies.json" "$OUT/node-b/"
-serve node-b "$NODE_B" "$NODE_A" --store "$(store_url "$DB_CLUSTER")"
+# B and C take A's host name, CA and policies from PostgreSQL (as the nodes of a cluster do).
+serve node-b "$NODE_B" "$NODE_A" "${CLUSTER[@]}"
 B_PID=$LAST_PID
+serve node-c "$NODE_C" "$NODE_A" "${CLUSTER[@]}"
+C_PID=$LAST_PID
 a_before=$(cpu "$A_PID")
 b_before=$(cpu "$B_PID")
+c_before=$(cpu "$C_PID")
 bench reported --data-dir "$OUT/node-a" --devices "$DEVICES" --in-flight "$IN_FLIGHT" --seconds "$SECONDS_RUN" --json "$OUT/cluster-reported.json"
 echo "$a_before $(cpu "$A_PID")" >"$OUT/cluster-a-cpu.txt"
 echo "$b_before $(cpu "$B_PID")" >"$OUT/cluster-b-cpu.txt"
+echo "$c_before $(cpu "$C_PID")" >"$OUT/cluster-c-cpu.txt"
 bench twin-get --data-dir "$OUT/node-a" --devices-at "$NODE_B" --devices "$DEVICES" --in-flight "$IN_FLIGHT" --seconds "$SECONDS_RUN" --json "$OUT/cluster-twin-get.json"
 bench desired --data-dir "$OUT/node-a" --devices-at "$NODE_B" --devices "$DEVICES" --rate "$DESIRED_RATE" --seconds "$SECONDS_RUN" --json "$OUT/cluster-desired.json"
 
@@ -118,12 +125,13 @@ print("{:<52} {:>12} {:<8} {:>8} {:>8} {:>8} {}".format("", "figure", "", "p50 m
 row("embedded:      reported patches/s (durable)", er["per_second"], "/s", *l(er))
 row("1 PG node:     reported patches/s (durable)", ar["per_second"], "/s", *l(ar),
     ratio=ar["per_second"] / er["per_second"], target=">= 0.5x embedded")
-row("2 PG nodes:    reported patches/s through A", cr["per_second"], "/s", *l(cr),
+row("3 PG nodes:    reported patches/s through A", cr["per_second"], "/s", *l(cr),
     ratio=cr["per_second"] / er["per_second"])
 for name, report, label in (("embedded", er, "embedded"), ("alone", ar, "1 PG node"),
-                            ("cluster-a", cr, "2 PG nodes, A"), ("cluster-b", cr, "B (follows A)")):
+                            ("cluster-a", cr, "3 PG nodes, A"), ("cluster-b", cr, "B (follows A)"),
+                            ("cluster-c", cr, "C (follows A)")):
     row("%-15sCPU per 1,000 patches" % (label + ":"), 1e6 * cpu(name) / max(report["operations"], 1), "ms")
-for name, label in (("embedded", "embedded"), ("alone", "1 PG node"), ("cluster", "2 nodes, on B")):
+for name, label in (("embedded", "embedded"), ("alone", "1 PG node"), ("cluster", "3 nodes, on B")):
     r = load(name + "-twin-get")
     row("%-15stwin GET over MQTT/s" % (label + ":"), r["per_second"], "/s", *l(r))
 for name, label, target in (("embedded", "embedded", ""), ("alone", "1 PG node", ""),

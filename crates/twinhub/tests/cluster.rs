@@ -375,6 +375,140 @@ async fn postgresql_out_of_reach_refuses_writes_with_server_busy_serves_reads_an
     database.drop_now().await;
 }
 
+/// What one writer of the load saw: per device, the values acknowledged and the values refused.
+#[derive(Default)]
+struct Outcomes {
+    acknowledged: std::collections::HashMap<String, Vec<i64>>,
+    refused: std::collections::HashMap<String, Vec<i64>>,
+    other_statuses: Vec<String>,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgresql_crashed_and_restarted_under_load_loses_no_acknowledged_write() {
+    let Some(mut postgres) = support::private_postgres::PrivatePostgres::start() else {
+        return;
+    };
+    let store = postgres.url();
+    let a = TestHub::start_with(&["--store", &store, "--bus", &nats_url()]);
+    let b = TestHub::start_node_of(&a, &["--store", &store, "--bus", &nats_url()]);
+    let owner = a.owner_connection_string();
+    let apis = [
+        Service::new(&owner, &a.ca_path()).through(a.address()),
+        Service::new(&owner, &a.ca_path()).through(b.address()),
+    ];
+    const DEVICES: usize = 12;
+    let ids: Vec<String> = (0..DEVICES).map(|n| format!("steadfast-{n}")).collect();
+    for id in &ids {
+        apis[0].register_device(id).await;
+    }
+
+    // Load: three writers, each with its own devices, each write through A or B in turn, one value
+    // after the other per device.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writers: Vec<_> = (0..3)
+        .map(|writer| {
+            let mine: Vec<String> = ids.iter().skip(writer).step_by(3).cloned().collect();
+            let apis = [
+                Service::new(&owner, &a.ca_path()).through(a.address()),
+                Service::new(&owner, &a.ca_path()).through(b.address()),
+            ];
+            let stop = std::sync::Arc::clone(&stop);
+            tokio::spawn(async move {
+                let mut outcomes = Outcomes::default();
+                let mut value = 0i64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    value += 1;
+                    for (n, id) in mine.iter().enumerate() {
+                        let api = &apis[(n + value as usize) % 2];
+                        let body = json!({"tags": {"counter": value}});
+                        let reply = api
+                            .call(Method::PATCH, &format!("/twins/{id}"), Some(body), Some("*"))
+                            .await;
+                        match reply.status {
+                            200 => outcomes.acknowledged.entry(id.clone()).or_default().push(value),
+                            503 if reply.error_code() == "ServerBusy" => {
+                                outcomes.refused.entry(id.clone()).or_default().push(value)
+                            }
+                            status => outcomes.other_statuses.push(format!("{status} {}", reply.body)),
+                        }
+                    }
+                }
+                outcomes
+            })
+        })
+        .collect();
+
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    postgres.crash();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    postgres.resume();
+    let resumed = std::time::Instant::now();
+    // Both nodes write again by themselves.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    for api in &apis {
+        loop {
+            let body = json!({"tags": {"probe": true}});
+            let reply = api
+                .call(Method::PATCH, "/twins/steadfast-0", Some(body), Some("*"))
+                .await;
+            if reply.status == 200 {
+                break;
+            }
+            assert_eq!(reply.status, 503, "{}", reply.body);
+            assert!(
+                std::time::Instant::now() < deadline,
+                "writes did not recover: {}",
+                reply.body
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    let recovered_after = resumed.elapsed();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut outcomes = Outcomes::default();
+    for writer in writers {
+        let part = writer.await.expect("a writer");
+        outcomes.acknowledged.extend(part.acknowledged);
+        outcomes.refused.extend(part.refused);
+        outcomes.other_statuses.extend(part.other_statuses);
+    }
+    assert!(
+        outcomes.other_statuses.is_empty(),
+        "answers other than 200 and 503 ServerBusy: {:?}",
+        outcomes.other_statuses
+    );
+    assert!(!outcomes.refused.is_empty(), "the crash refused some writes");
+
+    // Nothing acknowledged is lost: each twin holds its last acknowledged value, or a later one whose
+    // answer the crash cut (COMMIT may have reached the WAL before the connection broke); both nodes agree.
+    for id in &ids {
+        let last_acknowledged = outcomes.acknowledged.get(id).and_then(|values| values.last().copied());
+        let last_attempted = outcomes
+            .refused
+            .get(id)
+            .and_then(|values| values.last().copied())
+            .max(last_acknowledged);
+        for api in &apis {
+            let counter = twin(api, id).await["tags"]["counter"].as_i64();
+            assert!(
+                counter >= last_acknowledged && counter <= last_attempted,
+                "{id}: {counter:?}, last acknowledged {last_acknowledged:?}, last attempted {last_attempted:?}"
+            );
+        }
+        assert_eq!(
+            twin(&apis[0], id).await["tags"],
+            twin(&apis[1], id).await["tags"],
+            "{id}: both nodes show the same twin"
+        );
+    }
+    let acknowledged: usize = outcomes.acknowledged.values().map(Vec::len).sum();
+    let refused: usize = outcomes.refused.values().map(Vec::len).sum();
+    println!(
+        "{acknowledged} writes acknowledged, {refused} refused with ServerBusy during the crash; both nodes wrote again {recovered_after:?} after PostgreSQL was back"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_direct_method_called_through_one_node_reaches_the_device_on_the_other() {
     let Some(cluster) = Cluster::start().await else {

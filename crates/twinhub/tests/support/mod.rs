@@ -7,6 +7,7 @@ pub mod balancer;
 pub mod cut_proxy;
 pub mod database;
 pub mod nats;
+pub mod private_postgres;
 
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
