@@ -1,5 +1,6 @@
 //! The bus between the nodes of a cluster: "ask whichever node serves this topic" (the node that holds
-//! a device's connection answers its direct method calls). [`Bus`] is what the hub needs; [`NatsBus`]
+//! a device's connection answers its direct method calls), and "tell every node" (a device connected
+//! here: any older connection of it elsewhere closes). [`Bus`] is what the hub needs; [`NatsBus`]
 //! is it on NATS, whose request/reply with "no responders" is exactly that, with no RPC of our own.
 //!
 //! Topics are the hub's own names (an endpoint such as a device id may hold any character IoT Hub
@@ -49,6 +50,9 @@ pub trait Bus: Send + Sync {
 
     /// Answers a request.
     async fn reply(&self, reply_to: String, payload: Vec<u8>) -> Result<(), BusError>;
+
+    /// Tells every node that serves `topic` (each gets it, none answers).
+    async fn announce(&self, topic: &str, payload: Vec<u8>) -> Result<(), BusError>;
 }
 
 /// The bus on NATS (core request/reply; JetStream is not needed for this).
@@ -128,6 +132,13 @@ impl Bus for NatsBus {
     async fn reply(&self, reply_to: String, payload: Vec<u8>) -> Result<(), BusError> {
         self.client
             .publish(reply_to, payload.into())
+            .await
+            .map_err(|error| BusError::Failed(error.to_string()))
+    }
+
+    async fn announce(&self, topic: &str, payload: Vec<u8>) -> Result<(), BusError> {
+        self.client
+            .publish(self.subject(topic), payload.into())
             .await
             .map_err(|error| BusError::Failed(error.to_string()))
     }

@@ -18,6 +18,7 @@ pub mod index;
 mod presence_leases;
 mod query;
 mod remote_methods;
+pub mod takeover;
 mod writer;
 
 use arc_swap::ArcSwap;
@@ -84,8 +85,10 @@ pub struct Hub {
     snapshot: Arc<ArcSwap<Snapshot>>,
     /// The persistent sessions found at start, until a transport takes them.
     stored_sessions: std::sync::Mutex<Vec<SessionRecord>>,
-    /// Client ids whose persistent session another node wrote since (a cluster).
-    sessions_elsewhere: broadcast::Sender<String>,
+    /// Clients another node took (a cluster): announced on the bus, or their session written there.
+    sessions_elsewhere: broadcast::Sender<takeover::TakenElsewhere>,
+    /// This process among the cluster's nodes, in its announcements.
+    instance: u64,
     /// The store, for the rare reads outside the snapshot (a session another node wrote).
     store: Arc<dyn Store>,
     writes: mpsc::Sender<WriteCommand>,
@@ -200,6 +203,13 @@ impl Hub {
             ));
         }
         let (sessions_elsewhere, _) = broadcast::channel(SESSIONS_ELSEWHERE_QUEUE_MAX);
+        let instance = {
+            use std::hash::{BuildHasher, Hasher};
+            std::collections::hash_map::RandomState::new().build_hasher().finish()
+        };
+        if let Some(bus) = &bus {
+            tokio::spawn(takeover::listen(Arc::clone(bus), instance, sessions_elsewhere.clone()));
+        }
         // In a cluster: presence leases, so that a dead node's devices do not stay Connected.
         let holds = if store.cluster().is_some() {
             let (holds, changes) = mpsc::unbounded_channel();
@@ -229,6 +239,7 @@ impl Hub {
             snapshot,
             stored_sessions: std::sync::Mutex::new(stored_sessions),
             sessions_elsewhere,
+            instance,
             store,
             writes,
             events,
@@ -540,10 +551,19 @@ impl Hub {
         )
     }
 
-    /// In a cluster: the client ids whose persistent session another node wrote from now on (its device
-    /// connected there): a transport drops its own copy, and closes the connection that still holds it.
-    pub fn sessions_taken_elsewhere(&self) -> broadcast::Receiver<String> {
+    /// In a cluster: the clients other nodes take from now on (their device connected there): a
+    /// transport closes its older connection of the client and drops its copy of the session
+    /// (`takeover.rs`).
+    pub fn sessions_taken_elsewhere(&self) -> broadcast::Receiver<takeover::TakenElsewhere> {
         self.sessions_elsewhere.subscribe()
+    }
+
+    /// In a cluster: tells the other nodes that `client_id` connected here at `at`, so that they close
+    /// its older connections. Nothing alone.
+    pub async fn connection_taken(&self, client_id: &str, at: twinhub_core::Timestamp) {
+        if let Some(bus) = &self.bus {
+            takeover::announce(&**bus, self.instance, client_id, at).await;
+        }
     }
 
     /// In a cluster: the persistent session the store holds for `client_id` (a device whose session was

@@ -147,7 +147,7 @@ pub(crate) struct Deliveries {
     /// In a cluster: where the devices this node holds are recorded (`presence_leases::record_holds`).
     pub(crate) holds: Option<mpsc::UnboundedSender<Vec<twinhub_store::HoldChange>>>,
     /// Told the client ids whose persistent session another node wrote (`Hub::sessions_taken_elsewhere`).
-    pub(crate) sessions_elsewhere: broadcast::Sender<String>,
+    pub(crate) sessions_elsewhere: broadcast::Sender<crate::takeover::TakenElsewhere>,
 }
 
 /// A device's connections to this node.
@@ -272,7 +272,9 @@ pub(crate) async fn run(
         }
         for client_id in batch.sessions_elsewhere {
             // Nobody listening (no MQTT service): nothing to drop.
-            let _ = deliveries.sessions_elsewhere.send(client_id);
+            let _ = deliveries
+                .sessions_elsewhere
+                .send(crate::takeover::TakenElsewhere { client_id, at: None });
         }
         deliveries.feedback.forget(&batch.feedback_forgotten);
         deliveries.feedback.push(batch.feedback);

@@ -232,21 +232,35 @@ async fn versions_and_etags_stay_exact_with_writers_on_both_nodes() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_device_that_moves_to_another_node_stays_connected() {
+async fn a_device_that_connects_through_another_node_closes_its_older_connection_and_stays_connected() {
     let Some(cluster) = Cluster::start().await else {
         return;
     };
     let key = cluster.api_a.register_device("mover").await;
-    let (first, code) = cluster.connect(&cluster.a, "mover", &key).await;
+    let (mut first, code) = cluster.connect(&cluster.a, "mover", &key).await;
     assert_eq!(code, ConnectAckReason::ConnectionAccepted);
     let (_second, code) = cluster.connect(&cluster.b, "mover", &key).await;
     assert_eq!(code, ConnectAckReason::ConnectionAccepted);
-    // The old connection on A goes after the new one on B came: B's truth stands.
-    first.disconnect().await;
+    // One connection per device across nodes: A closes the older one.
+    let closed = tokio::time::timeout(Duration::from_secs(5), first.receive()).await;
+    assert!(matches!(closed, Ok(None)), "the connection on A closed: {closed:?}");
+    // The old connection on A went after the new one on B came: B's truth stands.
     tokio::time::sleep(Duration::from_millis(300)).await;
     for api in [&cluster.api_a, &cluster.api_b] {
         assert_eq!(twin(api, "mover").await["connectionState"], "Connected");
     }
+    // And the other way, with clean sessions: back to A closes the one on B.
+    let clean = |node: &TestHub| {
+        let mut credentials = Credentials::device(&node.host(), "mover", &key, 3600);
+        credentials.clean_session = true;
+        credentials
+    };
+    let (mut on_b, code, _) = MqttClient::connect(cluster.b.address(), &cluster.b.ca_path(), &clean(&cluster.b)).await;
+    assert_eq!(code, ConnectAckReason::ConnectionAccepted);
+    let (_on_a, code, _) = MqttClient::connect(cluster.a.address(), &cluster.a.ca_path(), &clean(&cluster.a)).await;
+    assert_eq!(code, ConnectAckReason::ConnectionAccepted);
+    let closed = tokio::time::timeout(Duration::from_secs(5), on_b.receive()).await;
+    assert!(matches!(closed, Ok(None)), "the connection on B closed: {closed:?}");
     cluster.database.drop_now().await;
 }
 

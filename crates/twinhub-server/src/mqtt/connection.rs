@@ -262,8 +262,10 @@ pub(crate) async fn serve<R, W>(
 
     let connection_id = NEXT_CONNECTION_ID.fetch_add(1, Ordering::Relaxed);
     let close = Arc::new(Notify::new());
+    let attached_at = twinhub_core::Timestamp::now();
     let owner = Owner {
         connection_id,
+        attached_at,
         close: Arc::clone(&close),
     };
     // In a cluster, a persistent session this node does not have may be another node's: read it.
@@ -281,8 +283,10 @@ pub(crate) async fn serve<R, W>(
     };
     let moved_here = stored.clone();
     let (session, session_present) = service.sessions.attach(&client, connect.clean_session, owner, stored);
+    // Any older connection of this client on another node closes.
+    service.hub.connection_taken(&client_id, attached_at).await;
     if let Some(record) = moved_here {
-        // Written here, so that the node that held it lets it go (and closes its connection, if any).
+        // Written here, so that the node that held it drops its copy.
         if let Err(error) = service.hub.store_session(client_id, Some(record)).await {
             tracing::warn!(%error, client_id = %connect.client_id, "could not take the session over in the store");
         }

@@ -118,16 +118,16 @@ impl MqttService {
     }
 }
 
-/// In a cluster: drops the sessions other nodes took (their device connected there), closing the
+/// In a cluster: drops the sessions other nodes took (their device connected there), closing the older
 /// connection that still held one here.
 async fn give_way_to_other_nodes(
-    mut taken: tokio::sync::broadcast::Receiver<String>,
+    mut taken: tokio::sync::broadcast::Receiver<twinhub_hub::takeover::TakenElsewhere>,
     sessions: std::sync::Weak<session::Sessions>,
 ) {
     use tokio::sync::broadcast::error::RecvError;
     loop {
-        let client_id = match taken.recv().await {
-            Ok(client_id) => client_id,
+        let taken_elsewhere = match taken.recv().await {
+            Ok(taken_elsewhere) => taken_elsewhere,
             Err(RecvError::Lagged(missed)) => {
                 tracing::warn!(missed, "missed sessions taken by other nodes: a device among them that comes back here resumes this node's older copy");
                 continue;
@@ -135,6 +135,6 @@ async fn give_way_to_other_nodes(
             Err(RecvError::Closed) => return,
         };
         let Some(sessions) = sessions.upgrade() else { return };
-        sessions.taken_elsewhere(&client_id);
+        sessions.taken_elsewhere(&taken_elsewhere.client_id, taken_elsewhere.at);
     }
 }

@@ -2,7 +2,8 @@
 //! token renewal is a full reconnect that subscribes to nothing again (device-mqtt-http notes §4.9).
 //!
 //! A session outlives its connections; at most one connection owns it at a time. A new CONNECT with the
-//! same client id takes the session over and closes the old connection. Sessions live in memory: a hub
+//! same client id takes the session over and closes the old connection (in a cluster, on whichever
+//! node it is: `twinhub_hub::takeover`). Sessions live in memory: a hub
 //! restart ends them (the twin's `connectionState` says so), as it ends every connection.
 
 use super::topic::{self, Subscription};
@@ -52,6 +53,9 @@ impl ClientIdentity {
 /// requests reach it through the hub's device router, where it registers.)
 pub struct Owner {
     pub connection_id: u64,
+    /// When the connection took the session: an announcement from another node of a later connection
+    /// closes it, one of an earlier one does not.
+    pub attached_at: twinhub_core::Timestamp,
     /// Told to close: taken over by a new connection, or the device was disabled or deleted.
     pub close: Arc<Notify>,
 }
@@ -205,13 +209,24 @@ impl Sessions {
         self.map().contains_key(client_id)
     }
 
-    /// Another node of the cluster holds the session now: this node's copy goes, and the connection that
-    /// still owned it here is closed (one connection per device, across nodes). The device's next
-    /// connection here reads the session from the store.
-    pub fn taken_elsewhere(&self, client_id: &str) {
-        if let Some(session) = self.map().remove(client_id) {
-            session.close_owner();
+    /// Another node of the cluster took the client, at `at` (its connection's time; `None`: its session
+    /// was written there). This node's copy of the session goes, unless a connection here holds it that
+    /// is newer than `at` (or `at` is unknown); an older one is closed (one connection per device, across
+    /// nodes). The device's next connection here reads the session from the store.
+    pub fn taken_elsewhere(&self, client_id: &str, at: Option<twinhub_core::Timestamp>) {
+        let mut map = self.map();
+        let Some(session) = map.get(client_id).cloned() else {
+            return;
+        };
+        {
+            let state = session.state();
+            match (&state.owner, at) {
+                (None, _) => {}
+                (Some(owner), Some(at)) if owner.attached_at < at => owner.close.notify_one(),
+                (Some(_), _) => return,
+            }
         }
+        map.remove(client_id);
     }
 
     /// The connection `connection_id` ended. A session it still owns becomes ownerless; a clean session is
@@ -307,11 +322,40 @@ mod tests {
         (
             Owner {
                 connection_id,
+                // Connections attach in the order of their ids.
+                attached_at: twinhub_core::Timestamp(connection_id as i64),
                 close: Arc::clone(&close),
             },
             (),
             close,
         )
+    }
+
+    #[tokio::test]
+    async fn another_node_taking_the_client_closes_only_an_older_connection_here() {
+        use twinhub_core::Timestamp;
+        let sessions = Sessions::default();
+        let client = ClientIdentity::parse("d1").unwrap();
+        let (held, (), closed) = owner(10);
+        sessions.attach(&client, false, held, None);
+        // A session write seen in the commit log closes no connection.
+        sessions.taken_elsewhere("d1", None);
+        assert!(sessions.contains("d1"));
+        // A connection elsewhere older than this one's: this one stays.
+        sessions.taken_elsewhere("d1", Some(Timestamp(5)));
+        assert!(sessions.contains("d1"));
+        // A newer one: this one closes and the copy goes.
+        sessions.taken_elsewhere("d1", Some(Timestamp(20)));
+        assert!(!sessions.contains("d1"));
+        tokio::time::timeout(std::time::Duration::from_secs(1), closed.notified())
+            .await
+            .expect("the older connection is told to close");
+        // A copy no connection holds goes whatever the signal.
+        let (held, (), _) = owner(30);
+        let (session, _) = sessions.attach(&client, false, held, None);
+        sessions.detach(&session, 30, false, None);
+        sessions.taken_elsewhere("d1", None);
+        assert!(!sessions.contains("d1"));
     }
 
     #[test]
