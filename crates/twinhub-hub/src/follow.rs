@@ -68,6 +68,24 @@ pub(crate) struct Follower {
     /// The last commit the published snapshot includes.
     pub(crate) applied: Arc<AtomicU64>,
     last_probe: Mutex<Option<Probe>>,
+    /// Reads served from this node's view because the store could not say how far the cluster is.
+    pub(crate) reads_from_unchecked_view: AtomicU64,
+    /// Catch-ups that failed: other nodes' commits this node could not apply when told of them.
+    pub(crate) catch_up_failures: Arc<AtomicU64>,
+}
+
+/// How far a node's view is from the cluster's, for its metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ClusterView {
+    /// The last commit this node's view includes.
+    pub applied_commit: u64,
+    /// The last commit this node heard of (notifications and polls of the store).
+    pub heard_commit: u64,
+    /// Reads and queries served from this node's view while the store could not say whether it was
+    /// behind (each also logged).
+    pub reads_from_unchecked_view: u64,
+    /// Times this node could not apply other nodes' commits when told of them (each also logged).
+    pub catch_up_failures: u64,
 }
 
 #[derive(Clone, Copy)]
@@ -83,7 +101,24 @@ impl Follower {
             store,
             applied: Arc::new(AtomicU64::new(applied)),
             last_probe: Mutex::new(None),
+            reads_from_unchecked_view: AtomicU64::new(0),
+            catch_up_failures: Arc::new(AtomicU64::new(0)),
         })
+    }
+
+    /// Where this node's view stands.
+    pub(crate) fn view(&self) -> ClusterView {
+        let heard = self
+            .store
+            .cluster()
+            .map_or(0, |cluster| *cluster.commit_notifications().borrow());
+        let applied = self.applied.load(Ordering::Acquire);
+        ClusterView {
+            applied_commit: applied,
+            heard_commit: heard.max(applied),
+            reads_from_unchecked_view: self.reads_from_unchecked_view.load(Ordering::Relaxed),
+            catch_up_failures: self.catch_up_failures.load(Ordering::Relaxed),
+        }
     }
 
     fn cluster(&self) -> Result<&dyn ClusterStore, HubError> {
@@ -135,6 +170,7 @@ async fn catch_up(writes: &mpsc::Sender<WriteCommand>) -> Result<(), HubError> {
 pub(crate) async fn follow_commits(
     mut heard: watch::Receiver<u64>,
     applied: Arc<AtomicU64>,
+    failures: Arc<AtomicU64>,
     writes: mpsc::WeakSender<WriteCommand>,
 ) {
     loop {
@@ -150,6 +186,7 @@ pub(crate) async fn follow_commits(
             if matches!(error, HubError::ShuttingDown) {
                 return;
             }
+            failures.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(%error, "could not apply other nodes' commits; this node's view is behind until it can");
         }
     }

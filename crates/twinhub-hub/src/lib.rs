@@ -41,6 +41,7 @@ pub use device_router::{
 pub use error::HubError;
 pub use event_log::{Enqueued, EventLog, EventLogConfig, PartitionState};
 pub use events::HubEvent;
+pub use follow::ClusterView;
 pub use writer::ACTIVITY_RESOLUTION;
 use writer::{PresenceEvent, WriteCommand, WriteOp, WriteOutcome};
 
@@ -199,6 +200,7 @@ impl Hub {
             tokio::spawn(follow::follow_commits(
                 cluster.commit_notifications(),
                 Arc::clone(&follower.applied),
+                Arc::clone(&follower.catch_up_failures),
                 writes.downgrade(),
             ));
         }
@@ -273,8 +275,18 @@ impl Hub {
     /// says it may be behind.
     pub async fn read_barrier(&self) {
         if let Err(error) = self.caught_up().await {
+            if let Some(follower) = &self.follower {
+                follower
+                    .reads_from_unchecked_view
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
             tracing::warn!(%error, "serving a read from this node's view, which may be behind the cluster");
         }
+    }
+
+    /// In a cluster: how far this node's view is from the cluster's (for its metrics); `None` alone.
+    pub fn cluster_view(&self) -> Option<ClusterView> {
+        self.follower.as_ref().map(follow::Follower::view)
     }
 
     /// [`Hub::device`], first [`Hub::caught_up`] when the device is not (yet) known here: a device

@@ -7,6 +7,7 @@
 pub mod amqp;
 pub mod material;
 pub mod mqtt;
+pub mod operations;
 pub mod rest;
 pub mod server;
 pub mod tls;

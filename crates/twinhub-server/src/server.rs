@@ -45,6 +45,8 @@ pub struct ServeConfig {
     /// Plain AMQP without TLS on this port, for the Event Hubs SDKs' development-emulator mode
     /// (`UseDevelopmentEmulator=true`); off when `None`. Tokens are still required.
     pub event_hubs_emulator_port: Option<u16>,
+    /// The operations listener (`/metrics`, `/healthz`); off when `None`.
+    pub metrics_bind: Option<SocketAddr>,
 }
 
 impl std::fmt::Debug for ServeConfig {
@@ -65,6 +67,7 @@ impl std::fmt::Debug for ServeConfig {
             .field("event_partitions", &self.event_partitions)
             .field("hub_name", &self.hub_name)
             .field("event_hubs_emulator_port", &self.event_hubs_emulator_port)
+            .field("metrics_bind", &self.metrics_bind)
             .finish()
     }
 }
@@ -76,6 +79,7 @@ impl ServeConfig {
             event_partitions: twinhub_store::EVENT_PARTITIONS_DEFAULT,
             hub_name,
             event_hubs_emulator_port: None,
+            metrics_bind: None,
             data_dir,
             hostname,
             bind,
@@ -186,6 +190,10 @@ pub async fn serve(config: ServeConfig) -> Result<RunningHub, ServeError> {
     let mqtt_listener = bind(SocketAddr::new(config.bind, config.mqtt_port), "--mqtt-port").await?;
     let mqtt_address = local_address(&mqtt_listener, "--mqtt-port")?;
     let amqp_listener = bind(SocketAddr::new(config.bind, config.amqp_port), "--amqp-port").await?;
+    let operations_listener = match config.metrics_bind {
+        Some(address) => Some(bind(address, "--metrics-bind").await?),
+        None => None,
+    };
     let emulator_listener = match config.event_hubs_emulator_port {
         Some(port) => Some(bind(SocketAddr::new(config.bind, port), "--event-hubs-emulator-port").await?),
         None => None,
@@ -204,6 +212,9 @@ pub async fn serve(config: ServeConfig) -> Result<RunningHub, ServeError> {
         }
     };
     let hub = Hub::start_node(store, event_store, config.bus.clone(), config.hub.clone()).await?;
+    if let Some(listener) = operations_listener {
+        tokio::spawn(crate::operations::serve(listener, Arc::clone(&hub)));
+    }
     let mqtt = MqttService::start(
         Arc::clone(&hub),
         config.hostname.clone(),

@@ -63,6 +63,10 @@ pub struct ServeArgs {
     /// or more survives losing a NATS server).
     #[arg(long, default_value_t = 1, requires = "bus")]
     event_replicas: usize,
+    /// Serve `/metrics` (Prometheus' text format) and `/healthz` on this address (e.g. 127.0.0.1:9464),
+    /// off the public ports; off by default.
+    #[arg(long)]
+    metrics_bind: Option<std::net::SocketAddr>,
     /// Also serve the Event Hubs-compatible endpoint as plain AMQP (no TLS) on this port, for the Event
     /// Hubs SDKs' `UseDevelopmentEmulator=true` mode (local use only: nothing is encrypted).
     #[arg(long)]
@@ -82,6 +86,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     }
     config.event_partitions = args.event_partitions;
     config.event_hubs_emulator_port = args.event_hubs_emulator_port;
+    config.metrics_bind = args.metrics_bind;
     config.hub.events.retention = std::time::Duration::from_secs(args.event_retention_hours * 3600);
     config.hub.events.partition_bytes_max = args.event_retention_mib_per_partition * 1024 * 1024;
     let started = std::time::Instant::now();

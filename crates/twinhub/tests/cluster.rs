@@ -320,7 +320,32 @@ async fn postgresql_out_of_reach_refuses_writes_with_server_busy_serves_reads_an
         return;
     };
     let proxy = support::cut_proxy::CutProxy::start(database.server_address()).await;
-    let hub = TestHub::start_with(&["--store", &database.store_url_via(proxy.address)]);
+    let metrics_at = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free port")
+        .to_string();
+    let hub = TestHub::start_with(&[
+        "--store",
+        &database.store_url_via(proxy.address),
+        "--metrics-bind",
+        &metrics_at,
+    ]);
+    let scrape = || {
+        let url = format!("http://{metrics_at}/metrics");
+        async move {
+            reqwest::get(url)
+                .await
+                .expect("a scrape")
+                .text()
+                .await
+                .expect("the metrics")
+        }
+    };
+    let metric = |text: &str, name: &str| -> u64 {
+        text.lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{name} in\n{text}"))
+    };
     let api = Service::new(&hub.owner_connection_string(), &hub.ca_path());
     // A second node, which PostgreSQL stays in reach of.
     let other = TestHub::start_node_of(&hub, &["--store", &database.store_url()]);
@@ -336,6 +361,11 @@ async fn postgresql_out_of_reach_refuses_writes_with_server_busy_serves_reads_an
     };
     assert_eq!(code, ConnectAckReason::ConnectionAccepted);
     device.subscribe(&[(RESPONSES, QoS::AtMostOnce)]).await;
+
+    let before = scrape().await;
+    assert_eq!(metric(&before, "twinhub_cluster_reads_from_unchecked_view_total"), 0);
+    assert_eq!(metric(&before, "twinhub_cluster_commits_behind"), 0);
+    assert_eq!(metric(&before, "twinhub_devices"), 1);
 
     proxy.cut();
     // Writes are refused, promptly, in each protocol's "try again" terms; nothing half-written.
@@ -359,6 +389,9 @@ async fn postgresql_out_of_reach_refuses_writes_with_server_busy_serves_reads_an
     assert_eq!(twin(&api, "steady").await["properties"]["desired"]["mode"], "on");
     let reply = api.query("SELECT deviceId FROM devices", None, None).await;
     assert_eq!(reply.body, json!([{"deviceId": "steady"}]));
+    // ... and the node says so: in its log, and in its metrics.
+    assert!(metric(&scrape().await, "twinhub_cluster_reads_from_unchecked_view_total") >= 2);
+    assert!(hub.log().contains("may be behind the cluster"));
     // Cut off long enough, the node's lease lapses: the other node, which cannot tell a cut from a
     // death, shows its device Disconnected.
     await_connection_state(&api_other, "steady", "Disconnected", Duration::from_secs(30)).await;
