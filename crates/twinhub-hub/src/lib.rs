@@ -572,9 +572,11 @@ impl Hub {
 
     /// In a cluster: tells the other nodes that `client_id` connected here at `at`, so that they close
     /// its older connections. Nothing alone.
-    pub async fn connection_taken(&self, client_id: &str, at: twinhub_core::Timestamp) {
+    pub fn connection_taken(&self, client_id: &str, at: twinhub_core::Timestamp) {
         if let Some(bus) = &self.bus {
-            takeover::announce(&**bus, self.instance, client_id, at).await;
+            // Off the connection's path: a CONNECT never waits for the bus.
+            let (bus, instance, client_id) = (Arc::clone(bus), self.instance, client_id.to_owned());
+            tokio::spawn(async move { takeover::announce(&*bus, instance, &client_id, at).await });
         }
     }
 

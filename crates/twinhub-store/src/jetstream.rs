@@ -361,24 +361,30 @@ impl EventStore for JetStreamEvents {
             self.stream(append.partition)?;
         }
         // Published in batch order on one connection, so JetStream numbers them in that order; then every
-        // acknowledgement is awaited.
-        let mut acks = Vec::with_capacity(batch.len());
-        for append in &batch {
-            let payload = encode_jetstream_event(&append.origin, &append.event)?;
-            let subject = self.subjects[usize::from(append.partition)].clone();
-            let ack = self
-                .context
-                .publish(subject, payload.into())
-                .await
-                .map_err(unavailable)?;
-            acks.push(ack);
-        }
-        let mut numbers = Vec::with_capacity(acks.len());
-        for ack in acks {
-            let ack = ack.await.map_err(unavailable)?;
-            numbers.push(ack.sequence.saturating_sub(1));
-        }
-        Ok(numbers)
+        // acknowledgement is awaited. The whole append is bounded: with NATS out of reach the client
+        // buffers publishes until its queue is full, then a publish would wait for as long as NATS is away.
+        let append = async {
+            let mut acks = Vec::with_capacity(batch.len());
+            for append in &batch {
+                let payload = encode_jetstream_event(&append.origin, &append.event)?;
+                let subject = self.subjects[usize::from(append.partition)].clone();
+                let ack = self
+                    .context
+                    .publish(subject, payload.into())
+                    .await
+                    .map_err(unavailable)?;
+                acks.push(ack);
+            }
+            let mut numbers = Vec::with_capacity(acks.len());
+            for ack in acks {
+                let ack = ack.await.map_err(unavailable)?;
+                numbers.push(ack.sequence.saturating_sub(1));
+            }
+            Ok(numbers)
+        };
+        tokio::time::timeout(REQUEST_TIMEOUT, append)
+            .await
+            .unwrap_or_else(|_| Err(unavailable("JetStream did not acknowledge the events in time")))
     }
 
     async fn read_events(

@@ -764,6 +764,15 @@ async fn nats_out_of_reach_refuses_telemetry_with_server_busy_keeps_twins_going_
         .await;
     assert_eq!(reply.status, 200, "{}", reply.body);
     assert_eq!(twin(&cluster.api_b, "talker").await["tags"]["bus"], "down");
+    // Devices still connect: telling the other nodes of a connection does not wait for the bus.
+    let started = std::time::Instant::now();
+    let (_device, code) = cluster.connect(&cluster.a, "talker", &key).await;
+    assert_eq!(code, ConnectAckReason::ConnectionAccepted);
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "connected after {:?}",
+        started.elapsed()
+    );
 
     // NATS back: the nodes reconnect by themselves and telemetry goes on.
     nats.resume();

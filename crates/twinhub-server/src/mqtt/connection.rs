@@ -284,7 +284,7 @@ pub(crate) async fn serve<R, W>(
     let moved_here = stored.clone();
     let (session, session_present) = service.sessions.attach(&client, connect.clean_session, owner, stored);
     // Any older connection of this client on another node closes.
-    service.hub.connection_taken(&client_id, attached_at).await;
+    service.hub.connection_taken(&client_id, attached_at);
     if let Some(record) = moved_here {
         // Written here, so that the node that held it drops its copy.
         if let Err(error) = service.hub.store_session(client_id, Some(record)).await {
