@@ -326,10 +326,15 @@ async fn commit_in_cluster(
             let Some(last) = commits.last().map(|commit| commit.seq) else {
                 break;
             };
+            // Fewer than a full read: the log ended there (no second read to learn it).
+            let at_the_end = commits.len() < twinhub_store::COMMITS_READ_MAX;
             for commit in commits {
                 batch.apply_commit(commit);
             }
             at = last;
+            if at_the_end {
+                break;
+            }
         }
         replies.extend(
             commands

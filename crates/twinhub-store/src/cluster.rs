@@ -56,6 +56,9 @@ pub struct LapsedNode {
     pub held: Vec<(DeviceId, Timestamp)>,
 }
 
+/// Most commits one read of the log outside the turn returns ([`ClusterStore::commits_after`]).
+pub const COMMITS_READ_MAX: usize = 4096;
+
 /// A lease lapses this long after its node last renewed it: what a dead node's devices wait, at most,
 /// before another node marks them Disconnected (plus the sweep's period).
 pub const LEASE_LAPSES_AFTER: std::time::Duration = std::time::Duration::from_secs(10);
@@ -74,7 +77,8 @@ pub trait ClusterStore: Send + Sync {
     async fn commit_in_turn(&self, applied: u64, build: BuildCommit<'_>) -> Result<u64, StoreError>;
 
     /// The commits after `applied`, in order, without taking the turn: what a node that is not writing
-    /// reads to follow the others.
+    /// reads to follow the others. At most [`COMMITS_READ_MAX`]: fewer means the log ended there when
+    /// it was read, so a reader needs no second read to know it is at the end.
     async fn commits_after(&self, applied: u64) -> Result<Vec<Commit>, StoreError>;
 
     /// The last committed sequence number: a node that has applied it has seen every write acknowledged

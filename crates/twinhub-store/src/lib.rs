@@ -20,7 +20,9 @@ pub mod events;
 pub mod jetstream;
 pub mod postgres;
 
-pub use cluster::{BuildCommit, ClusterStore, Commit, HoldChange, LapsedNode, Loaded, LEASE_LAPSES_AFTER};
+pub use cluster::{
+    BuildCommit, ClusterStore, Commit, HoldChange, LapsedNode, Loaded, COMMITS_READ_MAX, LEASE_LAPSES_AFTER,
+};
 pub use embedded::{EmbeddedStore, StoreOptions};
 pub use events::{
     EventAppend, EventStore, PartitionBounds, PartitionEnd, EVENT_PARTITIONS_DEFAULT, EVENT_PARTITIONS_MAX,

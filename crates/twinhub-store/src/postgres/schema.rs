@@ -116,6 +116,7 @@ pub(super) const SET_SEQ: &str = "UPDATE hub_seq SET seq = $1 WHERE id = 1";
 pub(super) const SELECT_SEQ: &str = "SELECT seq FROM hub_seq WHERE id = 1";
 /// The log after a node's last applied commit. Outside a turn a node reads it in pieces.
 pub(super) const COMMITS_AFTER: &str = "SELECT seq, body FROM commits WHERE seq > $1 ORDER BY seq";
+/// Its limit is `crate::cluster::COMMITS_READ_MAX` (a test below keeps them equal).
 pub(super) const COMMITS_AFTER_LIMITED: &str = "SELECT seq, body FROM commits WHERE seq > $1 ORDER BY seq LIMIT 4096";
 pub(super) const INSERT_COMMIT: &str = "INSERT INTO commits (seq, node, body) VALUES ($1, $2, $3)";
 pub(super) const NOTIFY_COMMIT: &str = "SELECT pg_notify($1, $2)";
@@ -202,5 +203,10 @@ mod tests {
             quote_identifier("x\"; DROP TABLE devices; --"),
             "\"x\"\"; DROP TABLE devices; --\""
         );
+    }
+
+    #[test]
+    fn a_read_of_the_log_is_limited_to_what_readers_are_told() {
+        assert!(super::COMMITS_AFTER_LIMITED.ends_with(&format!("LIMIT {}", crate::cluster::COMMITS_READ_MAX)));
     }
 }
