@@ -494,22 +494,38 @@ async fn follow_partition(stream: stream::Stream, partition: u16, mut next: u64,
     let mut poll = tokio::time::interval(FOLLOW_POLL);
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        let consumer = stream
-            .create_consumer(consumer::pull::OrderedConfig {
-                deliver_policy: consumer::DeliverPolicy::ByStartSequence {
-                    start_sequence: next + 1,
-                },
-                headers_only: true,
-                ..consumer::pull::OrderedConfig::default()
-            })
-            .await;
-        let mut messages = match consumer {
-            Ok(consumer) => consumer.messages().await.ok(),
-            Err(error) => {
+        // Bounded: with NATS away (or just back) making the consumer may wait without end, and the
+        // look at the stream's state below must go on meanwhile.
+        let made = tokio::time::timeout(REQUEST_TIMEOUT, async {
+            let consumer = stream
+                .create_consumer(consumer::pull::OrderedConfig {
+                    deliver_policy: consumer::DeliverPolicy::ByStartSequence {
+                        start_sequence: next + 1,
+                    },
+                    headers_only: true,
+                    ..consumer::pull::OrderedConfig::default()
+                })
+                .await
+                .map_err(|error| error.to_string())?;
+            consumer.messages().await.map_err(|error| error.to_string())
+        })
+        .await;
+        let mut messages = match made {
+            Ok(Ok(messages)) => Some(messages),
+            Ok(Err(error)) => {
                 tracing::debug!(partition, %error, "cannot follow a partition's appends now; looking again later");
                 None
             }
+            Err(_) => {
+                tracing::debug!(
+                    partition,
+                    "following a partition's appends timed out; looking again later"
+                );
+                None
+            }
         };
+        // Whether the consumer told of an append since the last look at the stream's state.
+        let mut delivered = false;
         loop {
             let end = tokio::select! {
                 message = async {
@@ -519,23 +535,43 @@ async fn follow_partition(stream: stream::Stream, partition: u16, mut next: u64,
                     }
                 } => match message {
                     Some(Ok(message)) => match message.info() {
-                        Ok(info) => Some(PartitionEnd {
-                            partition,
-                            next: info.stream_sequence,
-                            enqueued_time: timestamp(info.published),
-                        }),
+                        Ok(info) => {
+                            delivered = true;
+                            Some(PartitionEnd {
+                                partition,
+                                next: info.stream_sequence,
+                                enqueued_time: timestamp(info.published),
+                            })
+                        }
                         Err(_) => None,
                     },
                     // Ended or failed: made anew from `next`.
                     _ => break,
                 },
                 _ = poll.tick() => match stream.get_info().await {
-                    Ok(info) if bounds_of(&info.state).next > next => Some(PartitionEnd {
-                        partition,
-                        next: bounds_of(&info.state).next,
-                        enqueued_time: timestamp(info.state.last_timestamp),
-                    }),
-                    Ok(_) => None,
+                    Ok(info) if bounds_of(&info.state).next > next => {
+                        let end = PartitionEnd {
+                            partition,
+                            next: bounds_of(&info.state).next,
+                            enqueued_time: timestamp(info.state.last_timestamp),
+                        };
+                        if !std::mem::take(&mut delivered) {
+                            // The stream went on and the consumer said nothing for a whole period: it
+                            // is lost (NATS restarted). Told of the end, then made anew from there.
+                            if end.next > next {
+                                next = end.next;
+                                if ends.send(end).await.is_err() {
+                                    return;
+                                }
+                            }
+                            break;
+                        }
+                        Some(end)
+                    }
+                    Ok(_) => {
+                        delivered = false;
+                        None
+                    }
                     Err(_) if messages.is_none() => break,
                     Err(_) => None,
                 },
@@ -549,7 +585,9 @@ async fn follow_partition(stream: stream::Stream, partition: u16, mut next: u64,
                 }
             }
         }
-        tokio::time::sleep(FOLLOW_POLL).await;
+        if messages.is_none() {
+            tokio::time::sleep(FOLLOW_POLL).await;
+        }
     }
 }
 

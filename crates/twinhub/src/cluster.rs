@@ -18,7 +18,36 @@ pub enum ClusterCommand {
         /// The host name devices and back ends use (the load balancer's), for the connection string.
         #[arg(long, default_value = "localhost")]
         hostname: String,
+        /// The cluster's NATS (as `serve --bus`): its telemetry partitions are created there now.
+        #[arg(long, env = "TWINHUB_BUS")]
+        bus: Option<String>,
+        /// With --bus: the telemetry partitions, 2 to 32 (a cluster keeps the count it was created with).
+        #[arg(long, default_value_t = twinhub_store::EVENT_PARTITIONS_DEFAULT,
+              value_parser = clap::value_parser!(u16).range(2..=32))]
+        event_partitions: u16,
+        /// With --bus: replicas of each partition's JetStream stream.
+        #[arg(long, default_value_t = 1)]
+        event_replicas: usize,
     },
+}
+
+/// The cluster's telemetry partitions in JetStream at `url` (created with `partitions` when the cluster
+/// has none), named by the cluster identity PostgreSQL keeps: a cluster made anew under the same host
+/// name starts with empty partitions.
+pub async fn telemetry_in_jetstream(
+    store: &PostgresStore,
+    url: &str,
+    partitions: u16,
+    replicas: usize,
+) -> anyhow::Result<twinhub_store::JetStreamEvents> {
+    let cluster = store
+        .cluster_identity()
+        .await
+        .map_err(|error| anyhow::anyhow!("cannot read the cluster's identity: {error}"))?;
+    let options = twinhub_store::JetStreamOptions { partitions, replicas };
+    twinhub_store::JetStreamEvents::connect(url, &cluster, options)
+        .await
+        .map_err(|error| anyhow::anyhow!("cannot keep telemetry in JetStream: {error}"))
 }
 
 /// Whether the files this node now has were the cluster's already, or this node's, offered first.
@@ -56,6 +85,9 @@ pub async fn run(command: ClusterCommand) -> anyhow::Result<()> {
             store,
             data_dir,
             hostname,
+            bus,
+            event_partitions,
+            event_replicas,
         } => {
             let store = PostgresStore::connect(&store)
                 .await
@@ -67,6 +99,15 @@ pub async fn run(command: ClusterCommand) -> anyhow::Result<()> {
                     store.describe(),
                     data_dir.display()
                 ),
+            }
+            if let Some(url) = &bus {
+                use twinhub_store::EventStore;
+                let events = telemetry_in_jetstream(&store, url, event_partitions, event_replicas).await?;
+                println!(
+                    "telemetry: {} partitions ({})",
+                    events.partition_count(),
+                    events.describe()
+                );
             }
             let policies = HubMaterial::policies_in(&data_dir, false)?;
             let owner = HubMaterial::policy(&policies, "iothubowner")?;

@@ -99,19 +99,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         crate::cluster::share_material(&store, &args.data_dir, &args.hostname).await?;
         let events: std::sync::Arc<dyn twinhub_store::EventStore> = match &args.bus {
             Some(url) => {
-                let options = twinhub_store::JetStreamOptions {
-                    partitions: args.event_partitions,
-                    replicas: args.event_replicas,
-                };
-                // Named by the database's cluster identity: a cluster made anew under the same host name
-                // starts with empty partitions.
-                let cluster = store
-                    .cluster_identity()
-                    .await
-                    .map_err(|error| anyhow::anyhow!("cannot read the cluster's identity: {error}"))?;
-                let events = twinhub_store::JetStreamEvents::connect(url, &cluster, options)
-                    .await
-                    .map_err(|error| anyhow::anyhow!("cannot keep telemetry in JetStream: {error}"))?;
+                let events =
+                    crate::cluster::telemetry_in_jetstream(&store, url, args.event_partitions, args.event_replicas)
+                        .await?;
                 tracing::info!(events = events.describe(), "telemetry is kept in NATS JetStream");
                 std::sync::Arc::new(events)
             }

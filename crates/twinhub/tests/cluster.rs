@@ -701,17 +701,21 @@ async fn telemetry_sent_through_any_node_is_read_through_every_node_with_the_sam
 
 /// `POST /devices/{id}/messages/events` through `node`, as the HTTPS device transport sends it.
 async fn post_event(api: &Service, node: &TestHub, id: &str, key: &str, body: &str) -> rest_client::Reply {
-    let token = twinhub_core::sas::sign(
-        &format!("{}/devices/{id}", node.host()),
-        key,
-        None,
-        rest_client::now() + 600,
-    )
-    .expect("a token");
-    let url = format!(
-        "https://{}/devices/{id}/messages/events?api-version=2021-04-12",
-        node.address()
-    );
+    post_event_to(api, node.address(), &node.host(), id, key, body).await
+}
+
+/// The same, to the node at `address` of the hub named `host`.
+async fn post_event_to(
+    api: &Service,
+    address: std::net::Ipv4Addr,
+    host: &str,
+    id: &str,
+    key: &str,
+    body: &str,
+) -> rest_client::Reply {
+    let token =
+        twinhub_core::sas::sign(&format!("{host}/devices/{id}"), key, None, rest_client::now() + 600).expect("a token");
+    let url = format!("https://{address}/devices/{id}/messages/events?api-version=2021-04-12");
     let response = api
         .http
         .post(url)
@@ -741,6 +745,30 @@ async fn nats_out_of_reach_refuses_telemetry_with_server_busy_keeps_twins_going_
     let key = cluster.api_a.register_device("talker").await;
     let sent = post_event(&cluster.api_b, &cluster.b, "talker", &key, r#"{"n":"before"}"#).await;
     assert_eq!(sent.status, 204, "{}", sent.body);
+    // Load: another device sends through A all along; what is acknowledged must be there at the end.
+    let loader_key = cluster.api_a.register_device("loader").await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = {
+        let (stop, a_address) = (std::sync::Arc::clone(&stop), cluster.a.address());
+        let api = Service::new(&cluster.a.owner_connection_string(), &cluster.a.ca_path()).through(a_address);
+        let host = cluster.a.host();
+        tokio::spawn(async move {
+            let (mut acknowledged, mut refused) = (Vec::new(), 0usize);
+            let mut n = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let body = format!(r#"{{"load":{n}}}"#);
+                let reply = post_event_to(&api, a_address, &host, "loader", &loader_key, &body).await;
+                match reply.status {
+                    204 => acknowledged.push(body),
+                    503 if reply.error_code() == "ServerBusy" => refused += 1,
+                    other => panic!("load: {other} {}", reply.body),
+                }
+                n += 1;
+            }
+            (acknowledged, refused)
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
 
     nats.kill();
     let started = std::time::Instant::now();
@@ -790,8 +818,53 @@ async fn nats_out_of_reach_refuses_telemetry_with_server_busy_keeps_twins_going_
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (load_acknowledged, load_refused) = load.await.expect("the load");
+    assert!(load_refused > 0, "the load met the outage");
     // Read through the other node: what was acknowledged is there, in order, numbered without a gap
-    // (the refused event may be there too: the device was told to send it again, at least once).
+    // (refused events may be there too: their devices were told to send them again, at least once).
+    // B hears of every append through A again (its follower of the partition, made anew after NATS
+    // came back), within a second or two.
+    {
+        let mut on_a = Consumer::service(&cluster.a).await;
+        let (last_on_a, _) = on_a.partition_state(partition("loader")).await;
+        on_a.close().await;
+        let mut on_b = Consumer::service(&cluster.b).await;
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let (last_on_b, _) = on_b.partition_state(partition("loader")).await;
+            if last_on_b >= last_on_a {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "B still sees the partition end at {last_on_b}, A at {last_on_a}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        on_b.close().await;
+    }
+    let mut consumer = Consumer::service(&cluster.b).await;
+    let loaded: Vec<String> = consumer.read_everything().await[&partition("loader")]
+        .iter()
+        .map(|event| String::from_utf8(body(event)).expect("UTF-8"))
+        .collect();
+    let mut found = loaded.iter();
+    for acknowledged in &load_acknowledged {
+        assert!(
+            found.any(|text| text == acknowledged),
+            "{acknowledged} acknowledged and not read back in order ({} acknowledged, {} read)",
+            load_acknowledged.len(),
+            loaded.len()
+        );
+    }
+    println!(
+        "load through the outage: {} events acknowledged, {load_refused} refused with ServerBusy, {} read back",
+        load_acknowledged.len(),
+        loaded.len()
+    );
+    consumer.close().await;
     let mut consumer = Consumer::service(&cluster.a).await;
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     let bodies = loop {
@@ -823,6 +896,7 @@ async fn cluster_init_gives_every_node_the_same_policies_and_ca() {
     };
     let store = database.store_url();
     let init_dir = tempfile::tempdir().expect("temporary directory");
+    let bus = nats_url();
     let init = |hostname: &str| {
         let output = std::process::Command::new(env!("CARGO_BIN_EXE_twinhub"))
             .args([
@@ -830,6 +904,10 @@ async fn cluster_init_gives_every_node_the_same_policies_and_ca() {
                 "init",
                 "--store",
                 &store,
+                "--bus",
+                &bus,
+                "--event-partitions",
+                "8",
                 "--hostname",
                 hostname,
                 "--data-dir",
@@ -842,17 +920,27 @@ async fn cluster_init_gives_every_node_the_same_policies_and_ca() {
     };
     let printed = init("hub.example");
     assert!(printed.contains("now has this hub's policies and CA"), "{printed}");
+    assert!(printed.contains("telemetry: 8 partitions"), "{printed}");
     let connection_string = printed.lines().last().expect("the connection string").to_owned();
     assert!(connection_string.starts_with("HostName=hub.example;SharedAccessKeyName=iothubowner;"));
     // Again: the cluster keeps what it has.
     assert!(init("hub.example").contains("had its policies and CA already"));
 
-    // A node started on the store serves with them: the key init printed works, the CA it made is trusted.
-    let node = TestHub::start_with(&["--store", &store]);
+    // A node started on the store serves with them: the key init printed works, the CA it made is trusted;
+    // and with the cluster's 8 telemetry partitions, whatever it asks for.
+    let node = TestHub::start_with(&["--store", &store, "--bus", &bus, "--event-partitions", "2"]);
     let on_node = connection_string.replace("HostName=hub.example", &format!("HostName={}", node.host()));
     let api = Service::new(&on_node, &init_dir.path().join("ca.pem"));
     let reply = api.call(Method::GET, "/devices", None, None).await;
     assert_eq!(reply.status, 200, "{}", reply.body);
+    let mut consumer = event_hubs_client::Consumer::service(&node).await;
+    let (status, event_hub) = consumer.read("com.microsoft:eventhub", None).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        event_hub["partition_count"],
+        fe2o3_amqp::types::primitives::Value::Int(8)
+    );
+    consumer.close().await;
     drop(node);
     database.drop_now().await;
 }
