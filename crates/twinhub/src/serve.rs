@@ -59,6 +59,10 @@ pub struct ServeArgs {
     /// --hostname, which names the cluster on the bus.
     #[arg(long, env = "TWINHUB_BUS", requires = "store")]
     bus: Option<String>,
+    /// With --store: this node's name in the cluster (its commits in the log, its presence lease);
+    /// default `node-<process id>`.
+    #[arg(long, requires = "store")]
+    node_name: Option<String>,
     /// With --bus: replicas of each telemetry partition's JetStream stream (3 on a NATS cluster of three
     /// or more survives losing a NATS server).
     #[arg(long, default_value_t = 1, requires = "bus")]
@@ -91,9 +95,12 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     config.hub.events.partition_bytes_max = args.event_retention_mib_per_partition * 1024 * 1024;
     let started = std::time::Instant::now();
     if let Some(url) = &args.store {
-        let store = twinhub_store::PostgresStore::connect(url)
+        let mut store = twinhub_store::PostgresStore::connect(url)
             .await
             .map_err(|error| anyhow::anyhow!("cannot use the PostgreSQL store: {error}"))?;
+        if let Some(node_name) = &args.node_name {
+            store = store.with_node_name(node_name);
+        }
         tracing::info!(store = store.describe(), "devices and twins are kept in PostgreSQL");
         // Every node of the cluster serves with the same policies and CA.
         crate::cluster::share_material(&store, &args.data_dir, &args.hostname).await?;

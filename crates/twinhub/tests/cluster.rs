@@ -928,7 +928,16 @@ async fn cluster_init_gives_every_node_the_same_policies_and_ca() {
 
     // A node started on the store serves with them: the key init printed works, the CA it made is trusted;
     // and with the cluster's 8 telemetry partitions, whatever it asks for.
-    let node = TestHub::start_with(&["--store", &store, "--bus", &bus, "--event-partitions", "2"]);
+    let node = TestHub::start_with(&[
+        "--store",
+        &store,
+        "--bus",
+        &bus,
+        "--event-partitions",
+        "2",
+        "--node-name",
+        "east-1",
+    ]);
     let on_node = connection_string.replace("HostName=hub.example", &format!("HostName={}", node.host()));
     let api = Service::new(&on_node, &init_dir.path().join("ca.pem"));
     let reply = api.call(Method::GET, "/devices", None, None).await;
@@ -941,6 +950,23 @@ async fn cluster_init_gives_every_node_the_same_policies_and_ca() {
         fe2o3_amqp::types::primitives::Value::Int(8)
     );
     consumer.close().await;
+    // The node's name is on its commits and its presence lease.
+    api.register_device("named").await;
+    assert_eq!(
+        database
+            .count("SELECT count(*) FROM commits WHERE node = 'east-1'")
+            .await,
+        1
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while database
+        .count("SELECT count(*) FROM node_leases WHERE node LIKE 'east-1/%'")
+        .await
+        != 1
+    {
+        assert!(std::time::Instant::now() < deadline, "no lease under the node's name");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     drop(node);
     database.drop_now().await;
 }
