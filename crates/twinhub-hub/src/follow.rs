@@ -12,7 +12,7 @@ use crate::HubError;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
-use tokio::sync::{mpsc, oneshot, watch, Mutex};
+use tokio::sync::{mpsc, watch, Mutex};
 use twinhub_store::{ClusterStore, Commit, Store, StoreWrite};
 
 impl Batch<'_> {
@@ -154,15 +154,7 @@ impl Follower {
 }
 
 async fn catch_up(writes: &mpsc::Sender<WriteCommand>) -> Result<(), HubError> {
-    let (reply, answer) = oneshot::channel();
-    writes
-        .send(WriteCommand {
-            op: WriteOp::CatchUp,
-            reply,
-        })
-        .await
-        .map_err(|_| HubError::ShuttingDown)?;
-    answer.await.map_err(|_| HubError::ShuttingDown)?.map(|_| ())
+    crate::writer::submit(writes, WriteOp::CatchUp).await.map(|_| ())
 }
 
 /// Asks the writer to catch up each time the store hears of a commit this node has not applied, until

@@ -23,7 +23,7 @@ mod writer;
 
 use arc_swap::ArcSwap;
 use std::sync::Arc;
-use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::sync::{broadcast, mpsc};
 use twinhub_core::etag::IfMatch;
 use twinhub_core::event::{DeviceEvent, EventOrigin};
 use twinhub_core::json::DeviceDraft;
@@ -487,12 +487,7 @@ impl Hub {
     }
 
     pub(crate) async fn write(&self, op: WriteOp) -> Result<WriteOutcome, HubError> {
-        let (reply, answer) = oneshot::channel();
-        self.writes
-            .send(WriteCommand { op, reply })
-            .await
-            .map_err(|_| HubError::ShuttingDown)?;
-        answer.await.map_err(|_| HubError::ShuttingDown)?
+        writer::submit(&self.writes, op).await
     }
 
     /// `PUT /devices/{id}`: create (no `If-Match`), or replace the identity (`If-Match` etag or `*`).
@@ -661,19 +656,9 @@ async fn sweep_cloud_to_device(writes: mpsc::WeakSender<WriteCommand>) {
     loop {
         ticker.tick().await;
         let Some(writes) = writes.upgrade() else { return };
-        let (reply, answer) = oneshot::channel();
-        if writes
-            .send(WriteCommand {
-                op: WriteOp::CloudToDeviceSweep,
-                reply,
-            })
-            .await
-            .is_err()
-        {
+        if let Err(HubError::ShuttingDown) = writer::submit(&writes, WriteOp::CloudToDeviceSweep).await {
             return;
         }
-        drop(writes);
-        let _ = answer.await;
     }
 }
 

@@ -11,7 +11,7 @@
 use crate::writer::{WriteCommand, WriteOp};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use twinhub_store::{HoldChange, Store};
 
 /// How often a node renews its lease (a fifth of the time it takes to lapse).
@@ -113,8 +113,8 @@ async fn settle_lapsed(store: &dyn Store, writes: &mpsc::WeakSender<WriteCommand
 /// Queues `op` and waits for it to be committed; `None` when the writer is gone.
 async fn write(writes: &mpsc::WeakSender<WriteCommand>, op: WriteOp) -> Option<Result<(), crate::HubError>> {
     let writes = writes.upgrade()?;
-    let (reply, answer) = oneshot::channel();
-    writes.send(WriteCommand { op, reply }).await.ok()?;
-    drop(writes);
-    Some(answer.await.ok()?.map(|_| ()))
+    match crate::writer::submit(&writes, op).await {
+        Err(crate::HubError::ShuttingDown) => None,
+        result => Some(result.map(|_| ())),
+    }
 }

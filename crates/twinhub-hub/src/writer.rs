@@ -111,6 +111,17 @@ pub(crate) struct WriteCommand {
     pub(crate) reply: oneshot::Sender<Result<WriteOutcome, HubError>>,
 }
 
+/// Queues `op` for the writer and waits until it is committed (or refused). `ShuttingDown` when the
+/// writer is gone.
+pub(crate) async fn submit(writes: &mpsc::Sender<WriteCommand>, op: WriteOp) -> Result<WriteOutcome, HubError> {
+    let (reply, answer) = oneshot::channel();
+    writes
+        .send(WriteCommand { op, reply })
+        .await
+        .map_err(|_| HubError::ShuttingDown)?;
+    answer.await.map_err(|_| HubError::ShuttingDown)?
+}
+
 /// The batch being built: the registry as it will be after the commit, the store writes, the events.
 pub(crate) struct Batch<'a> {
     pub(crate) registry: Registry,

@@ -88,7 +88,8 @@ pub struct JetStreamEvents {
     context: jetstream::Context,
     /// Index = partition.
     streams: Vec<stream::Stream>,
-    subjects: Vec<String>,
+    /// Index = partition; a `Subject` clones without copying, once per appended event.
+    subjects: Vec<async_nats::Subject>,
     readers: Mutex<Readers>,
     describe: String,
 }
@@ -149,7 +150,7 @@ impl JetStreamEvents {
                 .await
                 .map_err(|error| open_error(format!("partition {partition}'s stream: {error}")))?;
             streams.push(stream);
-            subjects.push(subject);
+            subjects.push(async_nats::Subject::from(subject));
         }
         Ok(JetStreamEvents {
             context,
