@@ -5,7 +5,8 @@
 #   3. three nodes on one PostgreSQL database and one NATS (A takes the load, B and C follow A's
 #      commits),
 # for durable reported patches/s, twin GET/s, the CPU time each node spends per 1,000 patches, and
-# desired notifications at a steady rate: on one node, and from a back end on A to devices on B.
+# desired notifications at a steady rate: on one node, and from a back end on A to devices on B, and
+# selective queries over $QUERY_TWINS twins (tagged through A, asked on B in the cluster).
 # Prints one table; every figure also lands in $OUT/*.json.
 #
 #   bench/cluster.sh
@@ -21,6 +22,7 @@ DEVICES=${DEVICES:-1000}
 IN_FLIGHT=${IN_FLIGHT:-8}
 SECONDS_RUN=${BENCH_SECONDS:-10}
 DESIRED_RATE=${DESIRED_RATE:-1000}
+QUERY_TWINS=${QUERY_TWINS:-20000}
 PG_ADMIN_URL=${PG_ADMIN_URL:-host=127.0.0.1 user=postgres dbname=test}
 EMBEDDED=${EMBEDDED:-127.240.0.1}
 ALONE=${ALONE:-127.240.0.2}
@@ -78,6 +80,7 @@ one_node() {
   echo "$before $(cpu "$pid")" >"$OUT/$name-cpu.txt"
   bench twin-get --data-dir "$OUT/$name" --devices "$DEVICES" --in-flight "$IN_FLIGHT" --seconds "$SECONDS_RUN" --json "$OUT/$name-twin-get.json"
   bench desired --data-dir "$OUT/$name" --devices "$DEVICES" --rate "$DESIRED_RATE" --seconds "$SECONDS_RUN" --json "$OUT/$name-desired.json"
+  bench query --data-dir "$OUT/$name" --devices "$QUERY_TWINS" --seconds "$SECONDS_RUN" --json "$OUT/$name-query.json"
   kill "$pid"
 }
 
@@ -104,6 +107,7 @@ echo "$b_before $(cpu "$B_PID")" >"$OUT/cluster-b-cpu.txt"
 echo "$c_before $(cpu "$C_PID")" >"$OUT/cluster-c-cpu.txt"
 bench twin-get --data-dir "$OUT/node-a" --devices-at "$NODE_B" --devices "$DEVICES" --in-flight "$IN_FLIGHT" --seconds "$SECONDS_RUN" --json "$OUT/cluster-twin-get.json"
 bench desired --data-dir "$OUT/node-a" --devices-at "$NODE_B" --devices "$DEVICES" --rate "$DESIRED_RATE" --seconds "$SECONDS_RUN" --json "$OUT/cluster-desired.json"
+bench query --data-dir "$OUT/node-a" --devices-at "$NODE_B" --devices "$QUERY_TWINS" --seconds "$SECONDS_RUN" --json "$OUT/cluster-query.json"
 
 python3 - "$OUT" <<'PY'
 import json, os, sys
@@ -134,6 +138,9 @@ for name, report, label in (("embedded", er, "embedded"), ("alone", ar, "1 PG no
 for name, label in (("embedded", "embedded"), ("alone", "1 PG node"), ("cluster", "3 nodes, on B")):
     r = load(name + "-twin-get")
     row("%-15stwin GET over MQTT/s" % (label + ":"), r["per_second"], "/s", *l(r))
+for name, label in (("embedded", "embedded"), ("alone", "1 PG node"), ("cluster", "3 nodes, on B")):
+    r = load(name + "-query")
+    row("%-15sselective query/s (1 of %s)" % (label + ":", format(r["devices"], ",")), r["per_second"], "/s", *l(r))
 for name, label, target in (("embedded", "embedded", ""), ("alone", "1 PG node", ""),
                             ("cluster", "A -> B", "p99 < 10 ms at 1,000/s")):
     r = load(name + "-desired")

@@ -39,6 +39,10 @@ pub enum Scenario {
     Desired,
     /// Twin GET and PATCH over HTTPS with K concurrent clients.
     Rest,
+    /// Selective queries over HTTPS with K concurrent clients: each device is first tagged with its
+    /// number (through the hub's host name), then every query asks for one of them by that tag
+    /// (through `--devices-at` when given, so a query on one node reads writes made through another).
+    Query,
     /// QoS 1 publishes on devices/{id}/messages/events/: publishes/s and PUBLISH-to-PUBACK round trips
     /// (the hub acknowledges once the message is durable).
     Telemetry,
@@ -403,6 +407,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         Scenario::Method => method(&args, &setup).await?,
         Scenario::C2d => cloud_to_device(&args, &setup).await?,
         Scenario::Rest => rest(&args, &setup).await?,
+        Scenario::Query => query(&args, &setup).await?,
     };
     eprintln!();
     print_table(&report);
@@ -1175,6 +1180,68 @@ async fn rest(args: &BenchArgs, setup: &Setup) -> anyhow::Result<Report> {
         patch_latency: Some(patches.summary()),
         ..Report::default()
     })
+}
+
+/// The tag the query scenario writes and asks by.
+const QUERY_TAG: &str = "benchQuery";
+
+/// Tags every device with its number, then K clients query for one device each by that tag.
+async fn query(args: &BenchArgs, setup: &Setup) -> anyhow::Result<Report> {
+    let service = setup.service.clone().context("query needs a hub")?;
+    eprintln!("tagging {} devices ...", thousands(setup.devices.len() as u64));
+    let permits = Arc::new(Semaphore::new(args.clients.max(1)));
+    let mut tags = Vec::with_capacity(setup.devices.len());
+    for (number, device) in setup.devices.iter().enumerate() {
+        let service = service.clone();
+        let path = format!("/twins/{device}");
+        let permits = Arc::clone(&permits);
+        tags.push(tokio::spawn(async move {
+            let _permit = permits.acquire_owned().await?;
+            let patch = serde_json::json!({ "tags": { QUERY_TAG: number } });
+            service.call(reqwest::Method::PATCH, &path, Some(&patch)).await?;
+            anyhow::Ok(())
+        }));
+    }
+    for tag in tags {
+        tag.await??;
+    }
+    // Where the queries go: one check that the answer is the one twin asked for, so the figures are
+    // those of a query that works (on the node that serves them, after writes through another).
+    let probe = setup.devices.len() / 2;
+    let https = SocketAddr::new(setup.endpoint.address.ip(), service.https_port);
+    let mut check = http::HttpConnection::open(
+        https,
+        &setup.endpoint,
+        &service.connection.host_name,
+        Arc::from(service.authorization.as_str()),
+    )
+    .await?;
+    let (method, path, body) = selective_query(probe);
+    let answer: serde_json::Value = serde_json::from_slice(&check.call(method, &path, body).await?)?;
+    let ids: Vec<&str> = answer
+        .as_array()
+        .map(|twins| twins.iter().filter_map(|twin| twin["deviceId"].as_str()).collect())
+        .unwrap_or_default();
+    if ids != [setup.devices[probe].as_str()] {
+        bail!("the query for {} answered {answer}", setup.devices[probe]);
+    }
+    let (progress, printer) = Progress::start(format!("{} query", setup.label));
+    let count = setup.devices.len();
+    let ask = move |_: &str, n: usize| selective_query(n % count);
+    let (latencies, elapsed) = rest_phase(setup, args.clients, args.seconds, None, ask, &progress).await?;
+    printer.abort();
+    let mut report = report(args, setup, elapsed, latencies);
+    report.in_flight = args.clients;
+    Ok(report)
+}
+
+fn selective_query(number: usize) -> (hyper::Method, String, Option<Bytes>) {
+    let body = serde_json::json!({ "query": format!("SELECT * FROM devices WHERE tags.{QUERY_TAG} = {number}") });
+    (
+        hyper::Method::POST,
+        "/devices/query".to_owned(),
+        Some(Bytes::from(body.to_string())),
+    )
 }
 
 /// Each REST client walks the devices with a prime stride, so clients spread over different twins.
