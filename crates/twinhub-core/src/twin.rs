@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Map;
 use std::sync::Arc;
 
-type JsonMap = Map<String, serde_json::Value>;
+pub type JsonMap = Map<String, serde_json::Value>;
 
 /// When a node of a section was last written, and (desired only) by which desired version.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

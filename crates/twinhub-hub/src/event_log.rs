@@ -65,6 +65,9 @@ pub struct Enqueued {
     pub sequence_number: u64,
 }
 
+/// The answer to a queued append: where the events went, once durable.
+pub type PendingAppend = oneshot::Receiver<Result<Vec<Enqueued>, HubError>>;
+
 /// The events of one sender that must land together.
 struct AppendCommand {
     origin: EventOrigin,
@@ -128,13 +131,22 @@ impl EventLog {
     /// Appends a device's events, contiguous in its partition; answers once they are durable. Refuses
     /// them all when together they are over IoT Hub's size limit (a batch counts as one message).
     pub async fn append(&self, origin: EventOrigin, events: Vec<DeviceEvent>) -> Result<Vec<Enqueued>, HubError> {
+        self.enqueue(origin, events)
+            .await?
+            .await
+            .map_err(|_| HubError::ShuttingDown)?
+    }
+
+    /// Queues a device's events for the appender (events queued one after another are appended in that
+    /// order) and returns what answers once they are durable.
+    pub async fn enqueue(&self, origin: EventOrigin, events: Vec<DeviceEvent>) -> Result<PendingAppend, HubError> {
         twinhub_core::event::check_size(&events).map_err(|too_large| HubError::MessageTooLarge(too_large.size))?;
         let (reply, answer) = oneshot::channel();
         self.appends
             .send(AppendCommand { origin, events, reply })
             .await
             .map_err(|_| HubError::ShuttingDown)?;
-        answer.await.map_err(|_| HubError::ShuttingDown)?
+        Ok(answer)
     }
 
     /// Where `partition` stands now, and every change from now on.

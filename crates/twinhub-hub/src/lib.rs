@@ -18,6 +18,7 @@ pub mod index;
 mod presence_leases;
 mod query;
 mod remote_methods;
+pub mod routing;
 pub mod takeover;
 mod writer;
 
@@ -66,6 +67,10 @@ pub struct HubConfig {
     pub write_queue_operations_max: usize,
     /// Retention of device-to-cloud events.
     pub events: EventLogConfig,
+    /// The hub's name (`hubName` in its own messages; IoT Hub's is its host name's first label).
+    pub hub_name: String,
+    /// Message routes at start.
+    pub routing: twinhub_core::routing::RoutingSpec,
 }
 
 impl Default for HubConfig {
@@ -75,6 +80,8 @@ impl Default for HubConfig {
             commit_batch_operations_max: 1024,
             write_queue_operations_max: 16 * 1024,
             events: EventLogConfig::default(),
+            hub_name: "twinhub".into(),
+            routing: twinhub_core::routing::RoutingSpec::default(),
         }
     }
 }
@@ -96,6 +103,8 @@ pub struct Hub {
     events: broadcast::Sender<HubEvent>,
     /// Device-to-cloud events; `None` for a hub started without an event store (benchmarks of the registry).
     event_log: Option<Arc<EventLog>>,
+    /// Which endpoints device messages and the hub's own messages go to.
+    routing: Arc<routing::MessageRouting>,
     /// Device connections by device, for desired notifications, direct methods and cloud-to-device messages.
     router: Arc<DeviceRouter>,
     /// Cloud-to-device feedback for back ends.
@@ -139,10 +148,13 @@ impl Hub {
         bus: Option<Arc<dyn twinhub_bus::Bus>>,
         config: HubConfig,
     ) -> Result<Arc<Hub>, HubError> {
+        let routes = routing::RoutingTable::compile(config.routing.clone())
+            .map_err(|error| HubError::InvalidArgument(error.to_string()))?;
         let event_log = match event_store {
             Some(event_store) => Some(EventLog::open(event_store, config.events.clone()).await?),
             None => None,
         };
+        let routing = Arc::new(routing::MessageRouting::new(routes, event_log.clone()));
         // In a cluster, one consistent view, as of a commit the log is then followed from.
         let twinhub_store::Loaded {
             records,
@@ -234,6 +246,8 @@ impl Hub {
                 applied: follower.as_ref().map(|follower| Arc::clone(&follower.applied)),
                 holds,
                 sessions_elsewhere: sessions_elsewhere.clone(),
+                routing: Arc::clone(&routing),
+                hub_messages: Arc::new(twinhub_core::hub_message::HubMessages::new(&config.hub_name)),
             },
         ));
         tokio::spawn(sweep_cloud_to_device(writes.downgrade()));
@@ -246,6 +260,7 @@ impl Hub {
             writes,
             events,
             event_log,
+            routing,
             router,
             feedback,
             follower,
@@ -312,32 +327,33 @@ impl Hub {
         device_id: &DeviceId,
         module_id: Option<&str>,
         event: DeviceEvent,
-    ) -> Result<Enqueued, HubError> {
-        let mut enqueued = self.send_events(device_id, module_id, vec![event]).await?;
-        enqueued
-            .pop()
-            .ok_or(HubError::Internal("an append answered for no event"))
+    ) -> Result<(), HubError> {
+        self.send_events(device_id, module_id, vec![event]).await
     }
 
-    /// Several events of one device at once (an HTTPS batch): durable together, contiguous in their
-    /// partition, or none stored.
+    /// Several events of one device at once (an HTTPS batch), routed: durable together in every endpoint
+    /// that takes them, contiguous in their partition, or none stored.
     pub async fn send_events(
         &self,
         device_id: &DeviceId,
         module_id: Option<&str>,
         events: Vec<DeviceEvent>,
-    ) -> Result<Vec<Enqueued>, HubError> {
-        let log = self
-            .event_log
-            .as_ref()
-            .ok_or(HubError::Internal("this hub keeps no events"))?;
-        let generation_id = self.device(device_id)?.identity.generation_id.clone();
+    ) -> Result<(), HubError> {
+        let record = self.device(device_id)?;
         let origin = EventOrigin {
             device_id: device_id.clone(),
             module_id: module_id.map(str::to_owned),
-            generation_id,
+            generation_id: record.identity.generation_id.clone(),
         };
-        log.append(origin, events).await
+        self.routing
+            .route_device_events(origin, events, || Some(record))
+            .await
+            .map(|_| ())
+    }
+
+    /// Message routing: the routes in force, and what was dropped.
+    pub fn routing(&self) -> &routing::MessageRouting {
+        &self.routing
     }
 
     /// Where device connections register to receive desired notifications and method requests.

@@ -9,9 +9,12 @@ use std::sync::Arc;
 use tokio::sync::{broadcast, mpsc, oneshot};
 use twinhub_core::device_scope::ScopeHolder;
 use twinhub_core::etag::IfMatch;
+use twinhub_core::event::EventOrigin;
+use twinhub_core::hub_message::{HubMessage, HubMessages, TwinChanges, TwinOperation};
 use twinhub_core::json::DeviceDraft;
 use twinhub_core::record::Presence;
-use twinhub_core::twin::{ReportedPatch, TwinPatch, TwinReplacement};
+use twinhub_core::routing::{RoutingSource, SourceSet};
+use twinhub_core::twin::{ReportedPatch, SectionWrite, TwinPatch, TwinReplacement};
 use twinhub_core::{ConnectionState, DeviceId, DeviceRecord, Timestamp, Twin};
 use twinhub_store::{Store, StoreWrite};
 
@@ -147,6 +150,16 @@ pub(crate) struct Batch<'a> {
     pub(crate) holds: Vec<twinhub_store::HoldChange>,
     /// Client ids whose persistent session another node wrote (it holds the session now).
     pub(crate) sessions_elsewhere: Vec<String>,
+    /// The hub's own messages this batch's writes made (twin changes, lifecycle, connection state),
+    /// for routing once committed; built only for the sources some route takes.
+    pub(crate) hub_messages: Vec<HubMessage>,
+    announcer: Announcer<'a>,
+}
+
+/// Makes the hub's own messages of a batch, for the sources routes take.
+struct Announcer<'a> {
+    messages: &'a HubMessages,
+    sources: SourceSet,
 }
 
 /// What the writer hands on after each commit, besides the snapshot and the hub events.
@@ -159,6 +172,9 @@ pub(crate) struct Deliveries {
     pub(crate) holds: Option<mpsc::UnboundedSender<Vec<twinhub_store::HoldChange>>>,
     /// Told the client ids whose persistent session another node wrote (`Hub::sessions_taken_elsewhere`).
     pub(crate) sessions_elsewhere: broadcast::Sender<crate::takeover::TakenElsewhere>,
+    /// Routes the hub's own messages (twin changes, lifecycle, connection state) to their endpoints.
+    pub(crate) routing: Arc<crate::routing::MessageRouting>,
+    pub(crate) hub_messages: Arc<HubMessages>,
 }
 
 /// A device's connections to this node.
@@ -207,6 +223,11 @@ pub(crate) async fn run(
             feedback_forgotten: Vec::new(),
             holds: Vec::new(),
             sessions_elsewhere: Vec::new(),
+            hub_messages: Vec::new(),
+            announcer: Announcer {
+                messages: &deliveries.hub_messages,
+                sources: deliveries.routing.table().sources(),
+            },
         };
         batch.c2d.begin_batch();
         let mut replies = Vec::with_capacity(commands.len());
@@ -263,6 +284,11 @@ pub(crate) async fn run(
             }
         };
         let indexes = batch.indexes_after(&previous);
+        // Queued in commit order before anything is acknowledged; waited for below.
+        let hub_messages = deliveries
+            .routing
+            .enqueue_hub_messages(std::mem::take(&mut batch.hub_messages), &batch.registry)
+            .await;
         snapshot.store(Arc::new(Snapshot {
             devices: batch.registry,
             indexes,
@@ -292,9 +318,22 @@ pub(crate) async fn run(
         for device_id in batch.c2d_ready {
             deliveries.router.cloud_to_device_ready(&device_id);
         }
-        for (reply, result) in replies {
-            // The caller may have gone away (client disconnected); the write stands regardless.
-            let _ = reply.send(result);
+        let acknowledge = move || {
+            for (reply, result) in replies {
+                // The caller may have gone away (client disconnected); the write stands regardless.
+                let _ = reply.send(result);
+            }
+        };
+        if hub_messages.is_empty() {
+            acknowledge();
+        } else {
+            // A write is acknowledged once the messages it made are in their endpoints too, so a
+            // consumer never misses the change behind an answer; the writer goes on meanwhile.
+            let routing = Arc::clone(&deliveries.routing);
+            tokio::spawn(async move {
+                routing.settle(hub_messages).await;
+                acknowledge();
+            });
         }
     }
 }
@@ -395,6 +434,7 @@ impl Batch<'_> {
             WriteOp::PatchTwin { id, patch, if_match } => {
                 let current = self.twin_for_write(&id, &if_match)?;
                 let (twin, change) = current.twin.patched(&patch, now, &self.config.rules)?;
+                self.announce_patch(&current, &twin, &patch, change.as_ref(), now);
                 if let Some(change) = change {
                     self.events.push(HubEvent::DesiredChanged {
                         device_id: id.clone(),
@@ -414,11 +454,39 @@ impl Batch<'_> {
                     device_id: id.clone(),
                     change,
                 });
-                Ok(WriteOutcome::Record(self.store_twin(&current, twin)))
+                let record = self.store_twin(&current, twin);
+                if self.announcer.sources.contains(RoutingSource::TwinChangeEvents) {
+                    let document = twinhub_core::json::twin_json(&record);
+                    let message = self.announcer.messages.twin_change(
+                        origin_of(&record),
+                        TwinOperation::Replace,
+                        &record.twin,
+                        &TwinChanges::default(),
+                        Some(document),
+                        now,
+                    );
+                    self.hub_messages.push(message);
+                }
+                Ok(WriteOutcome::Record(record))
             }
             WriteOp::PatchReported { id, patch } => {
                 let current = self.existing(&id)?;
                 let twin = current.twin.with_reported(&patch, now, &self.config.rules)?;
+                if self.announcer.sources.contains(RoutingSource::TwinChangeEvents) {
+                    let changes = TwinChanges {
+                        reported: Some(&patch.0),
+                        ..TwinChanges::default()
+                    };
+                    let message = self.announcer.messages.twin_change(
+                        origin_of(&current),
+                        TwinOperation::Update,
+                        &twin,
+                        &changes,
+                        None,
+                        now,
+                    );
+                    self.hub_messages.push(message);
+                }
                 // A reported patch is device activity: recorded in the same write, at no extra cost.
                 let presence = Presence {
                     last_activity: Some(now),
@@ -496,6 +564,7 @@ impl Batch<'_> {
                 connection_state_updated: Some(now),
                 last_activity: presence.last_activity,
             };
+            self.announce_connection(&current, ConnectionState::Disconnected, now);
             let record = DeviceRecord::new(current.identity.clone(), current.twin.clone(), presence);
             self.upsert(Arc::new(record));
         }
@@ -602,8 +671,79 @@ impl Batch<'_> {
         if presence == current.presence {
             return Ok(WriteOutcome::Record(current));
         }
+        if presence.connection_state != current.presence.connection_state {
+            self.announce_connection(&current, presence.connection_state, now);
+        }
         let record = DeviceRecord::new(current.identity.clone(), current.twin.clone(), presence);
         Ok(WriteOutcome::Record(self.upsert(Arc::new(record))))
+    }
+
+    /// `deviceConnected` or `deviceDisconnected`, when a route takes connection state events.
+    fn announce_connection(&mut self, record: &DeviceRecord, state: ConnectionState, now: Timestamp) {
+        if self
+            .announcer
+            .sources
+            .contains(RoutingSource::DeviceConnectionStateEvents)
+        {
+            let connected = state == ConnectionState::Connected;
+            let message = self
+                .announcer
+                .messages
+                .connection_state(origin_of(record), connected, now);
+            self.hub_messages.push(message);
+        }
+    }
+
+    /// `createDeviceIdentity` or `deleteDeviceIdentity` with the twin, when a route takes lifecycle events.
+    fn announce_lifecycle(&mut self, record: &DeviceRecord, created: bool, now: Timestamp) {
+        if self.announcer.sources.contains(RoutingSource::DeviceLifecycleEvents) {
+            let document = twinhub_core::json::twin_json(record);
+            let message = self
+                .announcer
+                .messages
+                .lifecycle(origin_of(record), created, &document, now);
+            self.hub_messages.push(message);
+        }
+    }
+
+    /// An `updateTwin` notification for a back end's patch of tags and desired properties, when a route
+    /// takes twin change events and the patch changed anything.
+    pub(crate) fn announce_patch(
+        &mut self,
+        current: &DeviceRecord,
+        twin: &Twin,
+        patch: &TwinPatch,
+        desired: Option<&twinhub_core::twin::DesiredChange>,
+        now: Timestamp,
+    ) {
+        if !self.announcer.sources.contains(RoutingSource::TwinChangeEvents) || twin.version == current.twin.version {
+            return;
+        }
+        let cleared;
+        let tags = match &patch.tags {
+            Some(SectionWrite::Merge(tags)) => Some(tags),
+            Some(SectionWrite::Clear) => {
+                // Every tag it had, removed.
+                cleared = current
+                    .twin
+                    .tags
+                    .iter()
+                    .map(|(key, _)| (key.to_owned(), serde_json::Value::Null))
+                    .collect();
+                Some(&cleared)
+            }
+            None => None,
+        };
+        let changes = TwinChanges {
+            tags,
+            desired: desired.map(|change| &change.patch),
+            reported: None,
+        };
+        let message =
+            self.announcer
+                .messages
+                .twin_change(origin_of(current), TwinOperation::Update, twin, &changes, None, now);
+        self.hub_messages.push(message);
     }
 
     /// The indexes as of this batch: every touched record's old and new value followed, new paths built.
@@ -711,7 +851,11 @@ impl Batch<'_> {
                 self.events.push(HubEvent::DeviceUpdated { device_id: id.clone() });
                 DeviceRecord::new(identity, existing.twin.clone(), existing.presence.clone())
             }
-            None => DeviceRecord::new(identity, Twin::new(now), Presence::default()),
+            None => {
+                let record = DeviceRecord::new(identity, Twin::new(now), Presence::default());
+                self.announce_lifecycle(&record, true, now);
+                record
+            }
         };
         Ok(self.upsert(Arc::new(record)))
     }
@@ -721,12 +865,22 @@ impl Batch<'_> {
         if !if_match.allows(&existing.identity.etag()) {
             return Err(precondition_failed(id, if_match));
         }
+        self.announce_lifecycle(&existing, false, Timestamp::now());
         self.registry.remove(id);
         self.touched.push(id.clone());
         self.writes.push(StoreWrite::Delete(id.clone()));
         self.cloud_to_device_forget(id);
         self.events.push(HubEvent::DeviceDeleted { device_id: id.clone() });
         Ok(())
+    }
+}
+
+/// Who a hub message is about, as consumers see it (`iothub-connection-device-id`).
+fn origin_of(record: &DeviceRecord) -> EventOrigin {
+    EventOrigin {
+        device_id: record.identity.device_id.clone(),
+        module_id: None,
+        generation_id: record.identity.generation_id.clone(),
     }
 }
 

@@ -2,6 +2,7 @@
 //! through comparisons and arithmetic, and a condition passes only when it is exactly `true`.
 
 use crate::ast::{BinaryOp, Constant, Expr};
+use crate::document::FieldPath;
 use crate::value::QValue;
 use std::borrow::Cow;
 use std::cmp::Ordering;
@@ -18,15 +19,26 @@ pub fn constant(value: &Constant) -> QValue<'_> {
     }
 }
 
+/// What paths read: a twin (queries), or a message with its device's twin (routing conditions).
+pub trait Resolve {
+    fn resolve<'a>(&'a self, path: &'a FieldPath) -> QValue<'a>;
+}
+
+impl Resolve for DeviceRecord {
+    fn resolve<'a>(&'a self, path: &'a FieldPath) -> QValue<'a> {
+        path.resolve(self)
+    }
+}
+
 /// True only when the condition evaluates to boolean `true`.
-pub fn passes(condition: &Expr, record: &DeviceRecord) -> bool {
+pub fn passes<R: Resolve + ?Sized>(condition: &Expr, record: &R) -> bool {
     matches!(evaluate(condition, record), QValue::Bool(true))
 }
 
-pub fn evaluate<'a>(expr: &'a Expr, record: &'a DeviceRecord) -> QValue<'a> {
+pub fn evaluate<'a, R: Resolve + ?Sized>(expr: &'a Expr, record: &'a R) -> QValue<'a> {
     match expr {
         Expr::Constant(c) => constant(c),
-        Expr::Path(path) => path.resolve(record),
+        Expr::Path(path) => record.resolve(path),
         Expr::Not(inner) => match evaluate(inner, record) {
             QValue::Bool(b) => QValue::Bool(!b),
             _ => QValue::Undefined,

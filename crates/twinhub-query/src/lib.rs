@@ -13,6 +13,7 @@ pub mod lexer;
 pub mod paging;
 pub mod parser;
 pub mod plan;
+pub mod routing;
 pub mod value;
 
 pub use error::{Position, QueryError};

@@ -18,6 +18,35 @@ const RESERVED: &[&str] = &[
 const AGGREGATES: &[&str] = &["COUNT", "SUM", "AVG", "MIN", "MAX"];
 
 pub fn parse(text: &str) -> Result<Query, QueryError> {
+    check_length(text)?;
+    let tokens = tokenize(text)?;
+    let mut parser = Parser {
+        tokens,
+        index: 0,
+        array_indexes: false,
+    };
+    let query = parser.query()?;
+    validate(&query)?;
+    Ok(query)
+}
+
+/// A condition on its own, as message routing writes them (`$body.readings[0] > 30 AND level = 'high'`):
+/// the query language's expressions, where a path may also index an array (`[n]`, a part named `n`).
+pub fn parse_condition(text: &str) -> Result<Expr, QueryError> {
+    check_length(text)?;
+    let mut parser = Parser {
+        tokens: tokenize(text)?,
+        index: 0,
+        array_indexes: true,
+    };
+    let condition = parser.expression()?;
+    if *parser.peek() != Token::End {
+        return Err(parser.error_here("AND, OR or the end of the condition"));
+    }
+    Ok(condition)
+}
+
+fn check_length(text: &str) -> Result<(), QueryError> {
     let length = text.chars().count();
     if length > QUERY_LENGTH_MAX {
         return Err(QueryError::TooLong {
@@ -25,16 +54,14 @@ pub fn parse(text: &str) -> Result<Query, QueryError> {
             max: QUERY_LENGTH_MAX,
         });
     }
-    let tokens = tokenize(text)?;
-    let mut parser = Parser { tokens, index: 0 };
-    let query = parser.query()?;
-    validate(&query)?;
-    Ok(query)
+    Ok(())
 }
 
 struct Parser {
     tokens: Vec<Spanned>,
     index: usize,
+    /// Paths may index arrays (routing conditions; twin queries have no such syntax).
+    array_indexes: bool,
 }
 
 impl Parser {
@@ -250,7 +277,21 @@ impl Parser {
     /// The rest of a dotted path whose first word was just read. After a dot every word is a name.
     fn path(&mut self, first: String) -> Result<FieldPath, QueryError> {
         let mut parts = vec![first];
-        while self.accept(&Token::Dot) {
+        loop {
+            if self.array_indexes && self.accept(&Token::LeftBracket) {
+                match self.advance() {
+                    Token::Number(n) if n.fract() == 0.0 && n >= 0.0 => parts.push(format!("{n}")),
+                    _ => {
+                        self.index -= 1;
+                        return Err(self.error_here("an array index"));
+                    }
+                }
+                self.expect(Token::RightBracket)?;
+                continue;
+            }
+            if !self.accept(&Token::Dot) {
+                break;
+            }
             match self.advance() {
                 Token::Word(word) => parts.push(word),
                 Token::Number(n) if n.fract() == 0.0 && n >= 0.0 => parts.push(format!("{n}")),

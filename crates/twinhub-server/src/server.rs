@@ -211,7 +211,11 @@ pub async fn serve(config: ServeConfig) -> Result<RunningHub, ServeError> {
             )
         }
     };
-    let hub = Hub::start_node(store, event_store, config.bus.clone(), config.hub.clone()).await?;
+    let hub_config = HubConfig {
+        hub_name: config.hub_name.clone(),
+        ..config.hub.clone()
+    };
+    let hub = Hub::start_node(store, event_store, config.bus.clone(), hub_config).await?;
     if let Some(listener) = operations_listener {
         tokio::spawn(crate::operations::serve(listener, Arc::clone(&hub)));
     }

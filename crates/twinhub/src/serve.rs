@@ -71,10 +71,26 @@ pub struct ServeArgs {
     /// off the public ports; off by default.
     #[arg(long)]
     metrics_bind: Option<std::net::SocketAddr>,
+    /// Message routes (TOML): `fallback = true|false` and `[[routes]]` with `name`, `source`
+    /// (DeviceMessages, TwinChangeEvents, DeviceLifecycleEvents, DeviceConnectionStateEvents),
+    /// `condition` (IoT Hub's routing query language), `endpoint` (`events`) and `enabled`. Without it:
+    /// no routes, the fallback on (device messages to the built-in endpoint), as a new IoT Hub has.
+    #[arg(long)]
+    routes: Option<PathBuf>,
     /// Also serve the Event Hubs-compatible endpoint as plain AMQP (no TLS) on this port, for the Event
     /// Hubs SDKs' `UseDevelopmentEmulator=true` mode (local use only: nothing is encrypted).
     #[arg(long)]
     event_hubs_emulator_port: Option<u16>,
+}
+
+/// The routes file: TOML, checked at start (names, endpoints; conditions when the hub compiles them).
+fn read_routes(path: &std::path::Path) -> anyhow::Result<twinhub_core::routing::RoutingSpec> {
+    use anyhow::Context;
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let spec: twinhub_core::routing::RoutingSpec =
+        toml::from_str(&text).with_context(|| format!("{} is not a valid routes file", path.display()))?;
+    spec.check().with_context(|| format!("in {}", path.display()))?;
+    Ok(spec)
 }
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
@@ -91,6 +107,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     config.event_partitions = args.event_partitions;
     config.event_hubs_emulator_port = args.event_hubs_emulator_port;
     config.metrics_bind = args.metrics_bind;
+    if let Some(path) = &args.routes {
+        config.hub.routing = read_routes(path)?;
+    }
     config.hub.events.retention = std::time::Duration::from_secs(args.event_retention_hours * 3600);
     config.hub.events.partition_bytes_max = args.event_retention_mib_per_partition * 1024 * 1024;
     let started = std::time::Instant::now();
