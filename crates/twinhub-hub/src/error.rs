@@ -30,6 +30,8 @@ pub enum HubError {
     DeviceDefinedMultipleTimes(DeviceId),
     #[error("{0}")]
     Query(#[from] twinhub_query::QueryError),
+    #[error("{0}")]
+    Routing(#[from] crate::routing::RoutingError),
     #[error("The device '{0}' is not online: it is not connected, or not subscribed to direct methods")]
     DeviceNotOnline(String),
     #[error("Timed out waiting for the device to answer the method within {0} seconds")]

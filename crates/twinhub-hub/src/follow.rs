@@ -55,6 +55,13 @@ impl Batch<'_> {
                     record,
                 } => self.feedback_stored(sequence_number, record),
                 StoreWrite::DeleteFeedback(sequence_number) => self.feedback_forgotten.push(sequence_number),
+                StoreWrite::PutSetting { name, value } if name == crate::routing::ROUTING_SETTING => {
+                    match crate::routing::RoutingTable::from_stored(&value) {
+                        Ok(table) => self.routing = Some(table),
+                        Err(error) => tracing::error!(%error, "another node stored routes this node cannot use"),
+                    }
+                }
+                StoreWrite::PutSetting { .. } => {}
             }
         }
         self.events.extend(commit.events);

@@ -69,8 +69,8 @@ pub struct HubConfig {
     pub events: EventLogConfig,
     /// The hub's name (`hubName` in its own messages; IoT Hub's is its host name's first label).
     pub hub_name: String,
-    /// Message routes at start.
-    pub routing: twinhub_core::routing::RoutingSpec,
+    /// Message routes at start (a routes file), in place of those stored; `None`: the stored ones.
+    pub routing: Option<twinhub_core::routing::RoutingSpec>,
 }
 
 impl Default for HubConfig {
@@ -81,7 +81,7 @@ impl Default for HubConfig {
             write_queue_operations_max: 16 * 1024,
             events: EventLogConfig::default(),
             hub_name: "twinhub".into(),
-            routing: twinhub_core::routing::RoutingSpec::default(),
+            routing: None,
         }
     }
 }
@@ -148,13 +148,10 @@ impl Hub {
         bus: Option<Arc<dyn twinhub_bus::Bus>>,
         config: HubConfig,
     ) -> Result<Arc<Hub>, HubError> {
-        let routes = routing::RoutingTable::compile(config.routing.clone())
-            .map_err(|error| HubError::InvalidArgument(error.to_string()))?;
         let event_log = match event_store {
             Some(event_store) => Some(EventLog::open(event_store, config.events.clone()).await?),
             None => None,
         };
-        let routing = Arc::new(routing::MessageRouting::new(routes, event_log.clone()));
         // In a cluster, one consistent view, as of a commit the log is then followed from.
         let twinhub_store::Loaded {
             records,
@@ -162,8 +159,28 @@ impl Hub {
             consumer_groups,
             cloud_to_device: c2d_messages,
             feedback: feedback_records,
+            settings,
             seq: loaded_seq,
         } = store.load().await.map_err(HubError::Store)?;
+        let stored_routes = settings
+            .iter()
+            .find(|(name, _)| name == routing::ROUTING_SETTING)
+            .map(|(_, value)| routing::RoutingTable::from_stored(value))
+            .transpose()?;
+        // Routes from a file replace the stored ones (and are stored below); a file that is invalid stops
+        // the start.
+        let routes = match &config.routing {
+            Some(spec) => routing::RoutingTable::compile(spec.clone())?,
+            None => stored_routes
+                .clone()
+                .unwrap_or(routing::RoutingTable::compile(Default::default())?),
+        };
+        let store_routes = config
+            .routing
+            .as_ref()
+            .filter(|spec| stored_routes.as_ref().is_none_or(|stored| stored.spec() != *spec))
+            .cloned();
+        let routing = Arc::new(routing::MessageRouting::new(routes, event_log.clone()));
         let consumer_groups = consumer_groups
             .into_iter()
             .map(|name| (twinhub_core::consumer_group::key(&name), name))
@@ -251,7 +268,7 @@ impl Hub {
             },
         ));
         tokio::spawn(sweep_cloud_to_device(writes.downgrade()));
-        Ok(Arc::new(Hub {
+        let hub = Arc::new(Hub {
             snapshot,
             stored_sessions: std::sync::Mutex::new(stored_sessions),
             sessions_elsewhere,
@@ -266,7 +283,44 @@ impl Hub {
             follower,
             bus,
             config,
-        }))
+        });
+        if let Some(spec) = store_routes {
+            hub.edit_routing(routing::RoutingEdit::Replace(spec)).await?;
+        }
+        Ok(hub)
+    }
+
+    /// Changes the message routes (stored, and in force on every node once committed).
+    pub async fn edit_routing(&self, edit: routing::RoutingEdit) -> Result<(), HubError> {
+        writer::submit(&self.writes, WriteOp::EditRouting(edit))
+            .await
+            .map(|_| ())
+    }
+
+    /// Where `event` from `device_id` would go now: the routes that take it, and whether it reaches the
+    /// built-in endpoint (`twinhub route test`). The device's twin is read for `$twin` conditions.
+    pub fn test_route(
+        &self,
+        source: twinhub_core::routing::RoutingSource,
+        device_id: &DeviceId,
+        event: &DeviceEvent,
+    ) -> routing::Destinations {
+        let record = self.snapshot.load().devices.get(device_id).cloned();
+        let origin = EventOrigin {
+            device_id: device_id.clone(),
+            module_id: None,
+            generation_id: record
+                .as_ref()
+                .map(|record| record.identity.generation_id.clone())
+                .unwrap_or_default(),
+        };
+        let message = twinhub_query::routing::RoutedMessage::new(
+            event,
+            &origin,
+            twinhub_core::Timestamp::now(),
+            record.as_deref(),
+        );
+        self.routing.table().destinations(source, &message)
     }
 
     /// Returns once this node's snapshot holds every write acknowledged before the call, on any node of

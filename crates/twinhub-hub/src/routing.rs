@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use twinhub_core::event::{DeviceEvent, EventOrigin};
 use twinhub_core::hub_message::HubMessage;
-use twinhub_core::routing::{RouteSpecError, RoutingSource, RoutingSpec, SourceSet};
+use twinhub_core::routing::{RouteSpec, RouteSpecError, RoutingSource, RoutingSpec, SourceSet};
 use twinhub_core::{DeviceRecord, Timestamp};
 use twinhub_query::routing::{RoutedMessage, RoutingCondition};
 use twinhub_query::QueryError;
@@ -24,17 +24,66 @@ pub enum RoutingError {
     Spec(#[from] RouteSpecError),
     #[error("route {route:?}: the condition is invalid: {error}")]
     Condition { route: String, error: QueryError },
+    #[error("there is no route named {0:?}")]
+    RouteNotFound(String),
+    #[error("the stored routes cannot be read: {0}")]
+    Stored(String),
+}
+
+/// The store setting the routes are kept under (JSON of [`RoutingSpec`]).
+pub(crate) const ROUTING_SETTING: &str = "routing";
+
+/// A change of the routes, applied by the writer to the routes in force (so two changes at once both
+/// land).
+#[derive(Clone, Debug)]
+pub enum RoutingEdit {
+    /// Add a route, or replace the one of that name.
+    PutRoute(RouteSpec),
+    /// Remove the route of that name (`RouteNotFound` when there is none).
+    RemoveRoute(String),
+    SetFallback(bool),
+    /// Every route at once (a routes file at start).
+    Replace(RoutingSpec),
+}
+
+impl RoutingEdit {
+    /// The routes after the edit, compiled; the table in force is untouched when it is refused.
+    pub(crate) fn apply(self, current: &RoutingSpec) -> Result<RoutingTable, RoutingError> {
+        let mut spec = current.clone();
+        match self {
+            RoutingEdit::PutRoute(route) => {
+                match spec
+                    .routes
+                    .iter_mut()
+                    .find(|existing| existing.name.eq_ignore_ascii_case(&route.name))
+                {
+                    Some(existing) => *existing = route,
+                    None => spec.routes.push(route),
+                }
+            }
+            RoutingEdit::RemoveRoute(name) => {
+                let before = spec.routes.len();
+                spec.routes.retain(|route| !route.name.eq_ignore_ascii_case(&name));
+                if spec.routes.len() == before {
+                    return Err(RoutingError::RouteNotFound(name));
+                }
+            }
+            RoutingEdit::SetFallback(on) => spec.fallback = on,
+            RoutingEdit::Replace(replacement) => spec = replacement,
+        }
+        RoutingTable::compile(spec)
+    }
 }
 
 /// The routes compiled: conditions parsed, disabled routes left out.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct RoutingTable {
     spec: RoutingSpec,
     routes: Vec<CompiledRoute>,
     sources: SourceSet,
 }
 
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 struct CompiledRoute {
     name: String,
     source: RoutingSource,
@@ -73,6 +122,16 @@ impl RoutingTable {
 
     pub fn spec(&self) -> &RoutingSpec {
         &self.spec
+    }
+
+    /// The routes as the store keeps them.
+    pub(crate) fn from_stored(json: &str) -> Result<RoutingTable, RoutingError> {
+        let spec = serde_json::from_str(json).map_err(|error| RoutingError::Stored(error.to_string()))?;
+        RoutingTable::compile(spec)
+    }
+
+    pub(crate) fn to_stored(&self) -> Result<String, RoutingError> {
+        serde_json::to_string(&self.spec).map_err(|error| RoutingError::Stored(error.to_string()))
     }
 
     /// Whether any enabled route (or the fallback) takes this source.
@@ -257,7 +316,7 @@ impl PendingHubMessages {
 mod tests {
     use super::*;
     use twinhub_core::event::{EventProperties, EventValue};
-    use twinhub_core::routing::RouteSpec;
+
     use twinhub_core::DeviceId;
 
     fn route(name: &str, source: RoutingSource, condition: &str) -> RouteSpec {

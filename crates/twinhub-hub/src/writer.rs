@@ -76,6 +76,8 @@ pub(crate) enum WriteOp {
     /// In a cluster: this node's lease had lapsed, so other nodes may have marked its devices
     /// Disconnected: every device it holds is stamped Connected anew.
     ReassertHolds,
+    /// A change of the message routes, applied to the routes in force and stored.
+    EditRouting(crate::routing::RoutingEdit),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -154,6 +156,10 @@ pub(crate) struct Batch<'a> {
     /// for routing once committed; built only for the sources some route takes.
     pub(crate) hub_messages: Vec<HubMessage>,
     announcer: Announcer<'a>,
+    /// The routes as this batch leaves them, when it changed them (its own edit, or another node's).
+    pub(crate) routing: Option<crate::routing::RoutingTable>,
+    /// The routes in force when the batch began.
+    routing_in_force: Arc<crate::routing::RoutingTable>,
 }
 
 /// Makes the hub's own messages of a batch, for the sources routes take.
@@ -208,6 +214,7 @@ pub(crate) async fn run(
     // without a timer, so a lone write is not delayed and a busy queue fills the batch.
     while queue.recv_many(&mut commands, config.commit_batch_operations_max).await > 0 {
         let previous = snapshot.load_full();
+        let routing_in_force = deliveries.routing.table();
         let mut batch = Batch {
             registry: Registry::clone(&previous.devices),
             consumer_groups: previous.consumer_groups.clone(),
@@ -226,8 +233,10 @@ pub(crate) async fn run(
             hub_messages: Vec::new(),
             announcer: Announcer {
                 messages: &deliveries.hub_messages,
-                sources: deliveries.routing.table().sources(),
+                sources: routing_in_force.sources(),
             },
+            routing: None,
+            routing_in_force,
         };
         batch.c2d.begin_batch();
         let mut replies = Vec::with_capacity(commands.len());
@@ -289,6 +298,9 @@ pub(crate) async fn run(
             .routing
             .enqueue_hub_messages(std::mem::take(&mut batch.hub_messages), &batch.registry)
             .await;
+        if let Some(table) = batch.routing.take() {
+            deliveries.routing.replace(table);
+        }
         snapshot.store(Arc::new(Snapshot {
             devices: batch.registry,
             indexes,
@@ -542,6 +554,18 @@ impl Batch<'_> {
             }
             WriteOp::ReassertHolds => {
                 self.reassert_holds(now);
+                Ok(WriteOutcome::Done)
+            }
+            WriteOp::EditRouting(edit) => {
+                let table = match &self.routing {
+                    Some(changed) => edit.apply(changed.spec()),
+                    None => edit.apply(self.routing_in_force.spec()),
+                }?;
+                self.writes.push(StoreWrite::PutSetting {
+                    name: crate::routing::ROUTING_SETTING.into(),
+                    value: table.to_stored()?,
+                });
+                self.routing = Some(table);
                 Ok(WriteOutcome::Done)
             }
         }

@@ -45,7 +45,8 @@ impl Store for MemoryStore {
                 | StoreWrite::UpsertCloudToDevice { .. }
                 | StoreWrite::DeleteCloudToDevice { .. }
                 | StoreWrite::UpsertFeedback { .. }
-                | StoreWrite::DeleteFeedback(_) => {}
+                | StoreWrite::DeleteFeedback(_)
+                | StoreWrite::PutSetting { .. } => {}
             }
         }
         Ok(())

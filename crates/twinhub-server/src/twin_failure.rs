@@ -64,6 +64,7 @@ impl From<&HubError> for TwinFailure {
             | HubError::DeviceScope(_)
             | HubError::InvalidArgument(_)
             | HubError::Query(_)
+            | HubError::Routing(_)
             | HubError::DeviceAlreadyExists(_)
             | HubError::DeviceDefinedMultipleTimes(_) => (400, 400004),
             HubError::MessageTooLarge(_) => (413, 413001),

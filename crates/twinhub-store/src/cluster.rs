@@ -36,6 +36,8 @@ pub struct Loaded {
     pub consumer_groups: Vec<String>,
     pub cloud_to_device: Vec<(DeviceId, QueuedMessage)>,
     pub feedback: Vec<(u64, FeedbackRecord)>,
+    /// The hub's settings, by name (JSON text).
+    pub settings: Vec<(String, String)>,
     /// The last commit the state includes: the log is followed from the next one.
     pub seq: u64,
 }
@@ -117,9 +119,17 @@ pub trait ClusterStore: Send + Sync {
 pub(crate) enum LoggedWrite {
     Device(String, #[serde(with = "serde_bytes")] Option<Vec<u8>>),
     Session(String, #[serde(with = "serde_bytes")] Option<Vec<u8>>),
-    ConsumerGroup { name: String, create: bool },
+    ConsumerGroup {
+        name: String,
+        create: bool,
+    },
     CloudToDevice(String, u64, #[serde(with = "serde_bytes")] Option<Vec<u8>>),
     Feedback(u64, #[serde(with = "serde_bytes")] Option<Vec<u8>>),
+    /// Last, so commits logged before it existed still decode.
+    Setting {
+        name: String,
+        value: String,
+    },
 }
 
 #[derive(Serialize, Deserialize)]
@@ -188,6 +198,10 @@ pub(crate) fn log_writes(writes: &[StoreWrite]) -> Result<Vec<LoggedWrite>, Stor
                     record,
                 } => LoggedWrite::Feedback(*sequence_number, Some(encode_feedback(record)?)),
                 StoreWrite::DeleteFeedback(sequence_number) => LoggedWrite::Feedback(*sequence_number, None),
+                StoreWrite::PutSetting { name, value } => LoggedWrite::Setting {
+                    name: name.clone(),
+                    value: value.clone(),
+                },
             })
         })
         .collect()
@@ -254,6 +268,7 @@ pub fn decode_commit(seq: u64, bytes: &[u8]) -> Result<Commit, StoreError> {
                 }
             }
             LoggedWrite::Feedback(sequence_number, None) => StoreWrite::DeleteFeedback(sequence_number),
+            LoggedWrite::Setting { name, value } => StoreWrite::PutSetting { name, value },
         });
     }
     let mut events = Vec::with_capacity(logged.events.len());

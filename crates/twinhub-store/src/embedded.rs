@@ -58,6 +58,7 @@ struct Inner {
     sessions: Keyspace,
     /// Key: the consumer group's name in lower case; value: the name as created.
     consumer_groups: Keyspace,
+    settings: Keyspace,
     cloud_to_device: Keyspace,
     feedback: Keyspace,
     path: PathBuf,
@@ -95,6 +96,9 @@ impl EmbeddedStore {
         let consumer_groups = db
             .keyspace("consumer_groups", KeyspaceCreateOptions::default)
             .map_err(|e| open_error(Box::new(e)))?;
+        let settings = db
+            .keyspace("settings", KeyspaceCreateOptions::default)
+            .map_err(|e| open_error(Box::new(e)))?;
         let cloud_to_device = db
             .keyspace("c2d", KeyspaceCreateOptions::default)
             .map_err(|e| open_error(Box::new(e)))?;
@@ -109,6 +113,7 @@ impl EmbeddedStore {
                 devices,
                 sessions,
                 consumer_groups,
+                settings,
                 cloud_to_device,
                 feedback,
                 path: dir.to_path_buf(),
@@ -151,6 +156,21 @@ impl Inner {
             names.push(name);
         }
         Ok(names)
+    }
+
+    fn load_settings(&self) -> Result<Vec<(String, String)>, StoreError> {
+        let mut settings = Vec::new();
+        for guard in self.settings.iter() {
+            let (key, value) = guard.into_inner().map_err(|e| StoreError::Read(Box::new(e)))?;
+            let text = |bytes: &[u8]| {
+                String::from_utf8(bytes.to_vec()).map_err(|_| StoreError::Corrupt {
+                    key: String::from_utf8_lossy(&key).into_owned(),
+                    reason: "a setting that is not UTF-8".into(),
+                })
+            };
+            settings.push((text(&key)?, text(&value)?));
+        }
+        Ok(settings)
     }
 
     fn load_cloud_to_device(&self) -> Result<Vec<(DeviceId, QueuedMessage)>, StoreError> {
@@ -216,6 +236,9 @@ impl Inner {
                 StoreWrite::DeleteFeedback(sequence_number) => {
                     writes.remove(&self.feedback, sequence_number.to_be_bytes().to_vec())
                 }
+                StoreWrite::PutSetting { name, value } => {
+                    writes.insert(&self.settings, name.into_bytes(), value.into_bytes())
+                }
             }
         }
         writes.commit().map_err(|e| StoreError::Write(Box::new(e)))
@@ -241,6 +264,13 @@ impl Store for EmbeddedStore {
     async fn load_consumer_groups(&self) -> Result<Vec<String>, StoreError> {
         let inner = Arc::clone(&self.inner);
         tokio::task::spawn_blocking(move || inner.load_consumer_groups())
+            .await
+            .map_err(|e| StoreError::Read(Box::new(e)))?
+    }
+
+    async fn load_settings(&self) -> Result<Vec<(String, String)>, StoreError> {
+        let inner = Arc::clone(&self.inner);
+        tokio::task::spawn_blocking(move || inner.load_settings())
             .await
             .map_err(|e| StoreError::Read(Box::new(e)))?
     }

@@ -87,6 +87,11 @@ pub enum StoreWrite {
     },
     /// A feedback record a back end received.
     DeleteFeedback(u64),
+    /// One of the hub's settings (its message routes, ...), by name, as JSON text.
+    PutSetting {
+        name: String,
+        value: String,
+    },
 }
 
 /// A durable home for device records.
@@ -122,6 +127,11 @@ pub trait Store: Send + Sync + 'static {
         Ok(Vec::new())
     }
 
+    /// The hub's settings, by name. Called once at start; a store that keeps none returns none.
+    async fn load_settings(&self) -> Result<Vec<(String, String)>, StoreError> {
+        Ok(Vec::new())
+    }
+
     /// Everything a hub loads at start, in one view. By default the loads above one after another, as of
     /// no commit sequence (0): right for a store only one hub writes. A store other nodes share loads
     /// it in one consistent view, with the sequence number it is as of.
@@ -132,6 +142,7 @@ pub trait Store: Send + Sync + 'static {
             consumer_groups: self.load_consumer_groups().await?,
             cloud_to_device: self.load_cloud_to_device().await?,
             feedback: self.load_feedback().await?,
+            settings: self.load_settings().await?,
             seq: 0,
         })
     }

@@ -328,6 +328,13 @@ async fn load_cloud_to_device(client: &impl GenericClient) -> Result<Vec<(Device
     .await
 }
 
+async fn load_settings(client: &impl GenericClient) -> Result<Vec<(String, String)>, StoreError> {
+    load_rows(client, schema::LOAD_SETTINGS, |row| {
+        Ok((row.try_get(0).map_err(read_error)?, row.try_get(1).map_err(read_error)?))
+    })
+    .await
+}
+
 async fn load_feedback(client: &impl GenericClient) -> Result<Vec<(u64, FeedbackRecord)>, StoreError> {
     load_rows(client, schema::LOAD_FEEDBACK, |row| {
         let sequence_number: i64 = row.try_get(0).map_err(read_error)?;
@@ -360,6 +367,10 @@ impl Store for PostgresStore {
         load_feedback(&self.reader().await.map_err(connection::read_failure)?.client).await
     }
 
+    async fn load_settings(&self) -> Result<Vec<(String, String)>, StoreError> {
+        load_settings(&self.reader().await.map_err(connection::read_failure)?.client).await
+    }
+
     /// One snapshot for every table and the sequence number: the state is exactly as of `seq`, and the
     /// log is followed from there.
     async fn load(&self) -> Result<Loaded, StoreError> {
@@ -380,6 +391,7 @@ impl Store for PostgresStore {
             consumer_groups: load_consumer_groups(&transaction).await?,
             cloud_to_device: load_cloud_to_device(&transaction).await?,
             feedback: load_feedback(&transaction).await?,
+            settings: load_settings(&transaction).await?,
             seq,
         };
         transaction.commit().await.map_err(read_error)?;

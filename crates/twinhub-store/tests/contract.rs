@@ -129,6 +129,39 @@ mod checks {
         assert!(store.load_all().await.expect("load_all").is_empty());
     }
 
+    pub async fn settings_round_trip_and_the_last_write_wins<H: Harness>(harness: &H) {
+        let setting = |name: &str, value: &str| StoreWrite::PutSetting {
+            name: name.into(),
+            value: value.into(),
+        };
+        {
+            let store = harness.open().await;
+            store
+                .commit(vec![setting("routing", r#"{"routes":[]}"#), setting("other", "1")])
+                .await
+                .expect("commit");
+            // In one batch and across batches, the last write of a name is what stays.
+            store
+                .commit(vec![
+                    setting("routing", "2"),
+                    setting("routing", r#"{"fallback":false}"#),
+                ])
+                .await
+                .expect("commit");
+        }
+        let store = harness.open().await;
+        let mut settings = store.load_settings().await.expect("load settings");
+        settings.sort();
+        assert_eq!(
+            settings,
+            vec![
+                ("other".to_owned(), "1".to_owned()),
+                ("routing".to_owned(), r#"{"fallback":false}"#.to_owned()),
+            ]
+        );
+        assert_eq!(store.load().await.expect("load").settings.len(), 2);
+    }
+
     pub async fn cloud_to_device_messages_and_feedback_round_trip_and_delete<H: Harness>(harness: &H) {
         let now = Timestamp(1_700_000_000_000_000_000);
         // "d1" is a prefix of "d10": their messages must not mix.
@@ -277,6 +310,7 @@ macro_rules! contract {
                     within_a_batch_the_last_write_of_a_device_wins,
                     sessions_round_trip_and_delete,
                     consumer_groups_round_trip_and_delete,
+                    settings_round_trip_and_the_last_write_wins,
                     cloud_to_device_messages_and_feedback_round_trip_and_delete,
                     an_empty_batch_is_fine,
                     a_thousand_records_in_one_batch_all_come_back,

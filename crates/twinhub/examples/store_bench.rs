@@ -128,7 +128,8 @@ impl Store for RedbStore {
                         | StoreWrite::UpsertCloudToDevice { .. }
                         | StoreWrite::DeleteCloudToDevice { .. }
                         | StoreWrite::UpsertFeedback { .. }
-                        | StoreWrite::DeleteFeedback(_) => {}
+                        | StoreWrite::DeleteFeedback(_)
+                        | StoreWrite::PutSetting { .. } => {}
                     }
                 }
             }

@@ -99,7 +99,7 @@ pub enum C2dCommand {
     },
 }
 
-fn encode(id: &str) -> String {
+pub(crate) fn encode(id: &str) -> String {
     percent_encode(id)
 }
 

@@ -8,6 +8,7 @@ mod commands;
 mod event_hubs;
 mod monitor;
 mod query;
+mod routes;
 mod serve;
 
 use clap::{Parser, Subcommand};
@@ -94,6 +95,13 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Print device-to-cloud events as they arrive, from the hub's Event Hubs-compatible endpoint.
     MonitorEvents(monitor::MonitorArgs),
+    /// Message routes of a running hub: list, add, remove, test; the fallback route.
+    Route {
+        #[command(subcommand)]
+        command: routes::RouteCommand,
+        #[command(flatten)]
+        access: HubAccess,
+    },
     /// Consumer groups of the Event Hubs-compatible endpoint.
     ConsumerGroup {
         #[command(subcommand)]
@@ -187,6 +195,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bench(args) => bench::run(args).await,
         Command::MonitorEvents(args) => monitor::run(args).await,
         Command::ConsumerGroup { command, access } => commands::consumer_group(command, &access).await,
+        Command::Route { command, access } => routes::run(command, &access).await,
         Command::Device { command, access } => commands::device(command, &access).await,
         Command::Twin { command, access } => commands::twin(command, &access).await,
         Command::Method { command, access } => commands::method(command, &access).await,

@@ -108,7 +108,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     config.event_hubs_emulator_port = args.event_hubs_emulator_port;
     config.metrics_bind = args.metrics_bind;
     if let Some(path) = &args.routes {
-        config.hub.routing = read_routes(path)?;
+        config.hub.routing = Some(read_routes(path)?);
     }
     config.hub.events.retention = std::time::Duration::from_secs(args.event_retention_hours * 3600);
     config.hub.events.partition_bytes_max = args.event_retention_mib_per_partition * 1024 * 1024;

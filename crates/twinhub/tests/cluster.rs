@@ -1091,3 +1091,43 @@ async fn behind_haproxy_the_nodes_are_one_hub_and_devices_of_a_killed_node_go_on
     drop(balancer);
     database.drop_now().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routes_changed_through_one_node_are_in_force_on_the_other() {
+    let Some(cluster) = Cluster::start().await else {
+        return;
+    };
+    cluster.api_a.register_device("routed").await;
+    let route = json!({"source": "DeviceMessages", "condition": "level = 'critical'", "endpoint": "events"});
+    let reply = cluster
+        .api_a
+        .call(Method::PUT, "/twinhub/routing/routes/critical", Some(route), None)
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let test = json!({"deviceId": "routed", "properties": {"level": "critical"}});
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let reply = cluster
+            .api_b
+            .call(Method::POST, "/twinhub/routing/test", Some(test.clone()), None)
+            .await;
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        if reply.body["routes"] == json!(["critical"]) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "B never took A's route: {}",
+            reply.body
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // A node that starts later loads the stored routes.
+    let c = TestHub::start_node_of(
+        &cluster.a,
+        &["--store", &cluster.database.store_url(), "--bus", &nats_url()],
+    );
+    let api_c = Service::new(&cluster.a.owner_connection_string(), &cluster.a.ca_path()).through(c.address());
+    let reply = api_c.call(Method::GET, "/twinhub/routing", None, None).await;
+    assert_eq!(reply.body["routes"][0]["name"], "critical", "{}", reply.body);
+}

@@ -43,6 +43,10 @@ pub fn classify(error: &HubError) -> (StatusCode, &'static str) {
         | HubError::DeviceScope(_)
         | HubError::InvalidArgument(_) => (StatusCode::BAD_REQUEST, "ArgumentInvalid"),
         HubError::Query(_) => (StatusCode::BAD_REQUEST, "ArgumentInvalid"),
+        HubError::Routing(twinhub_hub::routing::RoutingError::RouteNotFound(_)) => {
+            (StatusCode::NOT_FOUND, "RouteNotFound")
+        }
+        HubError::Routing(_) => (StatusCode::BAD_REQUEST, "ArgumentInvalid"),
         HubError::DeviceDefinedMultipleTimes(_) => (StatusCode::BAD_REQUEST, "DeviceDefinedMultipleTimes"),
         HubError::MessageTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "MessageTooLarge"),
         HubError::ConsumerGroupName(_) => (StatusCode::BAD_REQUEST, "ArgumentInvalid"),

@@ -9,6 +9,7 @@ mod device_messages;
 mod error;
 mod methods;
 mod registry;
+mod routing;
 mod twins;
 
 use axum::routing::{get, post};
@@ -63,6 +64,14 @@ pub fn router(state: RestState) -> Router {
             get(consumer_groups::get)
                 .put(consumer_groups::create)
                 .delete(consumer_groups::delete),
+        )
+        // twinhub's own: message routes while the hub runs.
+        .route("/twinhub/routing", get(routing::get))
+        .route("/twinhub/routing/test", post(routing::test))
+        .route("/twinhub/routing/fallback", axum::routing::put(routing::put_fallback))
+        .route(
+            "/twinhub/routing/routes/{name}",
+            axum::routing::put(routing::put_route).delete(routing::delete_route),
         )
         // The HTTPS device API (device SAS tokens).
         .route("/devices/{id}/messages/events", post(device_events::send_events))

@@ -21,6 +21,7 @@ pub(super) struct Grouped {
     pub consumer_groups: BTreeMap<String, Option<String>>,
     pub cloud_to_device: BTreeMap<(String, i64), Option<Vec<u8>>>,
     pub feedback: BTreeMap<i64, Option<Vec<u8>>>,
+    pub settings: BTreeMap<String, String>,
 }
 
 /// The rows of one table: those to upsert (keys and values, in the same order) and the keys to delete.
@@ -86,6 +87,9 @@ impl Grouped {
                 }
                 LoggedWrite::Feedback(sequence_number, value) => {
                     grouped.feedback.insert(to_bigint(sequence_number)?, value);
+                }
+                LoggedWrite::Setting { name, value } => {
+                    grouped.settings.insert(name, value);
                 }
             }
         }

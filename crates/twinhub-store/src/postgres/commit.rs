@@ -154,6 +154,7 @@ pub(super) async fn commit_in_turn(
     let (c2d_upsert_devices, c2d_upsert_numbers): (Vec<String>, Vec<i64>) = c2d.upsert_keys.into_iter().unzip();
     let (c2d_delete_devices, c2d_delete_numbers): (Vec<String>, Vec<i64>) = c2d.delete_keys.into_iter().unzip();
     let feedback = Rows::of(grouped.feedback);
+    let (setting_names, setting_values): (Vec<String>, Vec<String>) = grouped.settings.into_iter().unzip();
 
     // Every statement of the batch at once: tokio-postgres sends them down the connection in the
     // order they are first polled (try_join_all polls in order) and PostgreSQL runs them in that
@@ -179,6 +180,9 @@ pub(super) async fn commit_in_turn(
     }
     if !sessions.delete_keys.is_empty() {
         pending.push((&statements.delete_sessions, vec![&sessions.delete_keys]));
+    }
+    if !setting_names.is_empty() {
+        pending.push((&statements.upsert_settings, vec![&setting_names, &setting_values]));
     }
     if !groups.upsert_keys.is_empty() {
         pending.push((

@@ -54,6 +54,10 @@ CREATE TABLE IF NOT EXISTS consumer_groups (
     key text PRIMARY KEY,
     name text NOT NULL
 );
+CREATE TABLE IF NOT EXISTS settings (
+    name text PRIMARY KEY,
+    value text NOT NULL
+);
 CREATE TABLE IF NOT EXISTS c2d_messages (
     device_id text,
     sequence_number bigint,
@@ -141,6 +145,11 @@ INSERT INTO consumer_groups (key, name)
 SELECT * FROM unnest($1::text[], $2::text[])
 ON CONFLICT (key) DO UPDATE SET name = EXCLUDED.name";
 pub(super) const DELETE_CONSUMER_GROUPS: &str = "DELETE FROM consumer_groups WHERE key = ANY($1::text[])";
+pub(super) const UPSERT_SETTINGS: &str = "
+INSERT INTO settings (name, value)
+SELECT * FROM unnest($1::text[], $2::text[])
+ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value";
+pub(super) const LOAD_SETTINGS: &str = "SELECT name, value FROM settings";
 pub(super) const UPSERT_C2D: &str = "
 INSERT INTO c2d_messages (device_id, sequence_number, message)
 SELECT * FROM unnest($1::text[], $2::bigint[], $3::bytea[])
