@@ -75,6 +75,46 @@ pub struct RouteSpec {
     pub enabled: bool,
 }
 
+/// A custom endpoint: where routed messages go besides the built-in endpoint. The hub keeps what it
+/// routes there in a durable outbox and delivers it, retrying, at least once.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EndpointSpec {
+    pub name: String,
+    #[serde(flatten)]
+    pub kind: EndpointKind,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "camelCase", deny_unknown_fields)]
+pub enum EndpointKind {
+    /// A NATS JetStream subject: each message published, and acknowledged by JetStream, once. With
+    /// `stream`, the hub creates that stream for the subject when it does not exist.
+    Nats {
+        url: String,
+        subject: String,
+        #[serde(default)]
+        stream: Option<String>,
+    },
+    /// An HTTP(S) URL each message is POSTed to; any 2xx answer delivers it.
+    Webhook { url: String },
+}
+
+/// An application property added to messages as they go to some endpoints (IoT Hub's message
+/// enrichments): a fixed text, `$iothubname`, or a value of the sender's twin (`$twin.tags.x`,
+/// `$twin.properties.desired.x`, `$twin.properties.reported.x`; the text itself when the twin has none).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EnrichmentSpec {
+    pub key: String,
+    pub value: String,
+    /// The endpoints whose messages get it (`events` included).
+    pub endpoints: Vec<String>,
+}
+
+/// Most enrichments a hub has (IoT Hub's limit).
+pub const ENRICHMENTS_MAX: usize = 10;
+
 /// Every route, and whether device messages no route takes go to the built-in endpoint.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -84,6 +124,10 @@ pub struct RoutingSpec {
     pub fallback: bool,
     #[serde(default)]
     pub routes: Vec<RouteSpec>,
+    #[serde(default)]
+    pub endpoints: Vec<EndpointSpec>,
+    #[serde(default)]
+    pub enrichments: Vec<EnrichmentSpec>,
 }
 
 impl Default for RoutingSpec {
@@ -91,8 +135,18 @@ impl Default for RoutingSpec {
         RoutingSpec {
             fallback: true,
             routes: Vec::new(),
+            endpoints: Vec::new(),
+            enrichments: Vec::new(),
         }
     }
+}
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= ROUTE_NAME_LENGTH_MAX
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
 fn enabled() -> bool {
@@ -105,10 +159,16 @@ pub enum RouteSpecError {
     InvalidName(String),
     #[error("two routes are named {0:?} (route names are case-insensitive)")]
     DuplicateName(String),
-    #[error("route {route:?} sends to endpoint {endpoint:?}, which does not exist (endpoints: events)")]
+    #[error("{route:?} names endpoint {endpoint:?}, which does not exist (the built-in one is events)")]
     UnknownEndpoint { route: String, endpoint: String },
     #[error("at most {ROUTES_MAX} routes")]
     TooManyRoutes,
+    #[error("endpoint name {0:?} is invalid or taken: 1 to 64 characters, letters, digits, '-', '_' and '.', not 'events', each name once")]
+    InvalidEndpointName(String),
+    #[error("endpoint {name:?}: {reason}")]
+    InvalidEndpoint { name: String, reason: String },
+    #[error("enrichment {key:?}: {reason}")]
+    InvalidEnrichment { key: String, reason: String },
 }
 
 impl RoutingSpec {
@@ -117,24 +177,52 @@ impl RoutingSpec {
         if self.routes.len() > ROUTES_MAX {
             return Err(RouteSpecError::TooManyRoutes);
         }
+        let mut endpoints = std::collections::HashSet::from([BUILT_IN_ENDPOINT.to_owned()]);
+        for endpoint in &self.endpoints {
+            if !valid_name(&endpoint.name) || !endpoints.insert(endpoint.name.to_ascii_lowercase()) {
+                return Err(RouteSpecError::InvalidEndpointName(endpoint.name.clone()));
+            }
+            endpoint
+                .kind
+                .check()
+                .map_err(|reason| RouteSpecError::InvalidEndpoint {
+                    name: endpoint.name.clone(),
+                    reason,
+                })?;
+        }
+        let known = |name: &str| endpoints.contains(&name.to_ascii_lowercase());
         let mut seen = std::collections::HashSet::new();
         for route in &self.routes {
-            let name_ok = !route.name.is_empty()
-                && route.name.len() <= ROUTE_NAME_LENGTH_MAX
-                && route
-                    .name
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
-            if !name_ok {
+            if !valid_name(&route.name) {
                 return Err(RouteSpecError::InvalidName(route.name.clone()));
             }
             if !seen.insert(route.name.to_ascii_lowercase()) {
                 return Err(RouteSpecError::DuplicateName(route.name.clone()));
             }
-            if !route.endpoint.eq_ignore_ascii_case(BUILT_IN_ENDPOINT) {
+            if !known(&route.endpoint) {
                 return Err(RouteSpecError::UnknownEndpoint {
                     route: route.name.clone(),
                     endpoint: route.endpoint.clone(),
+                });
+            }
+        }
+        if self.enrichments.len() > ENRICHMENTS_MAX {
+            return Err(RouteSpecError::InvalidEnrichment {
+                key: String::new(),
+                reason: format!("at most {ENRICHMENTS_MAX} enrichments"),
+            });
+        }
+        for enrichment in &self.enrichments {
+            if enrichment.key.is_empty() || enrichment.endpoints.is_empty() {
+                return Err(RouteSpecError::InvalidEnrichment {
+                    key: enrichment.key.clone(),
+                    reason: "a key and at least one endpoint are needed".into(),
+                });
+            }
+            if let Some(unknown) = enrichment.endpoints.iter().find(|name| !known(name)) {
+                return Err(RouteSpecError::UnknownEndpoint {
+                    route: format!("enrichment {}", enrichment.key),
+                    endpoint: unknown.clone(),
                 });
             }
         }
@@ -151,6 +239,40 @@ impl RoutingSpec {
             sources.insert(route.source);
         }
         sources
+    }
+}
+
+impl EndpointKind {
+    fn check(&self) -> Result<(), String> {
+        match self {
+            EndpointKind::Nats { url, subject, stream } => {
+                if !url.starts_with("nats://") && !url.starts_with("tls://") {
+                    return Err(format!("{url:?} is not a nats:// URL"));
+                }
+                let subject_ok = !subject.is_empty()
+                    && !subject.contains(['*', '>', ' '])
+                    && subject.split('.').all(|token| !token.is_empty());
+                if !subject_ok {
+                    return Err(format!(
+                        "{subject:?} is not a NATS subject to publish to (no wildcards)"
+                    ));
+                }
+                if stream
+                    .as_deref()
+                    .is_some_and(|stream| stream.is_empty() || stream.contains(['.', '*', '>', ' ']))
+                {
+                    return Err("a stream name has no '.', '*', '>' or spaces".into());
+                }
+                Ok(())
+            }
+            EndpointKind::Webhook { url } => {
+                if url.starts_with("http://") || url.starts_with("https://") {
+                    Ok(())
+                } else {
+                    Err(format!("{url:?} is not an http:// or https:// URL"))
+                }
+            }
+        }
     }
 }
 
@@ -181,6 +303,47 @@ mod tests {
         assert!(matches!(spec.check(), Err(RouteSpecError::InvalidName(_))));
         spec.routes[1] = route("other", "nowhere");
         assert!(matches!(spec.check(), Err(RouteSpecError::UnknownEndpoint { .. })));
+        spec.endpoints.push(EndpointSpec {
+            name: "nowhere".into(),
+            kind: EndpointKind::Webhook {
+                url: "http://127.0.0.1:9/hook".into(),
+            },
+        });
+        assert_eq!(spec.check(), Ok(()), "a custom endpoint by that name");
+        spec.endpoints.push(EndpointSpec {
+            name: "events".into(),
+            kind: EndpointKind::Webhook {
+                url: "http://127.0.0.1:9/hook".into(),
+            },
+        });
+        assert!(matches!(spec.check(), Err(RouteSpecError::InvalidEndpointName(_))));
+        spec.endpoints.pop();
+        spec.endpoints.push(EndpointSpec {
+            name: "bus".into(),
+            kind: EndpointKind::Nats {
+                url: "nats://127.0.0.1:4222".into(),
+                subject: "alerts.>".into(),
+                stream: None,
+            },
+        });
+        assert!(matches!(spec.check(), Err(RouteSpecError::InvalidEndpoint { .. })));
+    }
+
+    #[test]
+    fn endpoints_and_enrichments_read_from_their_json_form() {
+        let spec: RoutingSpec = serde_json::from_str(
+            r#"{"endpoints":[{"name":"bus","kind":"nats","url":"nats://127.0.0.1:4222","subject":"alerts","stream":"ALERTS"},
+                             {"name":"hook","kind":"webhook","url":"https://example.test/hook"}],
+                "enrichments":[{"key":"plant","value":"$twin.tags.plant","endpoints":["events","hook"]}]}"#,
+        )
+        .unwrap();
+        assert_eq!(spec.check(), Ok(()));
+        assert!(
+            matches!(&spec.endpoints[0].kind, EndpointKind::Nats { stream: Some(stream), .. } if stream == "ALERTS")
+        );
+        let mut bad = spec.clone();
+        bad.enrichments[0].endpoints.push("nowhere".into());
+        assert!(matches!(bad.check(), Err(RouteSpecError::UnknownEndpoint { .. })));
     }
 
     #[test]

@@ -10,6 +10,7 @@
 mod bulk;
 pub mod cloud_to_device;
 pub mod device_router;
+pub mod endpoints;
 mod error;
 pub mod event_log;
 mod events;
@@ -71,6 +72,8 @@ pub struct HubConfig {
     pub hub_name: String,
     /// Message routes at start (a routes file), in place of those stored; `None`: the stored ones.
     pub routing: Option<twinhub_core::routing::RoutingSpec>,
+    /// Opens custom endpoints' outboxes and sinks; `None`: routes name the built-in endpoint only.
+    pub endpoint_factory: Option<endpoints::FactoryHandle>,
 }
 
 impl Default for HubConfig {
@@ -82,6 +85,7 @@ impl Default for HubConfig {
             events: EventLogConfig::default(),
             hub_name: "twinhub".into(),
             routing: None,
+            endpoint_factory: None,
         }
     }
 }
@@ -180,7 +184,13 @@ impl Hub {
             .as_ref()
             .filter(|spec| stored_routes.as_ref().is_none_or(|stored| stored.spec() != *spec))
             .cloned();
-        let routing = Arc::new(routing::MessageRouting::new(routes, event_log.clone()));
+        let routing = Arc::new(routing::MessageRouting::new(
+            routes,
+            event_log.clone(),
+            config.endpoint_factory.as_ref().map(|handle| Arc::clone(&handle.0)),
+            &config.hub_name,
+        ));
+        routing.open_endpoints(routing.table().spec()).await?;
         let consumer_groups = consumer_groups
             .into_iter()
             .map(|name| (twinhub_core::consumer_group::key(&name), name))
@@ -290,8 +300,11 @@ impl Hub {
         Ok(hub)
     }
 
-    /// Changes the message routes (stored, and in force on every node once committed).
+    /// Changes the message routes (stored, and in force on every node once committed). The endpoints the
+    /// new routes name are opened first, so none is named before it can take messages.
     pub async fn edit_routing(&self, edit: routing::RoutingEdit) -> Result<(), HubError> {
+        let would_be = edit.clone().apply(self.routing.table().spec())?;
+        self.routing.open_endpoints(would_be.spec()).await?;
         writer::submit(&self.writes, WriteOp::EditRouting(edit))
             .await
             .map(|_| ())

@@ -6,15 +6,18 @@
 //!
 //! The table is swapped whole (`ArcSwap`), so a message is routed by one version of it.
 
-use crate::event_log::{Enqueued, EventLog, PendingAppend};
+use crate::endpoints::{CustomEndpoint, EndpointFactory};
+use crate::event_log::{EventLog, PendingAppend};
 use crate::{HubError, Registry};
 use arc_swap::ArcSwap;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use twinhub_core::event::{DeviceEvent, EventOrigin};
+use twinhub_core::event::{DeviceEvent, EventOrigin, EventValue};
 use twinhub_core::hub_message::HubMessage;
-use twinhub_core::routing::{RouteSpec, RouteSpecError, RoutingSource, RoutingSpec, SourceSet};
+use twinhub_core::routing::{RouteSpec, RouteSpecError, RoutingSource, RoutingSpec, SourceSet, BUILT_IN_ENDPOINT};
 use twinhub_core::{DeviceRecord, Timestamp};
+use twinhub_query::document::FieldPath;
 use twinhub_query::routing::{RoutedMessage, RoutingCondition};
 use twinhub_query::QueryError;
 
@@ -80,6 +83,7 @@ impl RoutingEdit {
 pub struct RoutingTable {
     spec: RoutingSpec,
     routes: Vec<CompiledRoute>,
+    enrichments: Vec<CompiledEnrichment>,
     sources: SourceSet,
 }
 
@@ -88,14 +92,55 @@ struct CompiledRoute {
     name: String,
     source: RoutingSource,
     condition: RoutingCondition,
+    /// The endpoint's name in lower case (`events`: the built-in one).
+    endpoint: String,
 }
 
-/// Where a message goes. Only the built-in endpoint exists so far; custom endpoints join it here.
+/// An enrichment compiled: its value, and the endpoints (lower case) whose messages get it.
+#[derive(Clone, Debug)]
+struct CompiledEnrichment {
+    key: String,
+    value: EnrichmentValue,
+    endpoints: Vec<String>,
+}
+
+#[derive(Clone, Debug)]
+enum EnrichmentValue {
+    Text(String),
+    HubName,
+    /// A path of the sender's twin; the text as written when the twin has nothing there.
+    Twin(FieldPath, String),
+}
+
+/// Where a message goes: the built-in endpoint and custom endpoints (names in lower case), each once.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Destinations {
     pub built_in: bool,
+    pub custom: Vec<String>,
     /// The routes that took the message (empty when only the fallback did).
     pub routes: Vec<String>,
+}
+
+impl Destinations {
+    fn add(&mut self, endpoint: &str) {
+        if endpoint == BUILT_IN_ENDPOINT {
+            self.built_in = true;
+        } else if !self.custom.iter().any(|name| name == endpoint) {
+            self.custom.push(endpoint.to_owned());
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        !self.built_in && self.custom.is_empty()
+    }
+
+    /// Every endpoint's name (lower case; `events` first when the built-in endpoint takes it).
+    pub fn endpoints(self) -> impl Iterator<Item = String> {
+        self.built_in
+            .then(|| BUILT_IN_ENDPOINT.to_owned())
+            .into_iter()
+            .chain(self.custom)
+    }
 }
 
 impl RoutingTable {
@@ -111,12 +156,27 @@ impl RoutingTable {
                 name: route.name.clone(),
                 source: route.source,
                 condition,
+                endpoint: route.endpoint.to_ascii_lowercase(),
             });
         }
+        let enrichments = spec
+            .enrichments
+            .iter()
+            .map(|enrichment| CompiledEnrichment {
+                key: enrichment.key.clone(),
+                value: EnrichmentValue::of(&enrichment.value),
+                endpoints: enrichment
+                    .endpoints
+                    .iter()
+                    .map(|name| name.to_ascii_lowercase())
+                    .collect(),
+            })
+            .collect();
         Ok(RoutingTable {
             sources: spec.sources(),
             spec,
             routes,
+            enrichments,
         })
     }
 
@@ -143,17 +203,21 @@ impl RoutingTable {
         self.sources
     }
 
-    /// No route at all and the fallback on: every device message goes to the built-in endpoint, which
-    /// needs no evaluation.
+    /// No route, no enrichment, and the fallback on: every device message goes to the built-in endpoint
+    /// as it is, which needs no evaluation.
     fn everything_to_built_in(&self) -> bool {
-        self.routes.is_empty() && self.spec.fallback
+        self.routes.is_empty() && self.enrichments.is_empty() && self.spec.fallback
     }
 
-    /// Whether a condition on `source` reads the sender's twin.
+    /// Whether routing a message of `source` reads the sender's twin (a condition or an enrichment).
     fn reads_twin(&self, source: RoutingSource) -> bool {
         self.routes
             .iter()
             .any(|route| route.source == source && route.condition.reads_twin())
+            || self
+                .enrichments
+                .iter()
+                .any(|enrichment| matches!(enrichment.value, EnrichmentValue::Twin(..)))
     }
 
     /// Where `message`, from `source`, goes.
@@ -161,7 +225,7 @@ impl RoutingTable {
         let mut destinations = Destinations::default();
         for route in self.routes.iter().filter(|route| route.source == source) {
             if route.condition.matches(message) {
-                destinations.built_in = true;
+                destinations.add(&route.endpoint);
                 destinations.routes.push(route.name.clone());
             }
         }
@@ -170,23 +234,98 @@ impl RoutingTable {
         }
         destinations
     }
+
+    /// `event` as it goes to `endpoint`: with the enrichments of that endpoint added as application
+    /// properties (IoT Hub: enrichments do not replace a property the message has).
+    fn enriched(
+        &self,
+        endpoint: &str,
+        event: &DeviceEvent,
+        twin: Option<&DeviceRecord>,
+        hub_name: &str,
+    ) -> DeviceEvent {
+        let mut event = event.clone();
+        for enrichment in self
+            .enrichments
+            .iter()
+            .filter(|enrichment| enrichment.endpoints.iter().any(|name| name == endpoint))
+        {
+            if event
+                .application_properties
+                .iter()
+                .any(|(key, _)| *key == enrichment.key)
+            {
+                continue;
+            }
+            let value = enrichment.value.resolve(twin, hub_name);
+            event
+                .application_properties
+                .push((enrichment.key.clone(), EventValue::String(value)));
+        }
+        event
+    }
 }
 
-/// The hub's routing: the table in force and the built-in endpoint.
+impl EnrichmentValue {
+    fn of(text: &str) -> EnrichmentValue {
+        if text.eq_ignore_ascii_case("$iothubname") {
+            return EnrichmentValue::HubName;
+        }
+        match text.split_once('.') {
+            Some((root, rest)) if root.eq_ignore_ascii_case("$twin") && !rest.is_empty() => EnrichmentValue::Twin(
+                FieldPath::new(rest.split('.').map(str::to_owned).collect()),
+                text.to_owned(),
+            ),
+            _ => EnrichmentValue::Text(text.to_owned()),
+        }
+    }
+
+    fn resolve(&self, twin: Option<&DeviceRecord>, hub_name: &str) -> String {
+        match self {
+            EnrichmentValue::Text(text) => text.clone(),
+            EnrichmentValue::HubName => hub_name.to_owned(),
+            EnrichmentValue::Twin(path, written) => {
+                let value = twin.map(|twin| path.resolve(twin));
+                match value.as_ref().and_then(|value| value.to_json()) {
+                    Some(serde_json::Value::String(text)) => text,
+                    Some(serde_json::Value::Null) | None => written.clone(),
+                    Some(other) => other.to_string(),
+                }
+            }
+        }
+    }
+}
+
+/// The hub's routing: the table in force, the built-in endpoint and the custom endpoints open.
 pub struct MessageRouting {
     table: ArcSwap<RoutingTable>,
     built_in: Option<Arc<EventLog>>,
+    /// Custom endpoints by name (lower case), opened before a table that names them is in force.
+    custom: ArcSwap<HashMap<String, Arc<CustomEndpoint>>>,
+    /// One opening or closing of endpoints at a time.
+    opening: tokio::sync::Mutex<()>,
+    factory: Option<Arc<dyn EndpointFactory>>,
+    hub_name: String,
     /// Device messages no route took (with the fallback off), acknowledged and dropped as on IoT Hub.
     unrouted: AtomicU64,
-    /// The hub's own messages that a route took but the endpoint refused (the store failed).
+    /// The hub's own messages that a route took but an endpoint refused (the store failed).
     lost: AtomicU64,
 }
 
 impl MessageRouting {
-    pub fn new(table: RoutingTable, built_in: Option<Arc<EventLog>>) -> MessageRouting {
+    pub fn new(
+        table: RoutingTable,
+        built_in: Option<Arc<EventLog>>,
+        factory: Option<Arc<dyn EndpointFactory>>,
+        hub_name: &str,
+    ) -> MessageRouting {
         MessageRouting {
             table: ArcSwap::from_pointee(table),
             built_in,
+            custom: ArcSwap::default(),
+            opening: tokio::sync::Mutex::new(()),
+            factory,
+            hub_name: hub_name.to_owned(),
             unrouted: AtomicU64::new(0),
             lost: AtomicU64::new(0),
         }
@@ -196,8 +335,59 @@ impl MessageRouting {
         self.table.load_full()
     }
 
+    /// Opens the custom endpoints `spec` names that are not open yet (or whose settings changed), so a
+    /// table naming them can be put in force.
+    pub async fn open_endpoints(&self, spec: &RoutingSpec) -> Result<(), HubError> {
+        let _one_at_a_time = self.opening.lock().await;
+        let current = self.custom.load_full();
+        let mut next = (*current).clone();
+        for endpoint in &spec.endpoints {
+            let key = endpoint.name.to_ascii_lowercase();
+            if current.get(&key).is_some_and(|open| open.spec == *endpoint) {
+                continue;
+            }
+            let factory = self
+                .factory
+                .as_deref()
+                .ok_or_else(|| HubError::InvalidArgument("this hub cannot open custom endpoints".into()))?;
+            let opened = CustomEndpoint::open(endpoint.clone(), factory).await?;
+            if let Some(previous) = next.insert(key, Arc::new(opened)) {
+                previous.close();
+            }
+        }
+        self.custom.store(Arc::new(next));
+        Ok(())
+    }
+
+    /// Puts `table` in force; custom endpoints it no longer names stop delivering.
     pub fn replace(&self, table: RoutingTable) {
+        let named: std::collections::HashSet<String> = table
+            .spec
+            .endpoints
+            .iter()
+            .map(|endpoint| endpoint.name.to_ascii_lowercase())
+            .collect();
         self.table.store(Arc::new(table));
+        let custom = self.custom.load_full();
+        if custom.keys().any(|name| !named.contains(name)) {
+            let kept = custom
+                .iter()
+                .filter(|(name, endpoint)| {
+                    let keep = named.contains(*name);
+                    if !keep {
+                        endpoint.close();
+                    }
+                    keep
+                })
+                .map(|(name, endpoint)| (name.clone(), Arc::clone(endpoint)))
+                .collect();
+            self.custom.store(Arc::new(kept));
+        }
+    }
+
+    /// The custom endpoints open now.
+    pub fn custom_endpoints(&self) -> Vec<Arc<CustomEndpoint>> {
+        self.custom.load().values().cloned().collect()
     }
 
     /// Device messages that matched no route while the fallback was off.
@@ -216,17 +406,33 @@ impl MessageRouting {
             .ok_or(HubError::Internal("this hub keeps no events"))
     }
 
+    /// The log of endpoint `name` (lower case): the built-in one, or a custom endpoint's outbox.
+    fn log_of(&self, name: &str) -> Result<Arc<EventLog>, HubError> {
+        if name == BUILT_IN_ENDPOINT {
+            return self.built_in().cloned();
+        }
+        self.custom
+            .load()
+            .get(name)
+            .map(|endpoint| Arc::clone(&endpoint.outbox))
+            .ok_or_else(|| {
+                HubError::Store(twinhub_store::StoreError::Unavailable(
+                    format!("endpoint {name} is not open yet").into(),
+                ))
+            })
+    }
+
     /// Routes one device's messages; answers once every endpoint that takes one has it durably (the
-    /// messages of one call land together, contiguous in their partition, or none do).
+    /// messages of one call land in an endpoint together, contiguous in their partition, or none do).
     pub async fn route_device_events(
         &self,
         origin: EventOrigin,
         events: Vec<DeviceEvent>,
         twin: impl FnOnce() -> Option<Arc<DeviceRecord>>,
-    ) -> Result<Vec<Enqueued>, HubError> {
+    ) -> Result<(), HubError> {
         let table = self.table();
         if table.everything_to_built_in() {
-            return self.built_in()?.append(origin, events).await;
+            return self.built_in()?.append(origin, events).await.map(|_| ());
         }
         twinhub_core::event::check_size(&events).map_err(|too_large| HubError::MessageTooLarge(too_large.size))?;
         let twin = if table.reads_twin(RoutingSource::DeviceMessages) {
@@ -235,24 +441,36 @@ impl MessageRouting {
             None
         };
         let now = Timestamp::now();
-        let mut to_built_in = Vec::with_capacity(events.len());
-        for event in events {
-            let message = RoutedMessage::new(&event, &origin, now, twin.as_deref());
-            if table.destinations(RoutingSource::DeviceMessages, &message).built_in {
-                to_built_in.push(event);
-            } else {
+        // Per endpoint, the messages it takes, in order.
+        let mut per_endpoint: Vec<(String, Vec<DeviceEvent>)> = Vec::new();
+        for event in &events {
+            let message = RoutedMessage::new(event, &origin, now, twin.as_deref());
+            let destinations = table.destinations(RoutingSource::DeviceMessages, &message);
+            if destinations.is_empty() {
                 self.unrouted.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            for name in destinations.endpoints() {
+                let event = table.enriched(&name, event, twin.as_deref(), &self.hub_name);
+                match per_endpoint.iter_mut().find(|(endpoint, _)| *endpoint == name) {
+                    Some((_, taken)) => taken.push(event),
+                    None => per_endpoint.push((name, vec![event])),
+                }
             }
         }
-        if to_built_in.is_empty() {
-            return Ok(Vec::new());
+        let mut pending = Vec::with_capacity(per_endpoint.len());
+        for (name, taken) in per_endpoint {
+            pending.push(self.log_of(&name)?.enqueue(origin.clone(), taken).await?);
         }
-        self.built_in()?.append(origin, to_built_in).await
+        for answer in pending {
+            answer.await.map_err(|_| HubError::ShuttingDown)??;
+        }
+        Ok(())
     }
 
     /// Queues the hub's own messages of one commit for their endpoints, in commit order, with the
-    /// registry as that commit left it (for `$twin` conditions). Returns what to wait for before the
-    /// commit's writes are acknowledged.
+    /// registry as that commit left it (for `$twin` conditions and enrichments). Returns what to wait for
+    /// before the commit's writes are acknowledged.
     pub(crate) async fn enqueue_hub_messages(
         &self,
         messages: Vec<HubMessage>,
@@ -263,9 +481,6 @@ impl MessageRouting {
             return PendingHubMessages(pending);
         }
         let table = self.table();
-        let Some(log) = &self.built_in else {
-            return PendingHubMessages(pending);
-        };
         let now = Timestamp::now();
         for message in messages {
             let twin = if table.reads_twin(message.source) {
@@ -274,21 +489,26 @@ impl MessageRouting {
                 None
             };
             let routed = RoutedMessage::new(&message.event, &message.origin, now, twin.as_deref());
-            if !table.destinations(message.source, &routed).built_in {
-                continue;
-            }
-            match log.enqueue(message.origin, vec![message.event]).await {
-                Ok(answer) => pending.push(answer),
-                Err(error) => {
-                    self.lost.fetch_add(1, Ordering::Relaxed);
-                    tracing::error!(%error, "a hub message could not be queued for the built-in endpoint");
+            let destinations = table.destinations(message.source, &routed);
+            for name in destinations.endpoints() {
+                let event = table.enriched(&name, &message.event, twin.as_deref(), &self.hub_name);
+                let queued = match self.log_of(&name) {
+                    Ok(log) => log.enqueue(message.origin.clone(), vec![event]).await,
+                    Err(error) => Err(error),
+                };
+                match queued {
+                    Ok(answer) => pending.push(answer),
+                    Err(error) => {
+                        self.lost.fetch_add(1, Ordering::Relaxed);
+                        tracing::error!(endpoint = %name, %error, "a hub message could not be queued for its endpoint");
+                    }
                 }
             }
         }
         PendingHubMessages(pending)
     }
 
-    /// Waits for queued hub messages; what the endpoint refused is counted and logged (the writes they
+    /// Waits for queued hub messages; what an endpoint refused is counted and logged (the writes they
     /// tell of stand).
     pub(crate) async fn settle(&self, pending: PendingHubMessages) {
         for answer in pending.0 {
@@ -298,7 +518,7 @@ impl MessageRouting {
                 Err(_) => HubError::ShuttingDown,
             };
             self.lost.fetch_add(1, Ordering::Relaxed);
-            tracing::error!(%error, "a hub message was not stored in the built-in endpoint");
+            tracing::error!(%error, "a hub message was not stored in its endpoint");
         }
     }
 }
@@ -348,6 +568,7 @@ mod tests {
         let spec = RoutingSpec {
             fallback: true,
             routes: vec![route("critical", RoutingSource::DeviceMessages, "level = 'critical'")],
+            ..RoutingSpec::default()
         };
         let table = RoutingTable::compile(spec).unwrap();
         let critical = destinations(&table, RoutingSource::DeviceMessages, "critical");
@@ -368,6 +589,7 @@ mod tests {
         let spec = RoutingSpec {
             fallback: true,
             routes: vec![route("twins", RoutingSource::TwinChangeEvents, "")],
+            ..RoutingSpec::default()
         };
         let table = RoutingTable::compile(spec).unwrap();
         assert!(table.takes(RoutingSource::TwinChangeEvents));
@@ -380,6 +602,7 @@ mod tests {
         let spec = RoutingSpec {
             fallback: true,
             routes: vec![route("broken", RoutingSource::DeviceMessages, "level = ")],
+            ..RoutingSpec::default()
         };
         let error = RoutingTable::compile(spec).unwrap_err().to_string();
         assert!(error.contains("broken") && error.contains("column"), "{error}");

@@ -211,8 +211,13 @@ pub async fn serve(config: ServeConfig) -> Result<RunningHub, ServeError> {
             )
         }
     };
+    let endpoints = crate::endpoints::EndpointOutboxes {
+        data_dir: config.data_dir.clone(),
+        clustered: store.cluster().is_some(),
+    };
     let hub_config = HubConfig {
         hub_name: config.hub_name.clone(),
+        endpoint_factory: Some(twinhub_hub::endpoints::FactoryHandle(Arc::new(endpoints))),
         ..config.hub.clone()
     };
     let hub = Hub::start_node(store, event_store, config.bus.clone(), hub_config).await?;

@@ -153,8 +153,11 @@ pub async fn test(State(state): State<RestState>, headers: HeaderMap, bytes: Byt
         annotations: Vec::new(),
     };
     let destinations = state.hub.test_route(test.source, &device_id, &event);
+    let (routes, built_in) = (destinations.routes.clone(), destinations.built_in);
+    let endpoints: Vec<String> = destinations.endpoints().collect();
     Ok(Json(json!({
-        "routes": destinations.routes,
-        "builtInEndpoint": destinations.built_in,
+        "routes": routes,
+        "builtInEndpoint": built_in,
+        "endpoints": endpoints,
     })))
 }

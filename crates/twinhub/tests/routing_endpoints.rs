@@ -1,0 +1,401 @@
+//! Custom routing endpoints against real peers: a NATS JetStream subject (the NATS server the development
+//! and CI machines run, `TWINHUB_TEST_NATS_URL`, default `nats://127.0.0.1:4222`), read back with a NATS
+//! client; and a webhook (a small HTTP server in the test) that fails for a while and then recovers, and
+//! must then receive every message. Each message arrives with its properties and the enrichments of its
+//! endpoint. A hub killed with `kill -9` while its webhook is down delivers, after its restart, every
+//! message it acknowledged (at least once).
+
+mod mqtt_client;
+mod rest_client;
+mod support;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use mqtt_client::{Credentials, MqttClient};
+use reqwest::Method;
+use rest_client::Service;
+use rmqtt_codec::types::QoS;
+use rmqtt_codec::v3::{ConnectAckReason, Packet};
+use serde_json::json;
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use support::TestHub;
+
+fn nats_url() -> String {
+    std::env::var("TWINHUB_TEST_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
+}
+
+/// A webhook receiver: answers 503 to the first `failures` requests, then 200; keeps what it took.
+struct Webhook {
+    url: String,
+    /// Delivery id → (device, application properties, body), for every request answered 200.
+    taken: Arc<Mutex<Vec<Received>>>,
+    requests: Arc<AtomicUsize>,
+    /// While set, every request is answered 503.
+    down: Arc<std::sync::atomic::AtomicBool>,
+}
+
+#[derive(Clone, Debug)]
+struct Received {
+    delivery_id: String,
+    device: String,
+    headers: BTreeMap<String, String>,
+    body: Bytes,
+}
+
+impl Webhook {
+    async fn start(failures: usize) -> Webhook {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        let taken = Arc::new(Mutex::new(Vec::new()));
+        let requests = Arc::new(AtomicUsize::new(0));
+        let down = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (taken_in, requests_in, down_in) = (Arc::clone(&taken), Arc::clone(&requests), Arc::clone(&down));
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let (taken, requests, down) = (Arc::clone(&taken_in), Arc::clone(&requests_in), Arc::clone(&down_in));
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
+                        let (taken, requests, down) = (Arc::clone(&taken), Arc::clone(&requests), Arc::clone(&down));
+                        async move {
+                            let seen = requests.fetch_add(1, Ordering::SeqCst);
+                            let headers: BTreeMap<String, String> = request
+                                .headers()
+                                .iter()
+                                .map(|(name, value)| (name.to_string(), value.to_str().unwrap_or_default().to_owned()))
+                                .collect();
+                            let body = request
+                                .into_body()
+                                .collect()
+                                .await
+                                .map(|body| body.to_bytes())
+                                .unwrap_or_default();
+                            let status = if seen < failures || down.load(Ordering::SeqCst) {
+                                503
+                            } else {
+                                taken.lock().unwrap().push(Received {
+                                    delivery_id: headers.get("iothub-delivery-id").cloned().unwrap_or_default(),
+                                    device: headers.get("iothub-connection-device-id").cloned().unwrap_or_default(),
+                                    headers,
+                                    body,
+                                });
+                                200
+                            };
+                            Ok::<_, std::convert::Infallible>(
+                                hyper::Response::builder()
+                                    .status(status)
+                                    .body(Full::new(Bytes::new()))
+                                    .unwrap(),
+                            )
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Webhook {
+            url,
+            taken,
+            requests,
+            down,
+        }
+    }
+
+    fn taken(&self) -> Vec<Received> {
+        self.taken.lock().unwrap().clone()
+    }
+
+    async fn wait_for(&self, count: usize, within: Duration) -> Vec<Received> {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            let taken = self.taken();
+            let distinct: std::collections::BTreeSet<&str> =
+                taken.iter().map(|received| received.delivery_id.as_str()).collect();
+            if distinct.len() >= count {
+                return taken;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the webhook took {} distinct messages of {count} within {within:?}",
+                distinct.len()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+fn routes_file(dir: &std::path::Path, text: &str) -> String {
+    let path = dir.join("routes.toml");
+    std::fs::write(&path, text).unwrap();
+    path.display().to_string()
+}
+
+/// Publishes at QoS 1 and waits for the PUBACK: the hub took the message.
+async fn send(device: &mut MqttClient, id: &str, bag: &str, body: &[u8]) {
+    let topic = format!("devices/{id}/messages/events/{bag}");
+    let packet_id = device.publish(&topic, body, QoS::AtLeastOnce).await.unwrap();
+    match device.receive().await {
+        Some(Packet::PublishAck { packet_id: acked }) => assert_eq!(acked, packet_id),
+        other => panic!("expected PUBACK, got {other:?}"),
+    }
+}
+
+async fn device(hub: &TestHub, api: &Service, id: &str) -> MqttClient {
+    let key = api.register_device(id).await;
+    let credentials = Credentials::device(&hub.host(), id, &key, 3600);
+    let (client, code, _) = MqttClient::connect(hub.address(), &hub.ca_path(), &credentials).await;
+    assert_eq!(code, ConnectAckReason::ConnectionAccepted);
+    client
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_webhook_that_fails_for_a_while_then_receives_every_message_once_with_its_enrichments() {
+    let webhook = Webhook::start(6).await;
+    let dir = tempfile::tempdir().unwrap();
+    let routes = routes_file(
+        dir.path(),
+        &format!(
+            r#"
+fallback = true
+[[endpoints]]
+name = "hook"
+kind = "webhook"
+url = "{url}"
+
+[[routes]]
+name = "critical"
+source = "DeviceMessages"
+condition = "level = 'critical'"
+endpoint = "hook"
+
+[[routes]]
+name = "twins"
+source = "TwinChangeEvents"
+endpoint = "hook"
+
+[[enrichments]]
+key = "plant"
+value = "$twin.tags.plant"
+endpoints = ["hook"]
+
+[[enrichments]]
+key = "hub"
+value = "$iothubname"
+endpoints = ["hook"]
+"#,
+            url = webhook.url
+        ),
+    );
+    let hub = TestHub::start_with(&["--routes", &routes]);
+    let api = Service::new(&hub.owner_connection_string(), &hub.ca_path());
+    let mut sensor = device(&hub, &api, "sensor").await;
+    let reply = api
+        .call(
+            Method::PATCH,
+            "/twins/sensor",
+            Some(json!({"tags": {"plant": "north"}})),
+            Some("*"),
+        )
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    for index in 0..5 {
+        let level = if index % 2 == 0 { "critical" } else { "normal" };
+        send(
+            &mut sensor,
+            "sensor",
+            &format!("level={level}&n={index}"),
+            format!("{{\"n\":{index}}}").as_bytes(),
+        )
+        .await;
+    }
+    // The twin change and the three critical messages; the first six attempts failed.
+    let taken = webhook.wait_for(4, Duration::from_secs(30)).await;
+    assert!(webhook.requests.load(Ordering::SeqCst) >= 10, "the hub retried");
+    let mut seen = std::collections::BTreeSet::new();
+    let firsts: Vec<&Received> = taken
+        .iter()
+        .filter(|received| seen.insert(received.delivery_id.clone()))
+        .collect();
+    assert_eq!(firsts.len(), 4, "{taken:?}");
+    assert_eq!(
+        firsts[0].headers.get("iothub-message-source").map(String::as_str),
+        Some("twinChangeEvents")
+    );
+    assert_eq!(
+        firsts[0].headers.get("iothub-app-optype").map(String::as_str),
+        Some("updateTwin")
+    );
+    let telemetry: Vec<&&Received> = firsts[1..].iter().collect();
+    let numbers: Vec<String> = telemetry
+        .iter()
+        .map(|received| received.headers.get("iothub-app-n").cloned().unwrap_or_default())
+        .collect();
+    assert_eq!(numbers, ["0", "2", "4"], "the critical messages, in order");
+    for received in &telemetry {
+        assert_eq!(received.device, "sensor");
+        assert_eq!(
+            received.headers.get("iothub-message-source").map(String::as_str),
+            Some("Telemetry")
+        );
+        assert_eq!(
+            received.headers.get("iothub-app-level").map(String::as_str),
+            Some("critical")
+        );
+        assert_eq!(
+            received.headers.get("iothub-app-plant").map(String::as_str),
+            Some("north"),
+            "enriched from the twin"
+        );
+        assert_eq!(
+            received.headers.get("iothub-app-hub").map(String::as_str),
+            Some(hub.host().split('.').next().unwrap())
+        );
+    }
+    assert_eq!(telemetry[0].body.as_ref(), b"{\"n\":0}");
+    drop(sensor);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_hub_delivers_after_its_restart_every_message_it_acknowledged() {
+    let webhook = Webhook::start(0).await;
+    webhook.down.store(true, Ordering::SeqCst);
+    let dir = tempfile::tempdir().unwrap();
+    let routes = routes_file(
+        dir.path(),
+        &format!(
+            "[[endpoints]]\nname = \"hook\"\nkind = \"webhook\"\nurl = \"{}\"\n\n[[routes]]\nname = \"all\"\nsource = \"DeviceMessages\"\nendpoint = \"hook\"\n",
+            webhook.url
+        ),
+    );
+    let mut hub = TestHub::start_with(&["--routes", &routes]);
+    let api = Service::new(&hub.owner_connection_string(), &hub.ca_path());
+    let mut sensor = device(&hub, &api, "sensor").await;
+    const SENT: usize = 40;
+    for index in 0..SENT {
+        send(&mut sensor, "sensor", &format!("n={index}"), b"{}").await;
+    }
+    drop(sensor);
+    // Every message acknowledged, none delivered (the webhook is down): kill -9, then restart.
+    hub.kill9();
+    hub.restart();
+    webhook.down.store(false, Ordering::SeqCst);
+    let taken = webhook.wait_for(SENT, Duration::from_secs(60)).await;
+    let mut numbers: Vec<usize> = taken
+        .iter()
+        .filter_map(|received| received.headers.get("iothub-app-n")?.parse().ok())
+        .collect();
+    numbers.dedup();
+    assert_eq!(
+        numbers,
+        (0..SENT).collect::<Vec<_>>(),
+        "every acknowledged message, in order"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_to_a_nats_jetstream_subject_is_read_back_with_a_nats_client() {
+    let unique = format!("{}{}", std::process::id(), rest_client::now());
+    let subject = format!("twinhub.test.{unique}");
+    let stream = format!("TWINHUB_TEST_{unique}");
+    let dir = tempfile::tempdir().unwrap();
+    let routes = routes_file(
+        dir.path(),
+        &format!(
+            r#"
+[[endpoints]]
+name = "bus"
+kind = "nats"
+url = "{url}"
+subject = "{subject}"
+stream = "{stream}"
+
+[[routes]]
+name = "hot"
+source = "DeviceMessages"
+condition = "$body.temperature > 30"
+endpoint = "bus"
+
+[[routes]]
+name = "lifecycle"
+source = "DeviceLifecycleEvents"
+endpoint = "bus"
+"#,
+            url = nats_url()
+        ),
+    );
+    let hub = TestHub::start_with(&["--routes", &routes]);
+    let api = Service::new(&hub.owner_connection_string(), &hub.ca_path());
+    let mut sensor = device(&hub, &api, "sensor").await;
+    let json_bag = "%24.ct=application%2Fjson&%24.ce=utf-8";
+    for temperature in [20, 35, 25, 40] {
+        send(
+            &mut sensor,
+            "sensor",
+            json_bag,
+            format!("{{\"temperature\":{temperature}}}").as_bytes(),
+        )
+        .await;
+    }
+
+    let client = async_nats::connect(nats_url()).await.expect("NATS");
+    let jetstream = async_nats::jetstream::new(client);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let stream = loop {
+        match jetstream.get_stream(&stream).await {
+            Ok(stream) => break stream,
+            Err(error) => {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the hub never made stream {stream}: {error}"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    let mut messages = Vec::new();
+    while messages.len() < 3 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "got {} of 3 messages",
+            messages.len()
+        );
+        let sequence = messages.len() as u64 + 1;
+        match stream.get_raw_message(sequence).await {
+            Ok(message) => messages.push(message),
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+    let header = |message: &async_nats::jetstream::message::StreamMessage, name: &str| {
+        message.headers.get(name).map(|value| value.as_str().to_owned())
+    };
+    assert_eq!(
+        header(&messages[0], "iothub-message-source").as_deref(),
+        Some("deviceLifecycleEvents")
+    );
+    assert_eq!(header(&messages[0], "opType").as_deref(), Some("createDeviceIdentity"));
+    for (message, temperature) in messages[1..].iter().zip([35, 40]) {
+        assert_eq!(
+            message.payload.as_ref(),
+            format!("{{\"temperature\":{temperature}}}").as_bytes()
+        );
+        assert_eq!(
+            header(message, "iothub-connection-device-id").as_deref(),
+            Some("sensor")
+        );
+        assert_eq!(header(message, "content-type").as_deref(), Some("application/json"));
+        assert!(header(message, "Nats-Msg-Id").is_some());
+    }
+    assert!(stream.get_raw_message(4).await.is_err(), "only what the routes take");
+    jetstream
+        .delete_stream(stream.cached_info().config.name.clone())
+        .await
+        .ok();
+    drop(sensor);
+}
