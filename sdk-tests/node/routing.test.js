@@ -9,7 +9,8 @@
 // by the device (updateTwin, updateTwin, replaceTwin, updateTwin, updateTwin: one message per twin
 // version, in version order, with IoT Hub's properties and bodies), five telemetry messages of which
 // only those a route's condition takes arrive, closed (deviceDisconnected) and deleted
-// (deleteDeviceIdentity). @azure/event-hubs reads every event of the two devices, in order.
+// (deleteDeviceIdentity). @azure/event-hubs reads every event of the two devices, in order, and the
+// event hub `alerts` inside twinhub (EntityPath=alerts), where a route copies the critical messages.
 'use strict';
 
 const assert = require('node:assert/strict');
@@ -246,6 +247,23 @@ async function main() {
       assert.deepEqual(bodyOf(event), { temperature: sent.temperature, kind: sent.kind });
       assert.equal(event.properties.level, sent.level);
     }
+  }
+
+  log('the event hub "alerts": its own partitions, a copy of each critical message');
+  const alertsConnectionString = eventHubsConnectionString.replace(/EntityPath=[^;]+/, 'EntityPath=alerts');
+  const alerts = new EventHubConsumerClient('$Default', alertsConnectionString);
+  const alertsProperties = await alerts.getEventHubProperties();
+  assert.equal(alertsProperties.name, 'alerts');
+  assert.deepEqual(alertsProperties.partitionIds, ['0', '1']);
+  const copies = await readAll(alerts, (seen) => seen.length >= devices.length);
+  await alerts.close();
+  assert.deepEqual(
+    copies.map((event) => event.systemProperties['iothub-connection-device-id']).sort(),
+    devices.map(([deviceId]) => deviceId).sort(),
+  );
+  for (const event of copies) {
+    assert.equal(event.properties.level, 'critical');
+    assert.deepEqual(bodyOf(event), { temperature: 10, kind: 'app' });
   }
   await registry.close?.();
 }

@@ -98,6 +98,16 @@ pub enum EndpointKind {
     },
     /// An HTTP(S) URL each message is POSTed to; any 2xx answer delivers it.
     Webhook { url: String },
+    /// An event hub inside twinhub, read with the Event Hubs SDKs as the built-in endpoint is, with the
+    /// endpoint's name as its `EntityPath`: its own partitions, the hub's consumer groups.
+    EventHub {
+        #[serde(default = "event_hub_partitions")]
+        partitions: u16,
+    },
+}
+
+fn event_hub_partitions() -> u16 {
+    4
 }
 
 /// An application property added to messages as they go to some endpoints (IoT Hub's message
@@ -270,6 +280,13 @@ impl EndpointKind {
                     Ok(())
                 } else {
                     Err(format!("{url:?} is not an http:// or https:// URL"))
+                }
+            }
+            EndpointKind::EventHub { partitions } => {
+                if (2..=32).contains(partitions) {
+                    Ok(())
+                } else {
+                    Err(format!("an event hub has 2 to 32 partitions, not {partitions}"))
                 }
             }
         }

@@ -33,11 +33,11 @@ pub trait EndpointSink: Send + Sync {
 }
 
 /// An endpoint as the edge opened it: its outbox (the events, and a store for delivery positions) and
-/// its sink.
+/// its sink; an event hub inside twinhub has no sink: its log is what consumers read.
 pub struct OpenedEndpoint {
     pub outbox: Arc<dyn EventStore>,
     pub positions: Arc<dyn Store>,
-    pub sink: Arc<dyn EndpointSink>,
+    pub sink: Option<Arc<dyn EndpointSink>>,
 }
 
 /// Opens custom endpoints (given to the hub by the server).
@@ -70,22 +70,31 @@ impl CustomEndpoint {
         let opened = factory.open(&spec).await.map_err(|reason| {
             HubError::InvalidArgument(format!("endpoint {:?} cannot be opened: {reason}", spec.name))
         })?;
-        let config = EventLogConfig {
-            partition_bytes_max: OUTBOX_BYTES_MAX,
-            ..EventLogConfig::default()
+        let config = match opened.sink {
+            Some(_) => EventLogConfig {
+                partition_bytes_max: OUTBOX_BYTES_MAX,
+                ..EventLogConfig::default()
+            },
+            None => EventLogConfig::default(),
         };
         let outbox = EventLog::open(opened.outbox, config).await?;
         let positions = load_positions(&*opened.positions).await?;
         let (stop, stopped) = watch::channel(false);
         let delivered = Arc::new(AtomicU64::new(0));
         let dropped = Arc::new(AtomicU64::new(0));
-        for partition in 0..outbox.partition_count() {
+        let partitions = if opened.sink.is_some() {
+            outbox.partition_count()
+        } else {
+            0
+        };
+        for partition in 0..partitions {
+            let Some(sink) = &opened.sink else { break };
             let delivery = Delivery {
                 name: spec.name.clone(),
                 partition,
                 outbox: Arc::clone(&outbox),
                 positions: Arc::clone(&opened.positions),
-                sink: Arc::clone(&opened.sink),
+                sink: Arc::clone(sink),
                 delivered: Arc::clone(&delivered),
                 dropped: Arc::clone(&dropped),
                 stopped: stopped.clone(),
@@ -100,6 +109,11 @@ impl CustomEndpoint {
             dropped,
             stop,
         })
+    }
+
+    /// The event hub consumers read, when the endpoint is an event hub inside twinhub.
+    pub fn event_hub(&self) -> Option<&Arc<EventLog>> {
+        matches!(self.spec.kind, twinhub_core::routing::EndpointKind::EventHub { .. }).then_some(&self.outbox)
     }
 
     /// Messages the endpoint took.

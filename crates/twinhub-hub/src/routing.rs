@@ -385,6 +385,14 @@ impl MessageRouting {
         }
     }
 
+    /// The event hub named `name` (case-insensitive) that routes fill inside twinhub, if there is one.
+    pub fn event_hub(&self, name: &str) -> Option<Arc<EventLog>> {
+        self.custom
+            .load()
+            .get(&name.to_ascii_lowercase())
+            .and_then(|endpoint| endpoint.event_hub().cloned())
+    }
+
     /// The custom endpoints open now.
     pub fn custom_endpoints(&self) -> Vec<Arc<CustomEndpoint>> {
         self.custom.load().values().cloned().collect()

@@ -299,6 +299,11 @@ pub(crate) async fn run(
             .enqueue_hub_messages(std::mem::take(&mut batch.hub_messages), &batch.registry)
             .await;
         if let Some(table) = batch.routing.take() {
+            // Another node's change may name endpoints this node has not opened yet (its own were opened
+            // before they were submitted): opened here, rarely, before the routes are in force.
+            if let Err(error) = deliveries.routing.open_endpoints(table.spec()).await {
+                tracing::error!(%error, "an endpoint of the new routes cannot be opened on this node");
+            }
             deliveries.routing.replace(table);
         }
         snapshot.store(Arc::new(Snapshot {

@@ -21,44 +21,51 @@ use twinhub_store::{EmbeddedStore, StoreOptions, EVENT_PARTITIONS_MIN};
 /// How long one delivery may take before it counts as failed (and is retried).
 const DELIVERY_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Opens endpoints' outboxes under `data_dir/endpoints`.
+/// Opens endpoints' outboxes under `data_dir/endpoints`. In a cluster each node keeps its own outbox of
+/// what it routed and delivers it (a node that is gone for good leaves its undelivered messages behind
+/// until its data directory is served again).
 pub struct EndpointOutboxes {
     pub data_dir: PathBuf,
-    /// In a cluster each node would keep its own outbox and deliver it; not offered yet.
+    /// On a cluster's node: an event hub endpoint would need one log every node appends to and reads
+    /// (as telemetry's JetStream partitions are), which is not offered yet.
     pub clustered: bool,
 }
 
 #[async_trait::async_trait]
 impl EndpointFactory for EndpointOutboxes {
     async fn open(&self, spec: &EndpointSpec) -> Result<OpenedEndpoint, String> {
-        if self.clustered {
-            return Err("custom endpoints are not available on a cluster's nodes yet; route to events".into());
+        if self.clustered && matches!(spec.kind, EndpointKind::EventHub { .. }) {
+            return Err("event hub endpoints are not available on a cluster's nodes yet; route to events".into());
         }
         let dir = self.data_dir.join("endpoints").join(spec.name.to_ascii_lowercase());
         let options = StoreOptions {
-            event_partitions: EVENT_PARTITIONS_MIN,
+            event_partitions: match spec.kind {
+                EndpointKind::EventHub { partitions } => partitions,
+                _ => EVENT_PARTITIONS_MIN,
+            },
         };
         let store = tokio::task::spawn_blocking(move || EmbeddedStore::open_with(&dir, options))
             .await
             .map_err(|error| error.to_string())?
             .map_err(|error| error.to_string())?;
         let store = Arc::new(store);
-        let sink: Arc<dyn EndpointSink> = match &spec.kind {
-            EndpointKind::Nats { url, subject, stream } => Arc::new(NatsSink {
+        let sink: Option<Arc<dyn EndpointSink>> = match &spec.kind {
+            EndpointKind::EventHub { .. } => None,
+            EndpointKind::Nats { url, subject, stream } => Some(Arc::new(NatsSink {
                 endpoint: spec.name.clone(),
                 url: url.clone(),
                 subject: subject.clone(),
                 stream: stream.clone(),
                 jetstream: OnceCell::new(),
-            }),
-            EndpointKind::Webhook { url } => Arc::new(WebhookSink {
+            })),
+            EndpointKind::Webhook { url } => Some(Arc::new(WebhookSink {
                 endpoint: spec.name.clone(),
                 url: url.clone(),
                 http: reqwest::Client::builder()
                     .timeout(DELIVERY_TIMEOUT)
                     .build()
                     .map_err(|error| error.to_string())?,
-            }),
+            })),
         };
         Ok(OpenedEndpoint {
             outbox: Arc::clone(&store) as Arc<dyn twinhub_store::EventStore>,

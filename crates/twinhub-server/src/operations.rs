@@ -1,7 +1,7 @@
 //! The operations listener (`serve --metrics-bind`), off the public ports: `/metrics` in Prometheus'
-//! text format and `/healthz`. What it reports so far is the hub's size and, in a cluster, how far the
+//! text format and `/healthz`. What it reports so far is the hub's size; in a cluster, how far the
 //! node's view is from the cluster's (a node never serves a view it knows may be behind without saying
-//! so: in its log, and here).
+//! so: in its log, and here); and what message routing dropped, and each custom endpoint's deliveries.
 
 use axum::extract::State;
 use axum::http::{header, StatusCode};
@@ -40,6 +40,48 @@ fn counter(registry: &mut Registry, name: &str, help: &str, total: u64) {
     let counter: Counter = Counter::default();
     counter.inc_by(total);
     registry.register(name, help, counter);
+}
+
+/// What routing dropped or could not store, and each custom endpoint's deliveries.
+fn routing_metrics(registry: &mut Registry, hub: &Hub) {
+    use prometheus_client::encoding::EncodeLabelSet;
+    use prometheus_client::metrics::family::Family;
+    #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+    struct Endpoint {
+        endpoint: String,
+    }
+    let routing = hub.routing();
+    counter(
+        registry,
+        "routing_unrouted_messages",
+        "Device messages no route took while the fallback route was off (acknowledged and dropped, as on IoT Hub)",
+        routing.unrouted(),
+    );
+    counter(
+        registry,
+        "routing_hub_messages_lost",
+        "The hub's own messages a route took that their endpoint could not store",
+        routing.lost(),
+    );
+    let delivered = Family::<Endpoint, Counter>::default();
+    let dropped = Family::<Endpoint, Counter>::default();
+    for endpoint in routing.custom_endpoints() {
+        let label = Endpoint {
+            endpoint: endpoint.spec.name.clone(),
+        };
+        delivered.get_or_create(&label).inc_by(endpoint.delivered());
+        dropped.get_or_create(&label).inc_by(endpoint.dropped());
+    }
+    registry.register(
+        "endpoint_delivered_messages",
+        "Messages a custom endpoint (NATS, webhook) took",
+        delivered,
+    );
+    registry.register(
+        "endpoint_dropped_messages",
+        "Messages that left a custom endpoint's outbox undelivered, past its bound",
+        dropped,
+    );
 }
 
 async fn metrics(State(hub): State<Arc<Hub>>) -> Response {
@@ -89,6 +131,7 @@ async fn metrics(State(hub): State<Arc<Hub>>) -> Response {
             view.catch_up_failures,
         );
     }
+    routing_metrics(&mut registry, &hub);
     let mut text = String::new();
     match encode(&mut text, &registry) {
         Ok(()) => ([(header::CONTENT_TYPE, CONTENT_TYPE)], text).into_response(),

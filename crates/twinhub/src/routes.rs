@@ -31,6 +31,9 @@ pub enum RouteCommand {
     },
     /// Remove a route.
     Remove { name: String },
+    /// Replace every route, endpoint and enrichment and the fallback route with a routes file's (TOML,
+    /// as `serve --routes` reads).
+    Apply { file: std::path::PathBuf },
     /// Switch the fallback route (device messages no route takes go to `events`) on or off.
     Fallback {
         #[arg(value_parser = ["on", "off"])]
@@ -105,6 +108,13 @@ pub async fn run(command: RouteCommand, access: &HubAccess) -> anyhow::Result<()
             let path = format!("{ROUTING}/routes/{}", crate::commands::encode(&name));
             client.send(Method::DELETE, &path, None, None).await?;
             println!("route {name} removed");
+        }
+        RouteCommand::Apply { file } => {
+            let text = std::fs::read_to_string(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            let spec: serde_json::Value =
+                toml::from_str(&text).with_context(|| format!("{} is not a valid routes file", file.display()))?;
+            client.send(Method::PUT, ROUTING, Some(&spec), None).await?;
+            println!("routes of {} applied", file.display());
         }
         RouteCommand::Fallback { state } => {
             let body = json!({ "enabled": state == "on" });

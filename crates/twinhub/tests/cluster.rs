@@ -1131,3 +1131,32 @@ async fn routes_changed_through_one_node_are_in_force_on_the_other() {
     let reply = api_c.call(Method::GET, "/twinhub/routing", None, None).await;
     assert_eq!(reply.body["routes"][0]["name"], "critical", "{}", reply.body);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_webhook_route_set_through_one_node_delivers_what_every_node_routes() {
+    let Some(cluster) = Cluster::start().await else {
+        return;
+    };
+    let webhook = support::webhook::Webhook::start(0).await;
+    // Set through A (the routes replaced whole, as `twinhub route apply` does); B opens the endpoint when
+    // it applies A's commit.
+    let spec = json!({
+        "fallback": true,
+        "endpoints": [{"name": "hook", "kind": "webhook", "url": webhook.url}],
+        "routes": [{"name": "all", "source": "DeviceMessages", "endpoint": "hook"}],
+    });
+    let reply = cluster
+        .api_a
+        .call(Method::PUT, "/twinhub/routing", Some(spec), None)
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let key = cluster.api_a.register_device("hooked").await;
+    let (mut on_b, code) = cluster.connect(&cluster.b, "hooked", &key).await;
+    assert_eq!(code, ConnectAckReason::ConnectionAccepted);
+    // B may apply A's change a moment after A answered: its first messages may still go by the old
+    // routes (the fallback); from then on, every message reaches the webhook.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    send_events(&mut on_b, "hooked", 5).await;
+    let taken = webhook.wait_for(5, Duration::from_secs(20)).await;
+    assert!(taken.iter().all(|received| received.device == "hooked"), "{taken:?}");
+}

@@ -5,130 +5,24 @@
 //! endpoint. A hub killed with `kill -9` while its webhook is down delivers, after its restart, every
 //! message it acknowledged (at least once).
 
+mod event_hubs_client;
 mod mqtt_client;
 mod rest_client;
 mod support;
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
 use mqtt_client::{Credentials, MqttClient};
 use reqwest::Method;
 use rest_client::Service;
 use rmqtt_codec::types::QoS;
 use rmqtt_codec::v3::{ConnectAckReason, Packet};
 use serde_json::json;
-use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
+use support::webhook::{Received, Webhook};
 use support::TestHub;
 
 fn nats_url() -> String {
     std::env::var("TWINHUB_TEST_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
-}
-
-/// A webhook receiver: answers 503 to the first `failures` requests, then 200; keeps what it took.
-struct Webhook {
-    url: String,
-    /// Delivery id → (device, application properties, body), for every request answered 200.
-    taken: Arc<Mutex<Vec<Received>>>,
-    requests: Arc<AtomicUsize>,
-    /// While set, every request is answered 503.
-    down: Arc<std::sync::atomic::AtomicBool>,
-}
-
-#[derive(Clone, Debug)]
-struct Received {
-    delivery_id: String,
-    device: String,
-    headers: BTreeMap<String, String>,
-    body: Bytes,
-}
-
-impl Webhook {
-    async fn start(failures: usize) -> Webhook {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}/hook", listener.local_addr().unwrap());
-        let taken = Arc::new(Mutex::new(Vec::new()));
-        let requests = Arc::new(AtomicUsize::new(0));
-        let down = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let (taken_in, requests_in, down_in) = (Arc::clone(&taken), Arc::clone(&requests), Arc::clone(&down));
-        tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    return;
-                };
-                let (taken, requests, down) = (Arc::clone(&taken_in), Arc::clone(&requests_in), Arc::clone(&down_in));
-                tokio::spawn(async move {
-                    let service = hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
-                        let (taken, requests, down) = (Arc::clone(&taken), Arc::clone(&requests), Arc::clone(&down));
-                        async move {
-                            let seen = requests.fetch_add(1, Ordering::SeqCst);
-                            let headers: BTreeMap<String, String> = request
-                                .headers()
-                                .iter()
-                                .map(|(name, value)| (name.to_string(), value.to_str().unwrap_or_default().to_owned()))
-                                .collect();
-                            let body = request
-                                .into_body()
-                                .collect()
-                                .await
-                                .map(|body| body.to_bytes())
-                                .unwrap_or_default();
-                            let status = if seen < failures || down.load(Ordering::SeqCst) {
-                                503
-                            } else {
-                                taken.lock().unwrap().push(Received {
-                                    delivery_id: headers.get("iothub-delivery-id").cloned().unwrap_or_default(),
-                                    device: headers.get("iothub-connection-device-id").cloned().unwrap_or_default(),
-                                    headers,
-                                    body,
-                                });
-                                200
-                            };
-                            Ok::<_, std::convert::Infallible>(
-                                hyper::Response::builder()
-                                    .status(status)
-                                    .body(Full::new(Bytes::new()))
-                                    .unwrap(),
-                            )
-                        }
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-                        .await;
-                });
-            }
-        });
-        Webhook {
-            url,
-            taken,
-            requests,
-            down,
-        }
-    }
-
-    fn taken(&self) -> Vec<Received> {
-        self.taken.lock().unwrap().clone()
-    }
-
-    async fn wait_for(&self, count: usize, within: Duration) -> Vec<Received> {
-        let deadline = std::time::Instant::now() + within;
-        loop {
-            let taken = self.taken();
-            let distinct: std::collections::BTreeSet<&str> =
-                taken.iter().map(|received| received.delivery_id.as_str()).collect();
-            if distinct.len() >= count {
-                return taken;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the webhook took {} distinct messages of {count} within {within:?}",
-                distinct.len()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
 }
 
 fn routes_file(dir: &std::path::Path, text: &str) -> String {
@@ -397,5 +291,94 @@ endpoint = "bus"
         .delete_stream(stream.cached_info().config.name.clone())
         .await
         .ok();
+    drop(sensor);
+}
+
+/// The `n` application property of an event read from an event hub.
+fn property_n(
+    message: &fe2o3_amqp::types::messaging::Message<
+        fe2o3_amqp::types::messaging::Body<fe2o3_amqp::types::primitives::Value>,
+    >,
+) -> String {
+    message
+        .application_properties
+        .as_ref()
+        .and_then(|properties| properties.0.get("n"))
+        .map(|value| format!("{value:?}"))
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_to_an_event_hub_inside_twinhub_is_read_like_the_built_in_endpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let routes = routes_file(
+        dir.path(),
+        r#"
+fallback = true
+[[endpoints]]
+name = "alerts"
+kind = "eventHub"
+partitions = 4
+
+[[routes]]
+name = "critical"
+source = "DeviceMessages"
+condition = "level = 'critical'"
+endpoint = "alerts"
+"#,
+    );
+    let hub = TestHub::start_with(&["--routes", &routes]);
+    let api = Service::new(&hub.owner_connection_string(), &hub.ca_path());
+    let mut sensor = device(&hub, &api, "sensor").await;
+    for index in 0..4 {
+        let level = if index % 2 == 0 { "critical" } else { "normal" };
+        send(&mut sensor, "sensor", &format!("level={level}&n={index}"), b"{}").await;
+    }
+
+    // The event hub `alerts`, with a token for it signed as Event Hubs clients sign.
+    let connection = event_hubs_client::event_hubs_connection(&hub);
+    let mut alerts = event_hubs_client::Consumer::open(&hub, "alerts").await;
+    let token = event_hubs_client::event_hubs_token(&hub.host(), "alerts", &connection.key_name, &connection.key);
+    assert_eq!(
+        alerts.put_token(&token).await,
+        fe2o3_amqp::types::primitives::SimpleValue::Int(200)
+    );
+    let (status, properties) = alerts.read("com.microsoft:eventhub", None).await;
+    assert_eq!(status, 200, "{properties:?}");
+    assert_eq!(
+        properties["name"],
+        fe2o3_amqp::types::primitives::Value::String("alerts".into())
+    );
+    assert_eq!(
+        properties["partition_count"],
+        fe2o3_amqp::types::primitives::Value::Int(4)
+    );
+    let taken: Vec<String> = alerts
+        .read_everything()
+        .await
+        .into_values()
+        .flatten()
+        .map(|event| property_n(&event))
+        .collect();
+    assert_eq!(taken, ["String(\"0\")", "String(\"2\")"], "the critical messages only");
+
+    // The built-in endpoint has what no route took (the fallback route), not the critical ones.
+    let mut built_in = event_hubs_client::Consumer::service(&hub).await;
+    let rest: Vec<String> = built_in
+        .read_everything()
+        .await
+        .into_values()
+        .flatten()
+        .map(|event| property_n(&event))
+        .collect();
+    assert_eq!(rest, ["String(\"1\")", "String(\"3\")"]);
+
+    // A token for an event hub that does not exist is refused.
+    let mut nothing = event_hubs_client::Consumer::open(&hub, "nothing").await;
+    let token = event_hubs_client::event_hubs_token(&hub.host(), "nothing", &connection.key_name, &connection.key);
+    assert_eq!(
+        nothing.put_token(&token).await,
+        fe2o3_amqp::types::primitives::SimpleValue::Int(401)
+    );
     drop(sensor);
 }

@@ -221,7 +221,7 @@ fn service_token(service: &AmqpService, authorizations: &mut Authorizations, tok
 fn event_hub_token(service: &AmqpService, authorizations: &mut Authorizations, token: &SasToken) -> PutTokenOutcome {
     match authorize_event_hubs(
         token,
-        &service.hub_name,
+        &|name| service.is_event_hub(name),
         &service.policies,
         Timestamp::now().unix_seconds(),
     ) {

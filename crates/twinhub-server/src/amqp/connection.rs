@@ -259,11 +259,11 @@ enum Address {
     Unknown,
 }
 
-fn classify(address: &str, hub_name: &str) -> Address {
+fn classify(address: &str) -> Address {
     if address == "$cbs" {
         return Address::Cbs;
     }
-    if let Some(event_hub) = event_hubs::address::parse(address, hub_name) {
+    if let Some(event_hub) = event_hubs::address::parse(address) {
         return Address::EventHub(event_hub);
     }
     // uAMQP names targets with the scheme and host: `amqps://<host>/messages/devicebound`.
@@ -444,7 +444,7 @@ impl SessionState {
         authorizations: &Arc<Mutex<Authorizations>>,
     ) {
         let address = attach_address(&attach).unwrap_or_default();
-        let kind = classify(&address, &self.service.hub_name);
+        let kind = classify(&address);
         if let Address::EventHub(event_hub) = kind {
             self.attach_event_hub(attach, event_hub, session, authorizations).await;
             return;
@@ -725,8 +725,7 @@ impl SessionState {
         session: &mut ListenerSessionHandle,
         authorizations: &Arc<Mutex<Authorizations>>,
     ) {
-        let hub_name = self.service.hub_name.clone();
-        let (consumer_group, partition) = match &address {
+        let (event_hub, consumer_group, partition) = match &address {
             EventHubAddress::Management => {
                 match link_acceptor().accept_incoming_attach(attach, session).await {
                     Ok(link) => self.management.attach(link).await,
@@ -735,9 +734,10 @@ impl SessionState {
                 return;
             }
             EventHubAddress::Partition {
+                event_hub,
                 consumer_group,
                 partition,
-            } => (consumer_group.clone(), partition.clone()),
+            } => (event_hub.clone(), consumer_group.clone(), partition.clone()),
         };
         let filter = attach.source.as_ref().and_then(|source| source.filter.as_ref());
         let start = event_hubs::filter::start_position(filter);
@@ -761,7 +761,7 @@ impl SessionState {
                 return;
             }
         };
-        let path = address.entity_path(&hub_name);
+        let path = address.entity_path();
         if !authorizations.lock().await.covers_event_hub(&path) {
             tracing::info!(%path, "Event Hubs receiver detached: no valid Event Hubs token covers it");
             detach(
@@ -771,7 +771,8 @@ impl SessionState {
             .await;
             return;
         }
-        let Some(log) = self.service.hub.event_log().cloned() else {
+        let Some((hub_name, log)) = self.service.event_hub(&event_hub) else {
+            tracing::info!(%path, "Event Hubs receiver detached: no such event hub");
             detach(
                 LinkEndpoint::Sender(link),
                 ErrorCondition::AmqpError(AmqpError::NotFound),
@@ -797,10 +798,10 @@ impl SessionState {
                 })?;
             let start = start.map_err(|error| event_hubs::receiver::Refusal::argument_error(error.to_string()))?;
             let first = event_hubs::receiver::first_sequence(&log, partition_id, start).await?;
-            let registration = self
-                .service
-                .receivers
-                .register(&consumer_group, partition_id, owner_level)?;
+            let registration =
+                self.service
+                    .receivers
+                    .register(&format!("{hub_name}/{consumer_group}"), partition_id, owner_level)?;
             Ok::<_, event_hubs::receiver::Refusal>((partition_id, first, registration))
         };
         match opened.await {
@@ -831,33 +832,37 @@ impl SessionState {
         use super::request_response::{application_string, response};
         use event_hubs::management::{read, read_request};
         let service = &self.service;
+        let (name, asked) = match read_request(request) {
+            Ok(read) => read,
+            Err((status, description)) => return response(request, status, &description, None),
+        };
+        let Some((name, log)) = service.event_hub(&name) else {
+            let description = format!("The messaging entity '{name}' could not be found");
+            return response(request, 404, &description, None);
+        };
+        let entity = name.to_ascii_lowercase();
         let by_token = application_string(request, "security_token")
             .and_then(|text| twinhub_core::sas::SasToken::parse(&text).ok())
-            .is_some_and(|token| {
+            .and_then(|token| {
                 twinhub_core::device_auth::authorize_event_hubs(
                     &token,
-                    &service.hub_name,
+                    &|name| service.is_event_hub(name),
                     &service.policies,
                     twinhub_core::Timestamp::now().unix_seconds(),
                 )
-                .is_ok()
-            });
-        let by_connection = authorizations
-            .lock()
-            .await
-            .has_event_hub_token(&service.hub_name.to_ascii_lowercase());
+                .ok()
+            })
+            .is_some_and(|scope| scope.split('/').next() == Some(entity.as_str()));
+        let by_connection = authorizations.lock().await.has_event_hub_token(&entity);
         if !(by_token || by_connection) {
             return response(
                 request,
                 401,
-                "Unauthorized: no valid Event Hubs token for this hub",
+                "Unauthorized: no valid Event Hubs token for this event hub",
                 None,
             );
         }
-        let Some(log) = service.hub.event_log() else {
-            return response(request, 404, "this hub keeps no events", None);
-        };
-        match read_request(request, &service.hub_name).and_then(|asked| read(log, &service.hub_name, &asked)) {
+        match read(&log, &name, &asked) {
             Ok(body) => response(request, 200, "OK", Some(body)),
             Err((status, description)) => response(request, status, &description, None),
         }
@@ -902,7 +907,6 @@ mod tests {
 
     #[test]
     fn addresses_name_cbs_twin_or_other_device_links() {
-        let classify = |address| classify(address, "hub");
         assert_eq!(classify("$cbs"), Address::Cbs);
         assert_eq!(classify("/devices/dev1/twin"), Address::Twin("dev1".into()));
         assert_eq!(classify("/devices/dev%201/twin/"), Address::DeviceOther("dev 1".into()));

@@ -62,6 +62,21 @@ impl AmqpService {
         })
     }
 
+    /// The event hub named `name` (any case): the built-in endpoint, or an event hub routes fill; with the
+    /// name it is known by.
+    fn event_hub(&self, name: &str) -> Option<(String, Arc<twinhub_hub::EventLog>)> {
+        if name.eq_ignore_ascii_case(&self.hub_name) {
+            return self.hub.event_log().map(|log| (self.hub_name.clone(), Arc::clone(log)));
+        }
+        let log = self.hub.routing().event_hub(name)?;
+        Some((name.to_ascii_lowercase(), log))
+    }
+
+    /// Whether `name` (lower case) is one of the hub's event hubs.
+    fn is_event_hub(&self, name: &str) -> bool {
+        self.event_hub(name).is_some()
+    }
+
     /// Applies `rule` to what the device was given of its desired properties.
     fn desired_cursor<R>(&self, device_id: &DeviceId, rule: impl FnOnce(&mut DesiredCursor) -> R) -> R {
         let mut map = self

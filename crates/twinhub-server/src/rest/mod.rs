@@ -66,7 +66,7 @@ pub fn router(state: RestState) -> Router {
                 .delete(consumer_groups::delete),
         )
         // twinhub's own: message routes while the hub runs.
-        .route("/twinhub/routing", get(routing::get))
+        .route("/twinhub/routing", get(routing::get).put(routing::put))
         .route("/twinhub/routing/test", post(routing::test))
         .route("/twinhub/routing/fallback", axum::routing::put(routing::put_fallback))
         .route(

@@ -1,7 +1,8 @@
 //! Message routes while the hub runs (twinhub's own API: IoT Hub configures routes through Azure Resource
 //! Manager, which a self-hosted hub does not have). `GET /twinhub/routing` lists the routes and the fallback
-//! route (ServiceConnect); `PUT` and `DELETE /twinhub/routing/routes/{name}` and
-//! `PUT /twinhub/routing/fallback` change them (RegistryWrite); `POST /twinhub/routing/test` says which
+//! route (ServiceConnect); `PUT /twinhub/routing` replaces everything (routes, endpoints, enrichments,
+//! the fallback route: the routes file's content as JSON), `PUT` and `DELETE /twinhub/routing/routes/{name}`
+//! and `PUT /twinhub/routing/fallback` change parts (RegistryWrite); `POST /twinhub/routing/test` says which
 //! routes a message would take, without sending it (ServiceConnect).
 
 use super::body;
@@ -69,6 +70,13 @@ pub async fn get(State(state): State<RestState>, headers: HeaderMap) -> Result<J
     state.auth.authorize(&headers, Permission::ServiceConnect)?;
     let table = state.hub.routing().table();
     Ok(Json(json!(table.spec())))
+}
+
+pub async fn put(State(state): State<RestState>, headers: HeaderMap, bytes: Bytes) -> Result<Json<Value>, RestError> {
+    state.auth.authorize(&headers, Permission::RegistryWrite)?;
+    let spec: twinhub_core::routing::RoutingSpec = parse_as(&bytes)?;
+    state.hub.edit_routing(RoutingEdit::Replace(spec)).await?;
+    Ok(Json(json!(state.hub.routing().table().spec())))
 }
 
 pub async fn put_route(

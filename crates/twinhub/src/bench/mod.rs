@@ -123,6 +123,10 @@ pub struct BenchArgs {
     /// Telemetry payload size in bytes (telemetry, consume; default: a 34-byte JSON reading).
     #[arg(long)]
     payload_bytes: Option<usize>,
+    /// Telemetry: say the payload is JSON in UTF-8 (`$.ct`, `$.ce` in the topic), as a device does
+    /// whose messages routes read with `$body` conditions.
+    #[arg(long)]
+    json_message: bool,
     /// Events sent before the consumer reads them all (consume).
     #[arg(long, default_value_t = 1_000_000)]
     backlog: u64,
@@ -620,9 +624,14 @@ async fn telemetry(args: &BenchArgs, setup: &Setup) -> anyhow::Result<Report> {
     let mut tasks = Vec::with_capacity(connections.len());
     for (device_id, mut connection) in setup.devices.iter().zip(connections) {
         // The hub's telemetry topic; a plain broker gets a topic of the same length and shape.
+        let bag = if args.json_message {
+            "%24.ct=application%2Fjson&%24.ce=utf-8"
+        } else {
+            ""
+        };
         let topic = match setup.service {
-            Some(_) => format!("devices/{device_id}/messages/events/"),
-            None => format!("bench/{device_id}/messages/events/"),
+            Some(_) => format!("devices/{device_id}/messages/events/{bag}"),
+            None => format!("bench/{device_id}/messages/events/{bag}"),
         };
         let progress = progress.clone();
         let payload = payload.clone();

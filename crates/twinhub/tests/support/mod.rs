@@ -8,6 +8,7 @@ pub mod cut_proxy;
 pub mod database;
 pub mod nats;
 pub mod private_postgres;
+pub mod webhook;
 
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};

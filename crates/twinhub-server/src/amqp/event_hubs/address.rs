@@ -5,43 +5,46 @@ use twinhub_core::device_auth::entity_path;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum EventHubAddress {
+    /// `$management` or `<event hub>/$management`: requests name the event hub they are about.
     Management,
     Partition {
+        /// The event hub, lower-cased: the built-in endpoint's name, or a custom event hub's.
+        event_hub: String,
         /// Lower-cased: consumer groups compare without case.
         consumer_group: String,
         partition: String,
     },
 }
 
-/// The Event Hubs entity `address` names under hub `hub_name`, if any.
-pub fn parse(address: &str, hub_name: &str) -> Option<EventHubAddress> {
+/// The Event Hubs entity `address` names, if it names one (whether that event hub exists is the
+/// caller's to say).
+pub fn parse(address: &str) -> Option<EventHubAddress> {
     if address.eq_ignore_ascii_case("$management") {
         return Some(EventHubAddress::Management);
     }
     let path = entity_path(address);
     let segments: Vec<&str> = path.split('/').collect();
     match segments.as_slice() {
-        [hub, "$management"] if hub.eq_ignore_ascii_case(hub_name) => Some(EventHubAddress::Management),
-        [hub, "consumergroups", consumer_group, "partitions", partition] if hub.eq_ignore_ascii_case(hub_name) => {
-            Some(EventHubAddress::Partition {
-                consumer_group: (*consumer_group).to_owned(),
-                partition: (*partition).to_owned(),
-            })
-        }
+        [_, "$management"] => Some(EventHubAddress::Management),
+        [event_hub, "consumergroups", consumer_group, "partitions", partition] => Some(EventHubAddress::Partition {
+            event_hub: (*event_hub).to_owned(),
+            consumer_group: (*consumer_group).to_owned(),
+            partition: (*partition).to_owned(),
+        }),
         _ => None,
     }
 }
 
 impl EventHubAddress {
     /// The entity path a token must cover to use this link (lower case, as `entity_path` gives).
-    pub fn entity_path(&self, hub_name: &str) -> String {
-        let hub = hub_name.to_ascii_lowercase();
+    pub fn entity_path(&self) -> String {
         match self {
-            EventHubAddress::Management => hub,
+            EventHubAddress::Management => String::new(),
             EventHubAddress::Partition {
+                event_hub,
                 consumer_group,
                 partition,
-            } => format!("{hub}/consumergroups/{consumer_group}/partitions/{partition}"),
+            } => format!("{event_hub}/consumergroups/{consumer_group}/partitions/{partition}"),
         }
     }
 }
@@ -58,27 +61,26 @@ mod tests {
     #[test]
     fn both_sdks_addresses_name_a_partition_of_a_consumer_group() {
         let address = EventHubAddress::Partition {
+            event_hub: "myhub".into(),
             consumer_group: "$default".into(),
             partition: "3".into(),
         };
         let expected = Some(address.clone());
-        assert_eq!(parse("myhub/ConsumerGroups/$Default/Partitions/3", "myhub"), expected);
+        assert_eq!(parse("myhub/ConsumerGroups/$Default/Partitions/3"), expected);
         assert_eq!(
-            parse(
-                "amqps://127.0.0.1:5671/MyHub/ConsumerGroups/$Default/Partitions/3",
-                "myhub"
-            ),
+            parse("amqps://127.0.0.1:5671/MyHub/ConsumerGroups/$Default/Partitions/3"),
             expected
         );
-        assert_eq!(parse("$management", "myhub"), Some(EventHubAddress::Management));
-        assert_eq!(parse("otherhub/ConsumerGroups/$Default/Partitions/3", "myhub"), None);
-        assert_eq!(parse("/devices/d1/messages/events", "myhub"), None);
-        assert_eq!(
-            address.entity_path("MyHub"),
-            "myhub/consumergroups/$default/partitions/3"
-        );
-        assert!(covers("myhub/consumergroups/$default", &address.entity_path("myhub")));
-        assert!(covers("myhub", &address.entity_path("myhub")));
-        assert!(!covers("myhub/consumergroups/$def", &address.entity_path("myhub")));
+        assert_eq!(parse("$management"), Some(EventHubAddress::Management));
+        assert_eq!(parse("MyHub/$management"), Some(EventHubAddress::Management));
+        assert!(matches!(
+            parse("alerts/ConsumerGroups/$Default/Partitions/3"),
+            Some(EventHubAddress::Partition { event_hub, .. }) if event_hub == "alerts"
+        ));
+        assert_eq!(parse("/devices/d1/messages/events"), None);
+        assert_eq!(address.entity_path(), "myhub/consumergroups/$default/partitions/3");
+        assert!(covers("myhub/consumergroups/$default", &address.entity_path()));
+        assert!(covers("myhub", &address.entity_path()));
+        assert!(!covers("myhub/consumergroups/$def", &address.entity_path()));
     }
 }

@@ -17,21 +17,18 @@ pub enum ReadRequest {
     Partition(String),
 }
 
-/// The request's operation, or the status and description it is refused with.
-pub fn read_request(request: &Message<Body<Value>>, hub_name: &str) -> Result<ReadRequest, (i32, String)> {
+/// The event hub a request names, and its operation; or the status and description it is refused with.
+pub fn read_request(request: &Message<Body<Value>>) -> Result<(String, ReadRequest), (i32, String)> {
     let text = |key: &str| application_string(request, key);
     if text("operation").as_deref() != Some("READ") {
         return Err((400, "only READ is supported on $management".into()));
     }
-    if !text("name").is_some_and(|name| name.eq_ignore_ascii_case(hub_name)) {
-        return Err((
-            404,
-            format!(
-                "The messaging entity '{}' could not be found",
-                text("name").unwrap_or_default()
-            ),
-        ));
-    }
+    let name = text("name").unwrap_or_default();
+    Ok((name, read_kind(request)?))
+}
+
+fn read_kind(request: &Message<Body<Value>>) -> Result<ReadRequest, (i32, String)> {
+    let text = |key: &str| application_string(request, key);
     match text("type").as_deref() {
         Some("com.microsoft:eventhub") => Ok(ReadRequest::EventHub),
         Some("com.microsoft:partition") => text("partition")
