@@ -32,12 +32,16 @@ pub trait EndpointSink: Send + Sync {
     async fn deliver(&self, message: &StoredEvent) -> Result<(), String>;
 }
 
-/// An endpoint as the edge opened it: its outbox (the events, and a store for delivery positions) and
-/// its sink; an event hub inside twinhub has no sink: its log is what consumers read.
-pub struct OpenedEndpoint {
-    pub outbox: Arc<dyn EventStore>,
-    pub positions: Arc<dyn Store>,
-    pub sink: Option<Arc<dyn EndpointSink>>,
+/// An endpoint as the edge opened it.
+pub enum OpenedEndpoint {
+    /// An event hub inside twinhub: the log consumers read.
+    EventHub(Arc<dyn EventStore>),
+    /// An outbox (the events, and a store for how far delivery got) delivered to a sink.
+    Delivered {
+        outbox: Arc<dyn EventStore>,
+        positions: Arc<dyn Store>,
+        sink: Arc<dyn EndpointSink>,
+    },
 }
 
 /// Opens custom endpoints (given to the hub by the server).
@@ -70,38 +74,38 @@ impl CustomEndpoint {
         let opened = factory.open(&spec).await.map_err(|reason| {
             HubError::InvalidArgument(format!("endpoint {:?} cannot be opened: {reason}", spec.name))
         })?;
-        let config = match opened.sink {
-            Some(_) => EventLogConfig {
-                partition_bytes_max: OUTBOX_BYTES_MAX,
-                ..EventLogConfig::default()
-            },
-            None => EventLogConfig::default(),
-        };
-        let outbox = EventLog::open(opened.outbox, config).await?;
-        let positions = load_positions(&*opened.positions).await?;
         let (stop, stopped) = watch::channel(false);
         let delivered = Arc::new(AtomicU64::new(0));
         let dropped = Arc::new(AtomicU64::new(0));
-        let partitions = if opened.sink.is_some() {
-            outbox.partition_count()
-        } else {
-            0
+        let outbox = match opened {
+            OpenedEndpoint::EventHub(log) => EventLog::open(log, EventLogConfig::default()).await?,
+            OpenedEndpoint::Delivered {
+                outbox,
+                positions,
+                sink,
+            } => {
+                let config = EventLogConfig {
+                    partition_bytes_max: OUTBOX_BYTES_MAX,
+                    ..EventLogConfig::default()
+                };
+                let outbox = EventLog::open(outbox, config).await?;
+                let from = load_positions(&*positions).await?;
+                for partition in 0..outbox.partition_count() {
+                    let delivery = Delivery {
+                        name: spec.name.clone(),
+                        partition,
+                        outbox: Arc::clone(&outbox),
+                        positions: Arc::clone(&positions),
+                        sink: Arc::clone(&sink),
+                        delivered: Arc::clone(&delivered),
+                        dropped: Arc::clone(&dropped),
+                        stopped: stopped.clone(),
+                    };
+                    tokio::spawn(delivery.run(from.get(&partition).copied()));
+                }
+                outbox
+            }
         };
-        for partition in 0..partitions {
-            let Some(sink) = &opened.sink else { break };
-            let delivery = Delivery {
-                name: spec.name.clone(),
-                partition,
-                outbox: Arc::clone(&outbox),
-                positions: Arc::clone(&opened.positions),
-                sink: Arc::clone(sink),
-                delivered: Arc::clone(&delivered),
-                dropped: Arc::clone(&dropped),
-                stopped: stopped.clone(),
-            };
-            let from = positions.get(&partition).copied();
-            tokio::spawn(delivery.run(from));
-        }
         Ok(CustomEndpoint {
             spec,
             outbox,

@@ -23,19 +23,43 @@ const DELIVERY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Opens endpoints' outboxes under `data_dir/endpoints`. In a cluster each node keeps its own outbox of
 /// what it routed and delivers it (a node that is gone for good leaves its undelivered messages behind
-/// until its data directory is served again).
+/// until its data directory is served again); an event hub endpoint is one log every node appends to and
+/// reads, in JetStream like the cluster's telemetry.
 pub struct EndpointOutboxes {
     pub data_dir: PathBuf,
-    /// On a cluster's node: an event hub endpoint would need one log every node appends to and reads
-    /// (as telemetry's JetStream partitions are), which is not offered yet.
+    /// On a cluster's node: where its event hub endpoints live; `None` on a node alone.
+    pub event_hubs_in_jetstream: Option<EventHubsInJetStream>,
+    /// On a cluster's node without a bus, event hub endpoints cannot be shared and are refused.
     pub clustered: bool,
+}
+
+/// Where a cluster keeps its event hub endpoints: the NATS server of its telemetry, named after the
+/// cluster's identity and the endpoint.
+#[derive(Clone, Debug)]
+pub struct EventHubsInJetStream {
+    pub url: String,
+    pub cluster: String,
+    pub replicas: usize,
 }
 
 #[async_trait::async_trait]
 impl EndpointFactory for EndpointOutboxes {
     async fn open(&self, spec: &EndpointSpec) -> Result<OpenedEndpoint, String> {
-        if self.clustered && matches!(spec.kind, EndpointKind::EventHub { .. }) {
-            return Err("event hub endpoints are not available on a cluster's nodes yet; route to events".into());
+        if let EndpointKind::EventHub { partitions } = spec.kind {
+            if let Some(jetstream) = &self.event_hubs_in_jetstream {
+                let name = format!("{}/endpoints/{}", jetstream.cluster, spec.name.to_ascii_lowercase());
+                let options = twinhub_store::JetStreamOptions {
+                    partitions,
+                    replicas: jetstream.replicas,
+                };
+                let log = twinhub_store::JetStreamEvents::connect(&jetstream.url, &name, options)
+                    .await
+                    .map_err(|error| error.to_string())?;
+                return Ok(OpenedEndpoint::EventHub(Arc::new(log)));
+            }
+            if self.clustered {
+                return Err("event hub endpoints on a cluster's nodes need its bus (serve --bus)".into());
+            }
         }
         let dir = self.data_dir.join("endpoints").join(spec.name.to_ascii_lowercase());
         let options = StoreOptions {
@@ -49,25 +73,27 @@ impl EndpointFactory for EndpointOutboxes {
             .map_err(|error| error.to_string())?
             .map_err(|error| error.to_string())?;
         let store = Arc::new(store);
-        let sink: Option<Arc<dyn EndpointSink>> = match &spec.kind {
-            EndpointKind::EventHub { .. } => None,
-            EndpointKind::Nats { url, subject, stream } => Some(Arc::new(NatsSink {
+        let sink: Arc<dyn EndpointSink> = match &spec.kind {
+            EndpointKind::EventHub { .. } => {
+                return Ok(OpenedEndpoint::EventHub(store as Arc<dyn twinhub_store::EventStore>))
+            }
+            EndpointKind::Nats { url, subject, stream } => Arc::new(NatsSink {
                 endpoint: spec.name.clone(),
                 url: url.clone(),
                 subject: subject.clone(),
                 stream: stream.clone(),
                 jetstream: OnceCell::new(),
-            })),
-            EndpointKind::Webhook { url } => Some(Arc::new(WebhookSink {
+            }),
+            EndpointKind::Webhook { url } => Arc::new(WebhookSink {
                 endpoint: spec.name.clone(),
                 url: url.clone(),
                 http: reqwest::Client::builder()
                     .timeout(DELIVERY_TIMEOUT)
                     .build()
                     .map_err(|error| error.to_string())?,
-            })),
+            }),
         };
-        Ok(OpenedEndpoint {
+        Ok(OpenedEndpoint::Delivered {
             outbox: Arc::clone(&store) as Arc<dyn twinhub_store::EventStore>,
             positions: store,
             sink,

@@ -47,6 +47,8 @@ pub struct ServeConfig {
     pub event_hubs_emulator_port: Option<u16>,
     /// The operations listener (`/metrics`, `/healthz`); off when `None`.
     pub metrics_bind: Option<SocketAddr>,
+    /// On a cluster's node with a bus: where its event hub endpoints live (JetStream).
+    pub event_hubs_in_jetstream: Option<crate::endpoints::EventHubsInJetStream>,
 }
 
 impl std::fmt::Debug for ServeConfig {
@@ -68,6 +70,7 @@ impl std::fmt::Debug for ServeConfig {
             .field("hub_name", &self.hub_name)
             .field("event_hubs_emulator_port", &self.event_hubs_emulator_port)
             .field("metrics_bind", &self.metrics_bind)
+            .field("event_hubs_in_jetstream", &self.event_hubs_in_jetstream)
             .finish()
     }
 }
@@ -80,6 +83,7 @@ impl ServeConfig {
             hub_name,
             event_hubs_emulator_port: None,
             metrics_bind: None,
+            event_hubs_in_jetstream: None,
             data_dir,
             hostname,
             bind,
@@ -213,6 +217,7 @@ pub async fn serve(config: ServeConfig) -> Result<RunningHub, ServeError> {
     };
     let endpoints = crate::endpoints::EndpointOutboxes {
         data_dir: config.data_dir.clone(),
+        event_hubs_in_jetstream: config.event_hubs_in_jetstream.clone(),
         clustered: store.cluster().is_some(),
     };
     let hub_config = HubConfig {

@@ -125,6 +125,15 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         crate::cluster::share_material(&store, &args.data_dir, &args.hostname).await?;
         let events: std::sync::Arc<dyn twinhub_store::EventStore> = match &args.bus {
             Some(url) => {
+                let cluster = store
+                    .cluster_identity()
+                    .await
+                    .map_err(|error| anyhow::anyhow!("cannot read the cluster's identity: {error}"))?;
+                config.event_hubs_in_jetstream = Some(twinhub_server::endpoints::EventHubsInJetStream {
+                    url: url.clone(),
+                    cluster,
+                    replicas: args.event_replicas,
+                });
                 let events =
                     crate::cluster::telemetry_in_jetstream(&store, url, args.event_partitions, args.event_replicas)
                         .await?;

@@ -1160,3 +1160,55 @@ async fn a_webhook_route_set_through_one_node_delivers_what_every_node_routes() 
     let taken = webhook.wait_for(5, Duration::from_secs(20)).await;
     assert!(taken.iter().all(|received| received.device == "hooked"), "{taken:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_hub_endpoint_is_one_log_every_node_appends_to_and_reads() {
+    let Some(cluster) = Cluster::start().await else {
+        return;
+    };
+    let spec = json!({
+        "fallback": true,
+        "endpoints": [{"name": "alerts", "kind": "eventHub", "partitions": 4}],
+        "routes": [{"name": "critical", "source": "DeviceMessages", "condition": "level = 'critical'", "endpoint": "alerts"}],
+    });
+    let reply = cluster
+        .api_a
+        .call(Method::PUT, "/twinhub/routing", Some(spec), None)
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let key = cluster.api_a.register_device("alerting").await;
+    let (mut on_b, code) = cluster.connect(&cluster.b, "alerting", &key).await;
+    assert_eq!(code, ConnectAckReason::ConnectionAccepted);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for n in 0..3 {
+        let topic = format!("devices/alerting/messages/events/level=critical&n={n}");
+        on_b.publish(&topic, b"{}", QoS::AtLeastOnce)
+            .await
+            .expect("a packet id");
+        match on_b.receive().await {
+            Some(rmqtt_codec::v3::Packet::PublishAck { .. }) => {}
+            other => panic!("expected a PUBACK, got {other:?}"),
+        }
+    }
+    // Sent through B, read through A.
+    let connection = event_hubs_client::event_hubs_connection(&cluster.a);
+    let mut alerts = event_hubs_client::Consumer::open(&cluster.a, "alerts").await;
+    let token = event_hubs_client::event_hubs_token(&cluster.a.host(), "alerts", &connection.key_name, &connection.key);
+    assert_eq!(
+        alerts.put_token(&token).await,
+        fe2o3_amqp::types::primitives::SimpleValue::Int(200)
+    );
+    // A hears of B's appends through JetStream a moment later.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let events: usize = alerts.read_everything().await.values().map(Vec::len).sum();
+        if events == 3 {
+            break;
+        }
+        assert!(
+            events < 3 && std::time::Instant::now() < deadline,
+            "{events} events of 3"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

@@ -165,6 +165,21 @@ impl MqttClient {
         packet_id
     }
 
+    /// A QoS 1 PUBLISH that may meet a closed connection: its packet id, or None once the hub is gone.
+    pub async fn try_publish(&mut self, topic: &str, payload: &[u8]) -> Option<NonZeroU16> {
+        let packet_id = self.packet_id();
+        let publish = Packet::Publish(Box::new(Publish {
+            dup: false,
+            retain: false,
+            qos: QoS::AtLeastOnce,
+            topic: ByteString::from(topic.to_owned()),
+            packet_id: Some(packet_id),
+            payload: Bytes::copy_from_slice(payload),
+            properties: None,
+        }));
+        self.writer.send(publish).await.ok().map(|()| packet_id)
+    }
+
     /// The next PUBLISH from the hub (PUBACKing QoS 1), skipping nothing else: any other packet fails.
     pub async fn next_publish(&mut self) -> (String, Bytes) {
         match self.receive().await {
