@@ -39,6 +39,15 @@ pub fn key(name: &str) -> String {
     name.to_ascii_lowercase()
 }
 
+/// How a consumer group is stored: its name for the built-in endpoint, `<event hub>/<name>` for an event
+/// hub routes fill (a name has no `/`, so the two never meet).
+pub fn scoped(event_hub: Option<&str>, name: &str) -> String {
+    match event_hub {
+        Some(event_hub) => format!("{}/{name}", event_hub.to_ascii_lowercase()),
+        None => name.to_owned(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -674,39 +674,66 @@ impl Hub {
 
     /// The Event Hubs-compatible endpoint's consumer groups: `$Default`, then the created ones by name.
     pub fn consumer_groups(&self) -> Vec<String> {
+        self.consumer_groups_of(None)
+    }
+
+    /// The consumer groups of the built-in endpoint (`None`) or of an event hub routes fill.
+    pub fn consumer_groups_of(&self, event_hub: Option<&str>) -> Vec<String> {
         let snapshot = self.snapshot.load();
+        let prefix = event_hub.map(|event_hub| format!("{}/", event_hub.to_ascii_lowercase()));
+        let own = snapshot.consumer_groups.values().filter_map(|stored| match &prefix {
+            Some(prefix) => stored.strip_prefix(prefix.as_str()).map(str::to_owned),
+            None => (!stored.contains('/')).then(|| stored.clone()),
+        });
         std::iter::once(twinhub_core::consumer_group::DEFAULT.to_owned())
-            .chain(snapshot.consumer_groups.values().cloned())
+            .chain(own)
             .collect()
     }
 
-    /// Whether consumer group `name` exists (names compare without case).
+    /// Whether consumer group `name` of the built-in endpoint exists (names compare without case).
     pub fn has_consumer_group(&self, name: &str) -> bool {
+        self.has_consumer_group_in(None, name)
+    }
+
+    /// Whether consumer group `name` exists in the built-in endpoint (`None`) or in an event hub.
+    pub fn has_consumer_group_in(&self, event_hub: Option<&str>, name: &str) -> bool {
         name.eq_ignore_ascii_case(twinhub_core::consumer_group::DEFAULT)
             || self
                 .snapshot
                 .load()
                 .consumer_groups
-                .contains_key(&twinhub_core::consumer_group::key(name))
+                .contains_key(&twinhub_core::consumer_group::key(
+                    &twinhub_core::consumer_group::scoped(event_hub, name),
+                ))
     }
 
     /// Creates consumer group `name`, durably; creating one that exists changes nothing.
     pub async fn create_consumer_group(&self, name: &str) -> Result<(), HubError> {
-        twinhub_core::consumer_group::check_name(name)?;
-        self.write(WriteOp::ConsumerGroup {
-            name: name.to_owned(),
-            create: true,
-        })
-        .await
-        .map(|_| ())
+        self.change_consumer_group(None, name, true).await
     }
 
     /// Deletes consumer group `name`, durably. `$Default` cannot be deleted.
     pub async fn delete_consumer_group(&self, name: &str) -> Result<(), HubError> {
+        self.change_consumer_group(None, name, false).await
+    }
+
+    /// Creates (`create`) or deletes consumer group `name` of the built-in endpoint (`None`) or of an
+    /// event hub routes fill, durably.
+    pub async fn change_consumer_group(
+        &self,
+        event_hub: Option<&str>,
+        name: &str,
+        create: bool,
+    ) -> Result<(), HubError> {
         twinhub_core::consumer_group::check_name(name)?;
+        if let Some(event_hub) = event_hub {
+            if self.routing.event_hub(event_hub).is_none() {
+                return Err(routing::RoutingError::EventHubNotFound(event_hub.to_owned()).into());
+            }
+        }
         self.write(WriteOp::ConsumerGroup {
-            name: name.to_owned(),
-            create: false,
+            name: twinhub_core::consumer_group::scoped(event_hub, name),
+            create,
         })
         .await
         .map(|_| ())

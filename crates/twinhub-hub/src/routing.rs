@@ -29,6 +29,8 @@ pub enum RoutingError {
     Condition { route: String, error: QueryError },
     #[error("there is no route named {0:?}")]
     RouteNotFound(String),
+    #[error("there is no event hub named {0:?} (the built-in endpoint is events)")]
+    EventHubNotFound(String),
     #[error("the stored routes cannot be read: {0}")]
     Stored(String),
 }

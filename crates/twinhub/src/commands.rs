@@ -313,39 +313,52 @@ pub fn print_table<const N: usize>(headers: &[&str; N], rows: &[[String; N]]) {
 #[derive(Subcommand)]
 pub enum ConsumerGroupCommand {
     /// Create a consumer group of the Event Hubs-compatible endpoint (creating one that exists is fine).
-    Create { name: String },
+    Create {
+        name: String,
+        /// Of this event hub endpoint (routes), instead of the built-in endpoint.
+        #[arg(long)]
+        event_hub: Option<String>,
+    },
     /// List the consumer groups ($Default first).
-    List,
+    List {
+        #[arg(long)]
+        event_hub: Option<String>,
+    },
     /// Delete a consumer group ($Default cannot be deleted).
-    Delete { name: String },
+    Delete {
+        name: String,
+        #[arg(long)]
+        event_hub: Option<String>,
+    },
 }
 
-const CONSUMER_GROUPS: &str = "/eventHubEndpoints/events/ConsumerGroups";
+/// The consumer groups' path of the built-in endpoint, or of an event hub endpoint.
+fn consumer_groups_path(event_hub: Option<&str>) -> String {
+    format!(
+        "/eventHubEndpoints/{}/ConsumerGroups",
+        encode(event_hub.unwrap_or(twinhub_core::routing::BUILT_IN_ENDPOINT))
+    )
+}
 
 pub async fn consumer_group(command: ConsumerGroupCommand, access: &HubAccess) -> anyhow::Result<()> {
     let client = ServiceClient::new(access)?;
     match command {
-        ConsumerGroupCommand::Create { name } => {
-            client
-                .send(Method::PUT, &format!("{CONSUMER_GROUPS}/{}", encode(&name)), None, None)
-                .await?;
+        ConsumerGroupCommand::Create { name, event_hub } => {
+            let path = format!("{}/{}", consumer_groups_path(event_hub.as_deref()), encode(&name));
+            client.send(Method::PUT, &path, None, None).await?;
             println!("created {name}");
         }
-        ConsumerGroupCommand::List => {
-            let groups = client.send(Method::GET, CONSUMER_GROUPS, None, None).await?;
+        ConsumerGroupCommand::List { event_hub } => {
+            let groups = client
+                .send(Method::GET, &consumer_groups_path(event_hub.as_deref()), None, None)
+                .await?;
             for group in groups["value"].as_array().map(Vec::as_slice).unwrap_or_default() {
                 println!("{}", group["name"].as_str().unwrap_or_default());
             }
         }
-        ConsumerGroupCommand::Delete { name } => {
-            client
-                .send(
-                    Method::DELETE,
-                    &format!("{CONSUMER_GROUPS}/{}", encode(&name)),
-                    None,
-                    None,
-                )
-                .await?;
+        ConsumerGroupCommand::Delete { name, event_hub } => {
+            let path = format!("{}/{}", consumer_groups_path(event_hub.as_deref()), encode(&name));
+            client.send(Method::DELETE, &path, None, None).await?;
             println!("deleted {name}");
         }
     }

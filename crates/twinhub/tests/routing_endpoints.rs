@@ -325,6 +325,11 @@ endpoint = "bus"
     drop(sensor);
 }
 
+/// The partition a device's events go to (the hub's stable hash of its id).
+fn twinhub_core_partition(device_id: &str, partitions: u16) -> u16 {
+    twinhub_core::event::partition_of(&twinhub_core::DeviceId::new(device_id).unwrap(), partitions)
+}
+
 /// The `n` application property of an event read from an event hub.
 fn property_n(
     message: &fe2o3_amqp::types::messaging::Message<
@@ -403,6 +408,36 @@ endpoint = "alerts"
         .map(|event| property_n(&event))
         .collect();
     assert_eq!(rest, ["String(\"1\")", "String(\"3\")"]);
+
+    // Its consumer groups are its own: one created for `alerts` reads it, and does not exist in the
+    // built-in endpoint.
+    hub.cli(&["consumer-group", "create", "dashboard", "--event-hub", "alerts"]);
+    let listed = hub.cli(&["consumer-group", "list", "--event-hub", "alerts"]);
+    assert_eq!(listed.lines().collect::<Vec<_>>(), ["$Default", "dashboard"]);
+    assert_eq!(hub.cli(&["consumer-group", "list"]).trim(), "$Default");
+    let partition = twinhub_core_partition("sensor", 4);
+    let mut dashboard = alerts
+        .receiver_in(
+            "dashboard",
+            &partition.to_string(),
+            "amqp.annotation.x-opt-offset > '-1'",
+            None,
+        )
+        .await;
+    let first = event_hubs_client::next_event(&mut dashboard).await;
+    assert_eq!(property_n(&first), "String(\"0\")");
+    let elsewhere = built_in
+        .receiver_in(
+            "dashboard",
+            &partition.to_string(),
+            "amqp.annotation.x-opt-offset > '-1'",
+            None,
+        )
+        .await;
+    assert_eq!(
+        event_hubs_client::detach_condition(elsewhere).await,
+        fe2o3_amqp::types::definitions::ErrorCondition::AmqpError(fe2o3_amqp::types::definitions::AmqpError::NotFound)
+    );
 
     // A token for an event hub that does not exist is refused.
     let mut nothing = event_hubs_client::Consumer::open(&hub, "nothing").await;

@@ -781,7 +781,8 @@ impl SessionState {
             return;
         };
         let opened = async {
-            if !self.service.hub.has_consumer_group(&consumer_group) {
+            let scope = (!hub_name.eq_ignore_ascii_case(&self.service.hub_name)).then_some(hub_name.as_str());
+            if !self.service.hub.has_consumer_group_in(scope, &consumer_group) {
                 return Err(event_hubs::receiver::Refusal::not_found(format!(
                     "The messaging entity '{hub_name}/ConsumerGroups/{consumer_group}' could not be found."
                 )));

@@ -1,6 +1,8 @@
 //! The consumer groups of the Event Hubs-compatible endpoint: `GET /eventHubEndpoints/events/ConsumerGroups`,
 //! and `PUT`, `GET`, `DELETE` on `.../ConsumerGroups/{name}` (the shape of IoT Hub's management API,
-//! `{"value": [{"name": ...}]}` and `{"name": ...}`). Listing needs ServiceConnect, changes RegistryWrite.
+//! `{"value": [{"name": ...}]}` and `{"name": ...}`). The same under `/eventHubEndpoints/{endpoint}` for an
+//! event hub endpoint routes fill, which has consumer groups of its own. Listing needs ServiceConnect,
+//! changes RegistryWrite.
 
 use super::error::RestError;
 use super::RestState;
@@ -11,11 +13,30 @@ use serde_json::{json, Value};
 use twinhub_core::policy::Permission;
 use twinhub_hub::HubError;
 
-pub async fn list(State(state): State<RestState>, headers: HeaderMap) -> Result<Json<Value>, RestError> {
+/// `None` for the built-in endpoint (`events`), else the event hub endpoint's name.
+fn event_hub(endpoint: &str) -> Option<&str> {
+    (!endpoint.eq_ignore_ascii_case(twinhub_core::routing::BUILT_IN_ENDPOINT)).then_some(endpoint)
+}
+
+fn groups(state: &RestState, endpoint: &str) -> Result<Vec<String>, RestError> {
+    let event_hub = event_hub(endpoint);
+    if let Some(name) = event_hub {
+        if state.hub.routing().event_hub(name).is_none() {
+            return Err(
+                HubError::Routing(twinhub_hub::routing::RoutingError::EventHubNotFound(name.to_owned())).into(),
+            );
+        }
+    }
+    Ok(state.hub.consumer_groups_of(event_hub))
+}
+
+pub async fn list(
+    State(state): State<RestState>,
+    headers: HeaderMap,
+    Path(endpoint): Path<String>,
+) -> Result<Json<Value>, RestError> {
     state.auth.authorize(&headers, Permission::ServiceConnect)?;
-    let groups: Vec<Value> = state
-        .hub
-        .consumer_groups()
+    let groups: Vec<Value> = groups(&state, &endpoint)?
         .into_iter()
         .map(|name| json!({ "name": name }))
         .collect();
@@ -25,12 +46,10 @@ pub async fn list(State(state): State<RestState>, headers: HeaderMap) -> Result<
 pub async fn get(
     State(state): State<RestState>,
     headers: HeaderMap,
-    Path(name): Path<String>,
+    Path((endpoint, name)): Path<(String, String)>,
 ) -> Result<Json<Value>, RestError> {
     state.auth.authorize(&headers, Permission::ServiceConnect)?;
-    let found = state
-        .hub
-        .consumer_groups()
+    let found = groups(&state, &endpoint)?
         .into_iter()
         .find(|group| group.eq_ignore_ascii_case(&name))
         .ok_or(HubError::ConsumerGroupNotFound(name))?;
@@ -40,19 +59,25 @@ pub async fn get(
 pub async fn create(
     State(state): State<RestState>,
     headers: HeaderMap,
-    Path(name): Path<String>,
+    Path((endpoint, name)): Path<(String, String)>,
 ) -> Result<Json<Value>, RestError> {
     state.auth.authorize(&headers, Permission::RegistryWrite)?;
-    state.hub.create_consumer_group(&name).await?;
+    state
+        .hub
+        .change_consumer_group(event_hub(&endpoint), &name, true)
+        .await?;
     Ok(Json(json!({ "name": name })))
 }
 
 pub async fn delete(
     State(state): State<RestState>,
     headers: HeaderMap,
-    Path(name): Path<String>,
+    Path((endpoint, name)): Path<(String, String)>,
 ) -> Result<Json<Value>, RestError> {
     state.auth.authorize(&headers, Permission::RegistryWrite)?;
-    state.hub.delete_consumer_group(&name).await?;
+    state
+        .hub
+        .change_consumer_group(event_hub(&endpoint), &name, false)
+        .await?;
     Ok(Json(json!({ "name": name })))
 }

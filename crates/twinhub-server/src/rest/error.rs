@@ -46,6 +46,9 @@ pub fn classify(error: &HubError) -> (StatusCode, &'static str) {
         HubError::Routing(twinhub_hub::routing::RoutingError::RouteNotFound(_)) => {
             (StatusCode::NOT_FOUND, "RouteNotFound")
         }
+        HubError::Routing(twinhub_hub::routing::RoutingError::EventHubNotFound(_)) => {
+            (StatusCode::NOT_FOUND, "EventHubNotFound")
+        }
         HubError::Routing(_) => (StatusCode::BAD_REQUEST, "ArgumentInvalid"),
         HubError::DeviceDefinedMultipleTimes(_) => (StatusCode::BAD_REQUEST, "DeviceDefinedMultipleTimes"),
         HubError::MessageTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "MessageTooLarge"),

@@ -58,9 +58,12 @@ pub fn router(state: RestState) -> Router {
         .route("/devices/query", post(twins::query))
         .route("/twins/{id}/methods", post(methods::invoke_on_device))
         .route("/twins/{id}/modules/{module}/methods", post(methods::invoke_on_module))
-        .route("/eventHubEndpoints/events/ConsumerGroups", get(consumer_groups::list))
         .route(
-            "/eventHubEndpoints/events/ConsumerGroups/{name}",
+            "/eventHubEndpoints/{endpoint}/ConsumerGroups",
+            get(consumer_groups::list),
+        )
+        .route(
+            "/eventHubEndpoints/{endpoint}/ConsumerGroups/{name}",
             get(consumer_groups::get)
                 .put(consumer_groups::create)
                 .delete(consumer_groups::delete),
