@@ -415,24 +415,13 @@ endpoint = "alerts"
     let listed = hub.cli(&["consumer-group", "list", "--event-hub", "alerts"]);
     assert_eq!(listed.lines().collect::<Vec<_>>(), ["$Default", "dashboard"]);
     assert_eq!(hub.cli(&["consumer-group", "list"]).trim(), "$Default");
-    let partition = twinhub_core_partition("sensor", 4);
-    let mut dashboard = alerts
-        .receiver_in(
-            "dashboard",
-            &partition.to_string(),
-            "amqp.annotation.x-opt-offset > '-1'",
-            None,
-        )
-        .await;
+    let partition = twinhub_core_partition("sensor", 4).to_string();
+    let from_the_start = "amqp.annotation.x-opt-offset > '-1'";
+    let mut dashboard = alerts.receiver_in("dashboard", &partition, from_the_start, None).await;
     let first = event_hubs_client::next_event(&mut dashboard).await;
     assert_eq!(property_n(&first), "String(\"0\")");
     let elsewhere = built_in
-        .receiver_in(
-            "dashboard",
-            &partition.to_string(),
-            "amqp.annotation.x-opt-offset > '-1'",
-            None,
-        )
+        .receiver_in("dashboard", &partition, from_the_start, None)
         .await;
     assert_eq!(
         event_hubs_client::detach_condition(elsewhere).await,
