@@ -104,6 +104,37 @@ async fn routes_change_while_the_hub_runs_and_are_kept_across_a_restart() {
         normal.contains("no route takes it") && normal.contains("(events): no"),
         "{normal}"
     );
+    hub.cli(&[
+        "route",
+        "add",
+        "hot",
+        "--source",
+        "DeviceMessages",
+        "--condition",
+        "$body.temperature > 30",
+    ]);
+    let body_test = |body: &str, content_type: &str| {
+        hub.cli(&[
+            "route",
+            "test",
+            "--device",
+            "d1",
+            "--body",
+            body,
+            "--content-type",
+            content_type,
+            "--content-encoding",
+            "utf-8",
+        ])
+    };
+    let hot = body_test(r#"{"temperature": 35}"#, "application/json");
+    assert!(hot.contains("routes: hot"), "{hot}");
+    let not_json = body_test(r#"{"temperature": 35}"#, "text/plain");
+    assert!(
+        not_json.contains("no route takes it"),
+        "$body reads JSON only: {not_json}"
+    );
+    hub.cli(&["route", "remove", "hot"]);
 
     // A $twin condition reads the device's twin as it is now.
     let api = Service::new(&hub.owner_connection_string(), &hub.ca_path());
