@@ -88,7 +88,11 @@ endpoints = ["hook"]
             url = webhook.url
         ),
     );
-    let hub = TestHub::start_with(&["--routes", &routes]);
+    let metrics_at = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free port")
+        .to_string();
+    let hub = TestHub::start_with(&["--routes", &routes, "--metrics-bind", &metrics_at]);
     let api = Service::new(&hub.owner_connection_string(), &hub.ca_path());
     let mut sensor = device(&hub, &api, "sensor").await;
     let reply = api
@@ -154,6 +158,18 @@ endpoints = ["hook"]
         );
     }
     assert_eq!(telemetry[0].body.as_ref(), b"{\"n\":0}");
+    // Counted where operators look: four messages delivered, none dropped.
+    let metrics = reqwest::get(format!("http://{metrics_at}/metrics"))
+        .await
+        .expect("a scrape")
+        .text()
+        .await
+        .expect("the metrics");
+    assert!(
+        metrics.contains(r#"twinhub_endpoint_delivered_messages_total{endpoint="hook"} 4"#)
+            && metrics.contains(r#"twinhub_endpoint_dropped_messages_total{endpoint="hook"} 0"#),
+        "{metrics}"
+    );
     drop(sensor);
 }
 
