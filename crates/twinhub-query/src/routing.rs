@@ -1,7 +1,7 @@
 //! Message routing conditions, IoT Hub's routing query language: the query language's expressions over a
 //! message instead of a twin. A bare name is an application property; `$contentType`, `$connectionDeviceId`
 //! and the other system properties are the message's; `$body.a.b[0]` reads a JSON body (only when the
-//! content type says JSON and the encoding UTF-8, as on IoT Hub); `$twin.tags...` and
+//! content type says JSON and the encoding UTF-8, -16 or -32, as on IoT Hub); `$twin.tags...` and
 //! `$twin.properties...` read the sending device's twin. A condition passes only when it is `true`:
 //! `undefined` and `null` do not route.
 
@@ -91,7 +91,7 @@ impl<'a> RoutedMessage<'a> {
         }
     }
 
-    /// The body as JSON when the message says it is JSON in UTF-8; otherwise `$body` is undefined.
+    /// The body as JSON when the message says it is JSON in UTF-8, -16 or -32; otherwise `$body` is undefined.
     fn body(&self) -> Option<&serde_json::Value> {
         self.body
             .get_or_init(|| {
@@ -100,14 +100,11 @@ impl<'a> RoutedMessage<'a> {
                     let media_type = content_type.split(';').next().unwrap_or_default().trim();
                     media_type.eq_ignore_ascii_case("application/json")
                 });
-                let utf8 = properties.content_encoding.as_deref().is_some_and(|encoding| {
-                    encoding.eq_ignore_ascii_case("utf-8") || encoding.eq_ignore_ascii_case("utf8")
-                });
-                if json && utf8 {
-                    serde_json::from_slice(&self.event.body).ok()
-                } else {
-                    None
+                if !json {
+                    return None;
                 }
+                let text = decode_text(&self.event.body, properties.content_encoding.as_deref()?)?;
+                serde_json::from_str(text.trim_start_matches('\u{feff}')).ok()
             })
             .as_ref()
     }
@@ -206,6 +203,53 @@ fn uuid_text(bytes: &[u8; 16]) -> String {
     )
 }
 
+/// A body as text in the encodings IoT Hub reads `$body` in: UTF-8, UTF-16 and UTF-32 (little-endian,
+/// as .NET writes them, unless a byte order mark or a `be` name says otherwise). `None` for another
+/// encoding, or bytes that are not text in it.
+fn decode_text<'b>(body: &'b [u8], encoding: &str) -> Option<Cow<'b, str>> {
+    let encoding = encoding.to_ascii_lowercase().replace('-', "");
+    let big_endian = encoding.ends_with("be");
+    match encoding.trim_end_matches("be").trim_end_matches("le") {
+        "utf8" => std::str::from_utf8(body).ok().map(Cow::Borrowed),
+        "utf16" => {
+            if !body.len().is_multiple_of(2) {
+                return None;
+            }
+            let big_endian = big_endian || body.starts_with(&[0xfe, 0xff]);
+            let units: Vec<u16> = body
+                .chunks_exact(2)
+                .map(|pair| {
+                    let pair = [pair[0], pair[1]];
+                    if big_endian {
+                        u16::from_be_bytes(pair)
+                    } else {
+                        u16::from_le_bytes(pair)
+                    }
+                })
+                .collect();
+            String::from_utf16(&units).ok().map(Cow::Owned)
+        }
+        "utf32" => {
+            if !body.len().is_multiple_of(4) {
+                return None;
+            }
+            let big_endian = big_endian || body.starts_with(&[0, 0, 0xfe, 0xff]);
+            body.chunks_exact(4)
+                .map(|quad| {
+                    let quad = [quad[0], quad[1], quad[2], quad[3]];
+                    char::from_u32(if big_endian {
+                        u32::from_be_bytes(quad)
+                    } else {
+                        u32::from_le_bytes(quad)
+                    })
+                })
+                .collect::<Option<String>>()
+                .map(Cow::Owned)
+        }
+        _ => None,
+    }
+}
+
 /// The value at `path` below `value`: object members by name, array elements by index.
 fn walk_json<'a>(value: &'a serde_json::Value, path: &[String]) -> QValue<'a> {
     let mut at = value;
@@ -292,7 +336,7 @@ mod tests {
     }
 
     #[test]
-    fn the_body_is_read_only_as_json_in_utf8() {
+    fn the_body_is_read_only_as_json_with_a_text_encoding() {
         let mut event = json_event(r#"{"weather": {"temperature": 31, "readings": [1, 2, 40]}, "on": true}"#);
         assert!(matches("$body.weather.temperature > 30", &event, None));
         assert!(matches("$body.weather.readings[2] = 40", &event, None));
@@ -302,6 +346,23 @@ mod tests {
         assert!(!matches("$body.weather.temperature > 30", &event, None));
         let not_json = json_event("temperature=31");
         assert!(!matches("$body.temperature > 30", &not_json, None));
+    }
+
+    #[test]
+    fn the_body_is_read_in_utf16_and_utf32_too() {
+        let text = r#"{"temperature": 31}"#;
+        let mut event = json_event("");
+        event.properties.content_encoding = Some("UTF-16".into());
+        event.body = text.encode_utf16().flat_map(u16::to_le_bytes).collect();
+        assert!(matches("$body.temperature > 30", &event, None));
+        event.properties.content_encoding = Some("utf-16be".into());
+        event.body = text.encode_utf16().flat_map(u16::to_be_bytes).collect();
+        assert!(matches("$body.temperature > 30", &event, None));
+        event.properties.content_encoding = Some("utf-32".into());
+        event.body = text.chars().flat_map(|c| (c as u32).to_le_bytes()).collect();
+        assert!(matches("$body.temperature > 30", &event, None));
+        event.properties.content_encoding = Some("latin-1".into());
+        assert!(!matches("$body.temperature > 30", &event, None));
     }
 
     #[test]
