@@ -35,52 +35,67 @@ fn validate(id: &str) -> Result<(), InvalidId> {
     }
 }
 
-/// A device id. Cheap to clone (shared), ordered (the registry is kept sorted by id for paging).
-#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
-pub struct DeviceId(Arc<str>);
+/// An id type: validated on construction, cheap to clone (shared), ordered, and stored and sent as its
+/// text.
+macro_rules! id_type {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+        #[serde(try_from = "String", into = "String")]
+        pub struct $name(Arc<str>);
 
-impl DeviceId {
-    pub fn new(id: &str) -> Result<Self, InvalidId> {
-        validate(id)?;
-        Ok(DeviceId(Arc::from(id)))
-    }
+        impl $name {
+            pub fn new(id: &str) -> Result<Self, InvalidId> {
+                validate(id)?;
+                Ok($name(Arc::from(id)))
+            }
 
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl TryFrom<String> for $name {
+            type Error = InvalidId;
+            fn try_from(id: String) -> Result<Self, InvalidId> {
+                $name::new(&id)
+            }
+        }
+
+        impl From<$name> for String {
+            fn from(id: $name) -> String {
+                id.0.to_string()
+            }
+        }
+
+        impl std::borrow::Borrow<str> for $name {
+            fn borrow(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+                formatter.write_str(&self.0)
+            }
+        }
+
+        impl fmt::Debug for $name {
+            fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(formatter, "{}({:?})", stringify!($name), &*self.0)
+            }
+        }
+    };
 }
 
-impl TryFrom<String> for DeviceId {
-    type Error = InvalidId;
-    fn try_from(id: String) -> Result<Self, InvalidId> {
-        DeviceId::new(&id)
-    }
-}
-
-impl From<DeviceId> for String {
-    fn from(id: DeviceId) -> String {
-        id.0.to_string()
-    }
-}
-
-impl std::borrow::Borrow<str> for DeviceId {
-    fn borrow(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Display for DeviceId {
-    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
-        formatter.write_str(&self.0)
-    }
-}
-
-impl fmt::Debug for DeviceId {
-    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(formatter, "DeviceId({:?})", &*self.0)
-    }
-}
+id_type!(
+    /// A device id (the registry is kept sorted by id for paging).
+    DeviceId
+);
+id_type!(
+    /// A module id: the same rule as device ids, unique within its device.
+    ModuleId
+);
 
 #[cfg(test)]
 mod tests {

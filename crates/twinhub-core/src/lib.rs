@@ -17,6 +17,7 @@ pub mod hub_message;
 pub mod ids;
 pub mod json;
 pub mod method;
+pub mod module;
 pub mod policy;
 pub mod record;
 pub mod routing;
@@ -28,7 +29,7 @@ pub mod twin;
 pub mod value;
 
 pub use device::{AuthenticationType, ConnectionState, DeviceIdentity, DeviceStatus, SymmetricKeys};
-pub use ids::{DeviceId, InvalidId};
+pub use ids::{DeviceId, InvalidId, ModuleId};
 pub use record::DeviceRecord;
 pub use rules::{TwinRuleViolation, TwinRules};
 pub use time::Timestamp;

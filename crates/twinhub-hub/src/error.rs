@@ -10,6 +10,16 @@ pub enum HubError {
     DeviceNotFound(DeviceId),
     #[error("A device with ID '{0}' is already registered.")]
     DeviceAlreadyExists(DeviceId),
+    #[error("Module {module} of device {device} not found")]
+    ModuleNotFound {
+        device: DeviceId,
+        module: twinhub_core::ModuleId,
+    },
+    #[error("A module with ID '{module}' is already registered on device '{device}'.")]
+    ModuleAlreadyExists {
+        device: DeviceId,
+        module: twinhub_core::ModuleId,
+    },
     #[error("Precondition failed: the etag '{given}' does not match the current etag of '{device}'")]
     PreconditionFailed { device: DeviceId, given: String },
     #[error("{0}")]

@@ -62,6 +62,7 @@ impl Batch<'_> {
                     }
                 }
                 StoreWrite::PutSetting { .. } => {}
+                module @ (StoreWrite::UpsertModule(_) | StoreWrite::DeleteModule { .. }) => self.module_stored(module),
             }
         }
         self.events.extend(commit.events);

@@ -16,6 +16,7 @@ pub mod event_log;
 mod events;
 mod follow;
 pub mod index;
+mod modules;
 mod presence_leases;
 mod query;
 mod remote_methods;
@@ -57,7 +58,12 @@ pub struct Snapshot {
     pub indexes: index::Indexes,
     /// The consumer groups back ends created (not `$Default`), by lower-cased name, each with its name.
     pub consumer_groups: imbl::OrdMap<String, String>,
+    /// Module identities with their twins, by device and module (a device's modules are one range).
+    pub modules: Modules,
 }
+
+/// Module identities by device and module id.
+pub type Modules = imbl::OrdMap<(DeviceId, twinhub_core::ModuleId), Arc<twinhub_core::module::ModuleRecord>>;
 
 #[derive(Clone, Debug)]
 pub struct HubConfig {
@@ -164,8 +170,13 @@ impl Hub {
             cloud_to_device: c2d_messages,
             feedback: feedback_records,
             settings,
+            modules: stored_modules,
             seq: loaded_seq,
         } = store.load().await.map_err(HubError::Store)?;
+        let modules: Modules = stored_modules
+            .into_iter()
+            .map(|module| ((module.device_id().clone(), module.module_id.clone()), Arc::new(module)))
+            .collect();
         let stored_routes = settings
             .iter()
             .find(|(name, _)| name == routing::ROUTING_SETTING)
@@ -226,6 +237,7 @@ impl Hub {
             devices: registry,
             indexes: Default::default(),
             consumer_groups,
+            modules,
         }));
         let (writes, queue) = mpsc::channel(config.write_queue_operations_max);
         let (events, _) = broadcast::channel(events::EVENT_QUEUE_MAX);

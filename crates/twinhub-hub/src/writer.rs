@@ -78,6 +78,8 @@ pub(crate) enum WriteOp {
     ReassertHolds,
     /// A change of the message routes, applied to the routes in force and stored.
     EditRouting(crate::routing::RoutingEdit),
+    /// A change to a module identity or module twin.
+    Module(crate::modules::ModuleOp),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -99,6 +101,7 @@ pub(crate) enum WriteOutcome {
     Deleted,
     Bulk(BulkOutcome),
     CloudToDevice(CloudToDeviceOutcome),
+    Module(Arc<twinhub_core::module::ModuleRecord>),
     Done,
 }
 
@@ -107,6 +110,13 @@ impl WriteOutcome {
         match self {
             WriteOutcome::Record(record) => Ok(record),
             _ => Err(HubError::Internal("the writer answered with no record")),
+        }
+    }
+
+    pub(crate) fn module(self) -> Result<Arc<twinhub_core::module::ModuleRecord>, HubError> {
+        match self {
+            WriteOutcome::Module(module) => Ok(module),
+            _ => Err(HubError::Internal("the writer answered with no module")),
         }
     }
 }
@@ -131,6 +141,8 @@ pub(crate) async fn submit(writes: &mpsc::Sender<WriteCommand>, op: WriteOp) -> 
 pub(crate) struct Batch<'a> {
     pub(crate) registry: Registry,
     consumer_groups: imbl::OrdMap<String, String>,
+    /// Module identities as the batch leaves them.
+    pub(crate) modules: crate::Modules,
     pub(crate) writes: Vec<StoreWrite>,
     pub(crate) events: Vec<HubEvent>,
     pub(crate) config: &'a HubConfig,
@@ -218,6 +230,7 @@ pub(crate) async fn run(
         let mut batch = Batch {
             registry: Registry::clone(&previous.devices),
             consumer_groups: previous.consumer_groups.clone(),
+            modules: previous.modules.clone(),
             writes: Vec::with_capacity(commands.len()),
             events: Vec::new(),
             config: &config,
@@ -310,6 +323,7 @@ pub(crate) async fn run(
             devices: batch.registry,
             indexes,
             consumer_groups: batch.consumer_groups,
+            modules: batch.modules,
         }));
         if let (Some(seq), Some(applied)) = (seq, &deliveries.applied) {
             applied.store(seq, std::sync::atomic::Ordering::Release);
@@ -561,6 +575,7 @@ impl Batch<'_> {
                 self.reassert_holds(now);
                 Ok(WriteOutcome::Done)
             }
+            WriteOp::Module(op) => self.apply_module(op, now),
             WriteOp::EditRouting(edit) => {
                 let table = match &self.routing {
                     Some(changed) => edit.apply(changed.spec()),
@@ -895,6 +910,7 @@ impl Batch<'_> {
             return Err(precondition_failed(id, if_match));
         }
         self.announce_lifecycle(&existing, false, Timestamp::now());
+        self.delete_modules_of(id);
         self.registry.remove(id);
         self.touched.push(id.clone());
         self.writes.push(StoreWrite::Delete(id.clone()));

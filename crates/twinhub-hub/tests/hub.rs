@@ -46,7 +46,9 @@ impl Store for MemoryStore {
                 | StoreWrite::DeleteCloudToDevice { .. }
                 | StoreWrite::UpsertFeedback { .. }
                 | StoreWrite::DeleteFeedback(_)
-                | StoreWrite::PutSetting { .. } => {}
+                | StoreWrite::PutSetting { .. }
+                | StoreWrite::UpsertModule(_)
+                | StoreWrite::DeleteModule { .. } => {}
             }
         }
         Ok(())

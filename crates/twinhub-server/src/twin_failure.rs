@@ -57,7 +57,8 @@ pub fn parse_reported_patch(payload: &[u8], rules: &TwinRules) -> Result<Reporte
 impl From<&HubError> for TwinFailure {
     fn from(error: &HubError) -> Self {
         let (status, error_code) = match error {
-            HubError::DeviceNotFound(_) => (404, 404001),
+            HubError::DeviceNotFound(_) | HubError::ModuleNotFound { .. } => (404, 404001),
+            HubError::ModuleAlreadyExists { .. } => (409, 409001),
             HubError::PreconditionFailed { .. } => (412, 412002),
             HubError::TwinRule(_)
             | HubError::DeviceDocument(_)

@@ -38,6 +38,7 @@ pub struct Loaded {
     pub feedback: Vec<(u64, FeedbackRecord)>,
     /// The hub's settings, by name (JSON text).
     pub settings: Vec<(String, String)>,
+    pub modules: Vec<twinhub_core::module::ModuleRecord>,
     /// The last commit the state includes: the log is followed from the next one.
     pub seq: u64,
 }
@@ -130,6 +131,8 @@ pub(crate) enum LoggedWrite {
         name: String,
         value: String,
     },
+    /// A module by its key (`<device>/<module>`): its stored form, or `None` when deleted.
+    Module(String, #[serde(with = "serde_bytes")] Option<Vec<u8>>),
 }
 
 #[derive(Serialize, Deserialize)]
@@ -202,6 +205,13 @@ pub(crate) fn log_writes(writes: &[StoreWrite]) -> Result<Vec<LoggedWrite>, Stor
                     name: name.clone(),
                     value: value.clone(),
                 },
+                StoreWrite::UpsertModule(module) => LoggedWrite::Module(
+                    crate::codec::module_key(module.device_id(), &module.module_id),
+                    Some(crate::codec::encode_module(module)?),
+                ),
+                StoreWrite::DeleteModule { device_id, module_id } => {
+                    LoggedWrite::Module(crate::codec::module_key(device_id, module_id), None)
+                }
             })
         })
         .collect()
@@ -269,6 +279,19 @@ pub fn decode_commit(seq: u64, bytes: &[u8]) -> Result<Commit, StoreError> {
             }
             LoggedWrite::Feedback(sequence_number, None) => StoreWrite::DeleteFeedback(sequence_number),
             LoggedWrite::Setting { name, value } => StoreWrite::PutSetting { name, value },
+            LoggedWrite::Module(key, Some(value)) => {
+                StoreWrite::UpsertModule(Arc::new(crate::codec::decode_module(key.as_bytes(), &value)?))
+            }
+            LoggedWrite::Module(key, None) => {
+                let (device, module) = key
+                    .split_once('/')
+                    .ok_or_else(|| corrupt(format!("'{key}' is not a module key")))?;
+                StoreWrite::DeleteModule {
+                    device_id: device_id(device)?,
+                    module_id: twinhub_core::ModuleId::new(module)
+                        .map_err(|e| corrupt(format!("'{module}' is not a module id: {e:?}")))?,
+                }
+            }
         });
     }
     let mut events = Vec::with_capacity(logged.events.len());

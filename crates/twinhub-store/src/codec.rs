@@ -6,6 +6,7 @@
 
 use crate::StoreError;
 use twinhub_core::c2d::{FeedbackRecord, QueuedMessage};
+use twinhub_core::module::ModuleRecord;
 use twinhub_core::session::SessionRecord;
 use twinhub_core::{DeviceId, DeviceRecord};
 
@@ -98,6 +99,35 @@ pub fn decode_session(key: &[u8], value: &[u8]) -> Result<SessionRecord, StoreEr
                 return Err(corrupt(format!("the session holds client '{}'", session.client_id)));
             }
             Ok(session)
+        }
+        Some((format, _)) => Err(corrupt(format!("unknown format {format}"))),
+        None => Err(corrupt("the value is empty".to_owned())),
+    }
+}
+
+/// The key a module is stored under: `<device id>/<module id>` (no id has a `/`), so a device's modules
+/// are one key range.
+pub fn module_key(device_id: &DeviceId, module_id: &twinhub_core::ModuleId) -> String {
+    format!("{device_id}/{module_id}")
+}
+
+pub fn encode_module(module: &ModuleRecord) -> Result<Vec<u8>, StoreError> {
+    postcard::to_extend(module, vec![FORMAT_V1]).map_err(|e| StoreError::Write(Box::new(e)))
+}
+
+/// The module stored under `key`; `Corrupt` when the bytes are not a module of that key.
+pub fn decode_module(key: &[u8], value: &[u8]) -> Result<ModuleRecord, StoreError> {
+    let corrupt = |reason: String| StoreError::Corrupt {
+        key: format!("module {}", String::from_utf8_lossy(key)),
+        reason,
+    };
+    match value.split_first() {
+        Some((&FORMAT_V1, body)) => {
+            let module: ModuleRecord = postcard::from_bytes(body).map_err(|e| corrupt(e.to_string()))?;
+            if module_key(module.device_id(), &module.module_id).as_bytes() != key {
+                return Err(corrupt("the value holds another module".to_owned()));
+            }
+            Ok(module)
         }
         Some((format, _)) => Err(corrupt(format!("unknown format {format}"))),
         None => Err(corrupt("the value is empty".to_owned())),

@@ -59,6 +59,7 @@ struct Inner {
     /// Key: the consumer group's name in lower case; value: the name as created.
     consumer_groups: Keyspace,
     settings: Keyspace,
+    modules: Keyspace,
     cloud_to_device: Keyspace,
     feedback: Keyspace,
     path: PathBuf,
@@ -99,6 +100,9 @@ impl EmbeddedStore {
         let settings = db
             .keyspace("settings", KeyspaceCreateOptions::default)
             .map_err(|e| open_error(Box::new(e)))?;
+        let modules = db
+            .keyspace("modules", KeyspaceCreateOptions::default)
+            .map_err(|e| open_error(Box::new(e)))?;
         let cloud_to_device = db
             .keyspace("c2d", KeyspaceCreateOptions::default)
             .map_err(|e| open_error(Box::new(e)))?;
@@ -114,6 +118,7 @@ impl EmbeddedStore {
                 sessions,
                 consumer_groups,
                 settings,
+                modules,
                 cloud_to_device,
                 feedback,
                 path: dir.to_path_buf(),
@@ -171,6 +176,15 @@ impl Inner {
             settings.push((text(&key)?, text(&value)?));
         }
         Ok(settings)
+    }
+
+    fn load_modules(&self) -> Result<Vec<twinhub_core::module::ModuleRecord>, StoreError> {
+        let mut modules = Vec::new();
+        for guard in self.modules.iter() {
+            let (key, value) = guard.into_inner().map_err(|e| StoreError::Read(Box::new(e)))?;
+            modules.push(crate::codec::decode_module(&key, &value)?);
+        }
+        Ok(modules)
     }
 
     fn load_cloud_to_device(&self) -> Result<Vec<(DeviceId, QueuedMessage)>, StoreError> {
@@ -239,6 +253,15 @@ impl Inner {
                 StoreWrite::PutSetting { name, value } => {
                     writes.insert(&self.settings, name.into_bytes(), value.into_bytes())
                 }
+                StoreWrite::UpsertModule(module) => writes.insert(
+                    &self.modules,
+                    crate::codec::module_key(module.device_id(), &module.module_id).into_bytes(),
+                    crate::codec::encode_module(&module)?,
+                ),
+                StoreWrite::DeleteModule { device_id, module_id } => writes.remove(
+                    &self.modules,
+                    crate::codec::module_key(&device_id, &module_id).into_bytes(),
+                ),
             }
         }
         writes.commit().map_err(|e| StoreError::Write(Box::new(e)))
@@ -271,6 +294,13 @@ impl Store for EmbeddedStore {
     async fn load_settings(&self) -> Result<Vec<(String, String)>, StoreError> {
         let inner = Arc::clone(&self.inner);
         tokio::task::spawn_blocking(move || inner.load_settings())
+            .await
+            .map_err(|e| StoreError::Read(Box::new(e)))?
+    }
+
+    async fn load_modules(&self) -> Result<Vec<twinhub_core::module::ModuleRecord>, StoreError> {
+        let inner = Arc::clone(&self.inner);
+        tokio::task::spawn_blocking(move || inner.load_modules())
             .await
             .map_err(|e| StoreError::Read(Box::new(e)))?
     }

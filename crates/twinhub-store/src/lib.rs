@@ -92,6 +92,12 @@ pub enum StoreWrite {
         name: String,
         value: String,
     },
+    /// A module identity with its twin, new or changed.
+    UpsertModule(Arc<twinhub_core::module::ModuleRecord>),
+    DeleteModule {
+        device_id: DeviceId,
+        module_id: twinhub_core::ModuleId,
+    },
 }
 
 /// A durable home for device records.
@@ -132,6 +138,11 @@ pub trait Store: Send + Sync + 'static {
         Ok(Vec::new())
     }
 
+    /// Every module identity with its twin. Called once at start; a store that keeps none returns none.
+    async fn load_modules(&self) -> Result<Vec<twinhub_core::module::ModuleRecord>, StoreError> {
+        Ok(Vec::new())
+    }
+
     /// Everything a hub loads at start, in one view. By default the loads above one after another, as of
     /// no commit sequence (0): right for a store only one hub writes. A store other nodes share loads
     /// it in one consistent view, with the sequence number it is as of.
@@ -143,6 +154,7 @@ pub trait Store: Send + Sync + 'static {
             cloud_to_device: self.load_cloud_to_device().await?,
             feedback: self.load_feedback().await?,
             settings: self.load_settings().await?,
+            modules: self.load_modules().await?,
             seq: 0,
         })
     }

@@ -328,6 +328,15 @@ async fn load_cloud_to_device(client: &impl GenericClient) -> Result<Vec<(Device
     .await
 }
 
+async fn load_modules(client: &impl GenericClient) -> Result<Vec<twinhub_core::module::ModuleRecord>, StoreError> {
+    load_rows(client, schema::LOAD_MODULES, |row| {
+        let key: &str = row.try_get(0).map_err(read_error)?;
+        let record: &[u8] = row.try_get(1).map_err(read_error)?;
+        crate::codec::decode_module(key.as_bytes(), record)
+    })
+    .await
+}
+
 async fn load_settings(client: &impl GenericClient) -> Result<Vec<(String, String)>, StoreError> {
     load_rows(client, schema::LOAD_SETTINGS, |row| {
         Ok((row.try_get(0).map_err(read_error)?, row.try_get(1).map_err(read_error)?))
@@ -371,6 +380,10 @@ impl Store for PostgresStore {
         load_settings(&self.reader().await.map_err(connection::read_failure)?.client).await
     }
 
+    async fn load_modules(&self) -> Result<Vec<twinhub_core::module::ModuleRecord>, StoreError> {
+        load_modules(&self.reader().await.map_err(connection::read_failure)?.client).await
+    }
+
     /// One snapshot for every table and the sequence number: the state is exactly as of `seq`, and the
     /// log is followed from there.
     async fn load(&self) -> Result<Loaded, StoreError> {
@@ -392,6 +405,7 @@ impl Store for PostgresStore {
             cloud_to_device: load_cloud_to_device(&transaction).await?,
             feedback: load_feedback(&transaction).await?,
             settings: load_settings(&transaction).await?,
+            modules: load_modules(&transaction).await?,
             seq,
         };
         transaction.commit().await.map_err(read_error)?;

@@ -162,6 +162,44 @@ mod checks {
         assert_eq!(store.load().await.expect("load").settings.len(), 2);
     }
 
+    pub async fn modules_round_trip_and_delete<H: Harness>(harness: &H) {
+        let module = |device: &str, module: &str| {
+            let (device, module) = (id(device), twinhub_core::ModuleId::new(module).unwrap());
+            let draft = twinhub_core::module::ModuleDraft::from_json(
+                &serde_json::json!({"managedBy": "ops"}),
+                &device,
+                &module,
+            )
+            .unwrap();
+            std::sync::Arc::new(draft.into_record(None, Timestamp(1_700_000_000_000_000_000)).unwrap())
+        };
+        // "d1" is a prefix of "d10": their modules must not mix.
+        let (d1_m1, d1_m2, d10_m1) = (module("d1", "m1"), module("d1", "m2"), module("d10", "m1"));
+        {
+            let store = harness.open().await;
+            store
+                .commit(vec![
+                    StoreWrite::UpsertModule(d1_m1.clone()),
+                    StoreWrite::UpsertModule(d1_m2.clone()),
+                    StoreWrite::UpsertModule(d10_m1.clone()),
+                ])
+                .await
+                .expect("commit");
+            store
+                .commit(vec![StoreWrite::DeleteModule {
+                    device_id: id("d1"),
+                    module_id: twinhub_core::ModuleId::new("m2").unwrap(),
+                }])
+                .await
+                .expect("commit");
+        }
+        let store = harness.open().await;
+        let mut modules = store.load_modules().await.expect("load modules");
+        modules.sort_by_key(|module| (module.device_id().clone(), module.module_id.clone()));
+        assert_eq!(modules, vec![(*d1_m1).clone(), (*d10_m1).clone()]);
+        assert_eq!(store.load().await.expect("load").modules.len(), 2);
+    }
+
     pub async fn cloud_to_device_messages_and_feedback_round_trip_and_delete<H: Harness>(harness: &H) {
         let now = Timestamp(1_700_000_000_000_000_000);
         // "d1" is a prefix of "d10": their messages must not mix.
@@ -311,6 +349,7 @@ macro_rules! contract {
                     sessions_round_trip_and_delete,
                     consumer_groups_round_trip_and_delete,
                     settings_round_trip_and_the_last_write_wins,
+                    modules_round_trip_and_delete,
                     cloud_to_device_messages_and_feedback_round_trip_and_delete,
                     an_empty_batch_is_fine,
                     a_thousand_records_in_one_batch_all_come_back,

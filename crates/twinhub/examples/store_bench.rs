@@ -129,7 +129,9 @@ impl Store for RedbStore {
                         | StoreWrite::DeleteCloudToDevice { .. }
                         | StoreWrite::UpsertFeedback { .. }
                         | StoreWrite::DeleteFeedback(_)
-                        | StoreWrite::PutSetting { .. } => {}
+                        | StoreWrite::PutSetting { .. }
+                        | StoreWrite::UpsertModule(_)
+                        | StoreWrite::DeleteModule { .. } => {}
                     }
                 }
             }

@@ -1212,3 +1212,52 @@ async fn an_event_hub_endpoint_is_one_log_every_node_appends_to_and_reads() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_module_created_through_one_node_is_read_through_the_other() {
+    let Some(cluster) = Cluster::start().await else {
+        return;
+    };
+    cluster.api_a.register_device("host").await;
+    let reply = cluster
+        .api_a
+        .call(
+            Method::PUT,
+            "/devices/host/modules/m1",
+            Some(json!({"managedBy": "ops"})),
+            None,
+        )
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let reply = cluster
+        .api_a
+        .call(
+            Method::PATCH,
+            "/twins/host/modules/m1",
+            Some(json!({"tags": {"role": "x"}})),
+            Some("*"),
+        )
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    // Read-your-writes across nodes: B's reads wait for every acknowledged write.
+    let reply = cluster
+        .api_b
+        .call(Method::GET, "/twins/host/modules/m1", None, None)
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(reply.body["tags"]["role"], "x");
+    let reply = cluster
+        .api_b
+        .call(Method::DELETE, "/devices/host", None, Some("*"))
+        .await;
+    assert_eq!(reply.status, 204, "{}", reply.body);
+    let reply = cluster
+        .api_a
+        .call(Method::GET, "/devices/host/modules/m1", None, None)
+        .await;
+    assert_eq!(
+        reply.status, 404,
+        "deleted with its device, through the other node: {}",
+        reply.body
+    );
+}

@@ -37,6 +37,8 @@ pub fn classify(error: &HubError) -> (StatusCode, &'static str) {
     match error {
         HubError::DeviceNotFound(_) => (StatusCode::NOT_FOUND, "DeviceNotFound"),
         HubError::DeviceAlreadyExists(_) => (StatusCode::CONFLICT, "DeviceAlreadyExists"),
+        HubError::ModuleNotFound { .. } => (StatusCode::NOT_FOUND, "ModuleNotFound"),
+        HubError::ModuleAlreadyExists { .. } => (StatusCode::CONFLICT, "ModuleAlreadyExistsOnDevice"),
         HubError::PreconditionFailed { .. } => (StatusCode::PRECONDITION_FAILED, "PreconditionFailed"),
         HubError::TwinRule(_)
         | HubError::DeviceDocument(_)

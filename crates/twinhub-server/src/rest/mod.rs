@@ -8,6 +8,7 @@ mod device_events;
 mod device_messages;
 mod error;
 mod methods;
+mod modules;
 mod registry;
 mod routing;
 mod twins;
@@ -56,6 +57,17 @@ pub fn router(state: RestState) -> Router {
             get(twins::get_twin).patch(twins::patch_twin).put(twins::replace_twin),
         )
         .route("/devices/query", post(twins::query))
+        .route("/devices/{id}/modules", get(modules::list))
+        .route(
+            "/devices/{id}/modules/{module}",
+            get(modules::get).put(modules::put).delete(modules::delete),
+        )
+        .route(
+            "/twins/{id}/modules/{module}",
+            get(modules::get_twin)
+                .patch(modules::patch_twin)
+                .put(modules::replace_twin),
+        )
         .route("/twins/{id}/methods", post(methods::invoke_on_device))
         .route("/twins/{id}/modules/{module}/methods", post(methods::invoke_on_module))
         .route(

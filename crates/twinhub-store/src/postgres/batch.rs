@@ -22,6 +22,8 @@ pub(super) struct Grouped {
     pub cloud_to_device: BTreeMap<(String, i64), Option<Vec<u8>>>,
     pub feedback: BTreeMap<i64, Option<Vec<u8>>>,
     pub settings: BTreeMap<String, String>,
+    /// Key: `<device>/<module>`.
+    pub modules: BTreeMap<String, Option<Vec<u8>>>,
 }
 
 /// The rows of one table: those to upsert (keys and values, in the same order) and the keys to delete.
@@ -90,6 +92,9 @@ impl Grouped {
                 }
                 LoggedWrite::Setting { name, value } => {
                     grouped.settings.insert(name, value);
+                }
+                LoggedWrite::Module(key, value) => {
+                    grouped.modules.insert(key, value);
                 }
             }
         }

@@ -155,6 +155,7 @@ pub(super) async fn commit_in_turn(
     let (c2d_delete_devices, c2d_delete_numbers): (Vec<String>, Vec<i64>) = c2d.delete_keys.into_iter().unzip();
     let feedback = Rows::of(grouped.feedback);
     let (setting_names, setting_values): (Vec<String>, Vec<String>) = grouped.settings.into_iter().unzip();
+    let modules = Rows::of(grouped.modules);
 
     // Every statement of the batch at once: tokio-postgres sends them down the connection in the
     // order they are first polled (try_join_all polls in order) and PostgreSQL runs them in that
@@ -180,6 +181,15 @@ pub(super) async fn commit_in_turn(
     }
     if !sessions.delete_keys.is_empty() {
         pending.push((&statements.delete_sessions, vec![&sessions.delete_keys]));
+    }
+    if !modules.upsert_keys.is_empty() {
+        pending.push((
+            &statements.upsert_modules,
+            vec![&modules.upsert_keys, &modules.upsert_values],
+        ));
+    }
+    if !modules.delete_keys.is_empty() {
+        pending.push((&statements.delete_modules, vec![&modules.delete_keys]));
     }
     if !setting_names.is_empty() {
         pending.push((&statements.upsert_settings, vec![&setting_names, &setting_values]));

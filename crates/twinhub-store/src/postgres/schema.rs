@@ -54,6 +54,10 @@ CREATE TABLE IF NOT EXISTS consumer_groups (
     key text PRIMARY KEY,
     name text NOT NULL
 );
+CREATE TABLE IF NOT EXISTS modules (
+    key text PRIMARY KEY,
+    record bytea NOT NULL
+);
 CREATE TABLE IF NOT EXISTS settings (
     name text PRIMARY KEY,
     value text NOT NULL
@@ -150,6 +154,12 @@ INSERT INTO settings (name, value)
 SELECT * FROM unnest($1::text[], $2::text[])
 ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value";
 pub(super) const LOAD_SETTINGS: &str = "SELECT name, value FROM settings";
+pub(super) const UPSERT_MODULES: &str = "
+INSERT INTO modules (key, record)
+SELECT * FROM unnest($1::text[], $2::bytea[])
+ON CONFLICT (key) DO UPDATE SET record = EXCLUDED.record";
+pub(super) const DELETE_MODULES: &str = "DELETE FROM modules WHERE key = ANY($1::text[])";
+pub(super) const LOAD_MODULES: &str = "SELECT key, record FROM modules";
 pub(super) const UPSERT_C2D: &str = "
 INSERT INTO c2d_messages (device_id, sequence_number, message)
 SELECT * FROM unnest($1::text[], $2::bigint[], $3::bytea[])
