@@ -4,8 +4,8 @@
 // Checks: addModule creates a module with generated keys and managedBy, a second add of the same module is
 // refused (409), getModule and getModulesOnDevice list it, updateModule with the etag replaces it (a stale
 // etag is refused with 412), getModuleTwin / updateModuleTwin patch tags and desired properties with
-// versions and metadata as for devices, removeModule deletes it (then 404), and deleting the device deletes
-// its modules.
+// versions and metadata as for devices, queries over devices.modules (paged, and an aggregate), removeModule
+// deletes it (then 404), and deleting the device deletes its modules.
 'use strict';
 
 const assert = require('node:assert/strict');
@@ -79,6 +79,26 @@ async function main() {
   );
   const { responseBody: deviceTwin } = await registry.getTwin(deviceId);
   assert.equal((deviceTwin.tags || {}).role, undefined, "the device's twin is its own");
+
+  log('queries over devices.modules, one module per page');
+  const other = 'node-modules-other';
+  await registry.create({ deviceId: other });
+  await registry.addModule({ deviceId: other, moduleId: 'sensor' });
+  const { responseBody: otherTwin } = await registry.getModuleTwin(other, 'sensor');
+  await registry.updateModuleTwin(other, 'sensor', { tags: { role: 'temperature' } }, otherTwin.etag);
+  const query = registry.createQuery("SELECT * FROM devices.modules WHERE tags.role = 'temperature'", 1);
+  const found = [];
+  do {
+    const { result } = await query.nextAsTwin();
+    found.push(...result.map((moduleTwin) => `${moduleTwin.deviceId}/${moduleTwin.moduleId}`));
+  } while (query.hasMoreResults);
+  assert.deepEqual(found.sort(), [`${deviceId}/sensor`, `${other}/sensor`]);
+  const counted = registry.createQuery(
+    "SELECT COUNT() AS modules FROM devices.modules WHERE moduleId = 'sensor'",
+  );
+  const { result: counts } = await counted.next();
+  assert.deepEqual(counts, [{ modules: 2 }]);
+  await registry.delete(other);
 
   log('removeModule; then it is gone');
   await registry.removeModule(deviceId, 'filter');

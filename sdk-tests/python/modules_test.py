@@ -13,7 +13,7 @@ import sys
 
 from checks import check, check_equal, expect_http_error, log, run
 from azure.iot.hub import IoTHubRegistryManager
-from azure.iot.hub.models import Twin, TwinProperties
+from azure.iot.hub.models import QuerySpecification, Twin, TwinProperties
 
 CONNECTION_STRING = os.environ.get("TWINHUB_CONNECTION_STRING")
 if not CONNECTION_STRING:
@@ -74,6 +74,12 @@ def main():
     check_equal(replaced.tags, {"role": "humidity"}, "tags after the replacement")
     check("interval" not in replaced.properties.desired, "the replacement dropped what it did not name")
     check_equal(replaced.properties.desired["$version"], 3, "desired $version after the replacement")
+
+    log("a query over devices.modules")
+    result = registry.query_iot_hub(
+        QuerySpecification(query="SELECT * FROM devices.modules WHERE tags.role = 'humidity'"), None, 100
+    )
+    check_equal([(twin.device_id, twin.module_id) for twin in result.items], [(DEVICE_ID, "sensor")], "modules found")
 
     log("delete_module, then deleting the device deletes the rest")
     registry.delete_module(DEVICE_ID, "filter")

@@ -7,7 +7,9 @@ use crate::writer::WriteOp;
 use crate::{Hub, HubError, Snapshot};
 use std::ops::Bound;
 use std::sync::Arc;
-use twinhub_core::{DeviceId, DeviceRecord};
+use twinhub_core::module::ModuleRecord;
+use twinhub_core::{DeviceId, DeviceRecord, ModuleId};
+use twinhub_query::ast::Collection;
 use twinhub_query::document::Field;
 use twinhub_query::plan::{self, Constraint, IndexKey, Requirement};
 use twinhub_query::{CompiledQuery, OrderedTwins, Page, PAGE_SIZE_DEFAULT};
@@ -57,6 +59,27 @@ impl OrderedTwins for SnapshotView {
     }
 }
 
+/// Module twins in `<device>/<module>` order (`devices.modules`). Scanned: no index serves them yet.
+struct ModulesView(Arc<Snapshot>);
+
+impl OrderedTwins<ModuleRecord> for ModulesView {
+    fn after<'a>(&'a self, after: Option<&str>) -> Box<dyn Iterator<Item = &'a ModuleRecord> + 'a> {
+        let modules = &self.0.modules;
+        let start = after.and_then(|key| {
+            let (device, module) = key.split_once('/')?;
+            Some((DeviceId::new(device).ok()?, ModuleId::new(module).ok()?))
+        });
+        match start {
+            None => Box::new(modules.values().map(|module| &**module)),
+            Some(key) => Box::new(
+                modules
+                    .range((Bound::Excluded(key), Bound::Unbounded))
+                    .map(|(_, module)| &**module),
+            ),
+        }
+    }
+}
+
 impl Hub {
     /// One page of a query, over the latest snapshot.
     pub async fn query(
@@ -69,11 +92,13 @@ impl Hub {
         self.index_for(&query).await?;
         // In a cluster: every write acknowledged anywhere before the query is in what it reads.
         self.read_barrier().await;
-        let view = SnapshotView(self.snapshot());
+        let snapshot = self.snapshot();
         let continuation = continuation.map(str::to_owned);
+        let page_size = page_size.unwrap_or(PAGE_SIZE_DEFAULT);
         // A query may scan every twin: keep it off the threads that serve connections.
-        let page = tokio::task::spawn_blocking(move || {
-            query.page(&view, page_size.unwrap_or(PAGE_SIZE_DEFAULT), continuation.as_deref())
+        let page = tokio::task::spawn_blocking(move || match query.query.from {
+            Collection::DeviceModules => query.page(&ModulesView(snapshot), page_size, continuation.as_deref()),
+            _ => query.page(&SnapshotView(snapshot), page_size, continuation.as_deref()),
         })
         .await
         .map_err(|_| HubError::Internal("the query task failed"))??;

@@ -271,7 +271,7 @@ fn scanned_ids(hub: &Hub, text: &str) -> Vec<String> {
     hub.snapshot()
         .devices
         .values()
-        .filter(|record| query.matches(record))
+        .filter(|record| query.matches(&***record))
         .map(|record| record.identity.device_id.to_string())
         .collect()
 }

@@ -2,7 +2,7 @@
 
 use crate::ast::{Aggregate, Projection, SelectItem};
 use crate::document::FieldPath;
-use crate::eval::evaluate;
+use crate::eval::{evaluate, Resolve};
 use crate::plan::IndexKey;
 use crate::value::{number_json, QValue};
 use std::cmp::Ordering;
@@ -14,7 +14,6 @@ enum GroupKey {
     /// Objects and arrays by their JSON text; `None` for undefined.
     Other(Option<String>),
 }
-use twinhub_core::DeviceRecord;
 
 /// The running state of one aggregate.
 #[derive(Clone, Debug)]
@@ -37,7 +36,7 @@ impl Accumulator {
         }
     }
 
-    fn add(&mut self, aggregate: &Aggregate, record: &DeviceRecord) {
+    fn add<R: Resolve + ?Sized>(&mut self, aggregate: &Aggregate, record: &R) {
         let argument = match aggregate {
             Aggregate::Count => None,
             Aggregate::Sum(e) | Aggregate::Avg(e) | Aggregate::Min(e) | Aggregate::Max(e) => Some(evaluate(e, record)),
@@ -117,16 +116,16 @@ const PARALLEL_MIN: usize = 50_000;
 /// One row per group (or one row without GROUP BY), groups in order of first appearance, over the
 /// `records` that `matches`. Large inputs are split over every core; the parts are merged in order, so
 /// the groups' order is the same as on one thread.
-pub fn aggregate(
+pub fn aggregate<R: Resolve + Sync>(
     items: &[SelectItem],
     group_by: Option<&FieldPath>,
-    records: &[&DeviceRecord],
-    matches: &(dyn Fn(&DeviceRecord) -> bool + Sync),
+    records: &[&R],
+    matches: &(dyn Fn(&R) -> bool + Sync),
 ) -> Vec<serde_json::Value> {
-    let run = |part: &[&DeviceRecord]| {
+    let run = |part: &[&R]| {
         let mut groups = Groups::new(items, group_by);
         for record in part.iter().filter(|record| matches(record)) {
-            groups.add(record);
+            groups.add(*record);
         }
         groups
     };
@@ -205,11 +204,11 @@ impl<'q> Groups<'q> {
         self.list.len() - 1
     }
 
-    fn add(&mut self, record: &DeviceRecord) {
+    fn add<R: Resolve + ?Sized>(&mut self, record: &R) {
         let slot = match self.group_by {
             None => 0,
             Some(path) => {
-                let value = path.resolve(record);
+                let value = record.resolve(path);
                 let key = match IndexKey::of_value(&value) {
                     Some(key) => GroupKey::Primitive(key),
                     None => GroupKey::Other(value.to_json().map(|json| json.to_string())),

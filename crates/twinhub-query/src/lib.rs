@@ -21,7 +21,60 @@ pub use paging::{ItemType, OrderedTwins, Page, PAGE_SIZE_DEFAULT, PAGE_SIZE_MAX}
 pub use parser::QUERY_LENGTH_MAX;
 
 use ast::{Projection, Query, Select};
+use eval::Resolve;
+use twinhub_core::module::ModuleRecord;
 use twinhub_core::DeviceRecord;
+
+/// What a query's collection holds: device twins (`devices`) or module twins (`devices.modules`).
+pub trait QueryRow: Resolve + Sync {
+    /// The collection (`FROM`) such rows make up.
+    const COLLECTION: ast::Collection;
+    /// Where paging resumes after this row: its place in the collection's order.
+    fn cursor_key(&self) -> std::borrow::Cow<'_, str>;
+    /// The twin document `SELECT *` returns.
+    fn twin_text(&self) -> std::sync::Arc<str>;
+}
+
+impl QueryRow for DeviceRecord {
+    const COLLECTION: ast::Collection = ast::Collection::Devices;
+
+    fn cursor_key(&self) -> std::borrow::Cow<'_, str> {
+        std::borrow::Cow::Borrowed(self.identity.device_id.as_str())
+    }
+
+    fn twin_text(&self) -> std::sync::Arc<str> {
+        twinhub_core::json::twin_json_text(self)
+    }
+}
+
+/// A module twin reads as its device record's twin, with `moduleId` besides.
+impl Resolve for ModuleRecord {
+    fn resolve<'a>(&'a self, path: &'a document::FieldPath) -> value::QValue<'a> {
+        let is_module_id = path.field == document::Field::Unknown
+            && path.rest.is_empty()
+            && path
+                .written
+                .first()
+                .is_some_and(|root| root.eq_ignore_ascii_case("moduleId"));
+        if is_module_id {
+            return value::QValue::Str(std::borrow::Cow::Borrowed(self.module_id.as_str()));
+        }
+        path.resolve(&self.record)
+    }
+}
+
+impl QueryRow for ModuleRecord {
+    const COLLECTION: ast::Collection = ast::Collection::DeviceModules;
+
+    /// `<device>/<module>`: the order modules are kept in (no id has a `/`).
+    fn cursor_key(&self) -> std::borrow::Cow<'_, str> {
+        std::borrow::Cow::Owned(format!("{}/{}", self.device_id(), self.module_id))
+    }
+
+    fn twin_text(&self) -> std::sync::Arc<str> {
+        std::sync::Arc::from(twinhub_core::module::module_twin_json(self).to_string())
+    }
+}
 
 /// A parsed and checked query, ready to run any number of times.
 #[derive(Clone, Debug)]
@@ -55,7 +108,7 @@ impl CompiledQuery {
                 if items.iter().any(|i| matches!(i.value, Projection::Aggregate(_))))
     }
 
-    pub fn matches(&self, record: &DeviceRecord) -> bool {
+    pub fn matches<R: Resolve + ?Sized>(&self, record: &R) -> bool {
         self.query
             .condition
             .as_ref()
@@ -63,9 +116,9 @@ impl CompiledQuery {
     }
 
     /// The row a matching twin contributes to a non-aggregate query, as JSON text.
-    pub fn row(&self, record: &DeviceRecord) -> std::sync::Arc<str> {
+    pub fn row<R: QueryRow + ?Sized>(&self, record: &R) -> std::sync::Arc<str> {
         match &self.query.select {
-            Select::All => twinhub_core::json::twin_json_text(record),
+            Select::All => record.twin_text(),
             Select::Items(items) => {
                 let names = aggregate::column_names(items);
                 let mut row = serde_json::Map::new();

@@ -3,9 +3,8 @@
 //! whatever is written between pages, and no state is kept on the server (any hub node can serve the
 //! next page). Aggregate rows are recomputed per page and paged by position.
 
-use crate::ast::Collection;
 use crate::plan::{self, Constraint};
-use crate::{aggregate, CompiledQuery, QueryError};
+use crate::{aggregate, CompiledQuery, QueryError, QueryRow};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use twinhub_core::DeviceRecord;
@@ -71,9 +70,9 @@ pub(crate) fn json_text(value: &serde_json::Value) -> Arc<str> {
 }
 
 /// A consistent view of the registry in device-id order (the hub's snapshot).
-pub trait OrderedTwins {
-    /// The twins whose id sorts strictly after `after` (all when `None`), in id order.
-    fn after<'a>(&'a self, after: Option<&str>) -> Box<dyn Iterator<Item = &'a DeviceRecord> + 'a>;
+pub trait OrderedTwins<R: QueryRow = DeviceRecord> {
+    /// The twins whose cursor key sorts strictly after `after` (all when `None`), in that order.
+    fn after<'a>(&'a self, after: Option<&str>) -> Box<dyn Iterator<Item = &'a R> + 'a>;
 
     /// A superset of the twins satisfying `constraint` (ids after `after`, in id order), when an index
     /// can answer it without a scan; `None` otherwise. The caller still checks the whole condition.
@@ -81,17 +80,17 @@ pub trait OrderedTwins {
         &'a self,
         _constraint: &Constraint<'_>,
         _after: Option<&str>,
-    ) -> Option<Box<dyn Iterator<Item = &'a DeviceRecord> + 'a>> {
+    ) -> Option<Box<dyn Iterator<Item = &'a R> + 'a>> {
         None
     }
 }
 
 /// The twins a query must look at: through the first constraint an index serves, else all of them.
-fn source<'a>(
+fn source<'a, R: QueryRow>(
     query: &CompiledQuery,
-    twins: &'a dyn OrderedTwins,
+    twins: &'a dyn OrderedTwins<R>,
     after: Option<&str>,
-) -> Box<dyn Iterator<Item = &'a DeviceRecord> + 'a> {
+) -> Box<dyn Iterator<Item = &'a R> + 'a> {
     plan::constraints(query.query.condition.as_ref())
         .iter()
         .find_map(|constraint| twins.candidates(constraint, after))
@@ -138,9 +137,9 @@ pub(crate) fn fingerprint(text: &str) -> u64 {
 
 impl CompiledQuery {
     /// One page of results. `page_size` is clamped to 1..=PAGE_SIZE_MAX.
-    pub fn page(
+    pub fn page<R: QueryRow>(
         &self,
-        twins: &dyn OrderedTwins,
+        twins: &dyn OrderedTwins<R>,
         page_size: usize,
         continuation: Option<&str>,
     ) -> Result<Page, QueryError> {
@@ -155,8 +154,9 @@ impl CompiledQuery {
         let remaining = self.query.top.map_or(u64::MAX, |top| top.saturating_sub(cursor.n));
         let take = page_size.min(remaining) as usize;
         let item_type = self.item_type();
-        // Module twins and job records do not exist yet: those collections are empty.
-        if self.query.from != Collection::Devices || take == 0 {
+        // A query reads the collection its rows make up (job records do not exist yet: that one is
+        // always empty).
+        if self.query.from != R::COLLECTION || take == 0 {
             return Ok(Page {
                 items: Vec::new(),
                 continuation: None,
@@ -166,12 +166,12 @@ impl CompiledQuery {
         if self.is_aggregate() {
             return Ok(self.aggregate_page(twins, cursor, take, remaining));
         }
-        let mut matching = source(self, twins, cursor.after.as_deref()).filter(|record| self.matches(record));
+        let mut matching = source(self, twins, cursor.after.as_deref()).filter(|record| self.matches(*record));
         let mut items = Vec::with_capacity(take.min(1024));
         let mut last_id = None;
         for record in matching.by_ref().take(take) {
             items.push(self.row(record));
-            last_id = Some(record.identity.device_id.as_str().to_owned());
+            last_id = Some(record.cursor_key().into_owned());
         }
         let returned = cursor.n + items.len() as u64;
         let more = items.len() == take && (take as u64) < remaining;
@@ -190,7 +190,13 @@ impl CompiledQuery {
         })
     }
 
-    fn aggregate_page(&self, twins: &dyn OrderedTwins, cursor: Cursor, take: usize, remaining: u64) -> Page {
+    fn aggregate_page<R: QueryRow>(
+        &self,
+        twins: &dyn OrderedTwins<R>,
+        cursor: Cursor,
+        take: usize,
+        remaining: u64,
+    ) -> Page {
         let items = match &self.query.select {
             crate::ast::Select::Items(items) => items,
             crate::ast::Select::All => {
@@ -201,7 +207,7 @@ impl CompiledQuery {
                 }
             }
         };
-        let records: Vec<&DeviceRecord> = source(self, twins, None).collect();
+        let records: Vec<&R> = source(self, twins, None).collect();
         let rows = aggregate::aggregate(items, self.query.group_by.as_ref(), &records, &|record| {
             self.matches(record)
         });
