@@ -80,8 +80,11 @@ impl Batch<'_> {
                     (None, IfMatch::Etag(_)) => return Err(not_found(&device_id, &draft.module_id)),
                     _ => {}
                 }
-                let module = draft.into_record(existing.as_deref(), now)?;
-                Ok(WriteOutcome::Module(self.store_module(module)))
+                let module = self.store_module(draft.into_record(existing.as_deref(), now)?);
+                if existing.is_none() {
+                    self.announce_module_lifecycle(&module, true, now);
+                }
+                Ok(WriteOutcome::Module(module))
             }
             ModuleOp::Delete {
                 device_id,
@@ -102,7 +105,8 @@ impl Batch<'_> {
                 if_match,
             } => {
                 let existing = self.module_twin_for_write(&device_id, &module_id, &if_match)?;
-                let (twin, _desired) = existing.record.twin.patched(&patch, now, &self.config.rules)?;
+                let (twin, desired) = existing.record.twin.patched(&patch, now, &self.config.rules)?;
+                self.announce_patch(&existing.record, Some(&module_id), &twin, &patch, desired.as_ref(), now);
                 let record =
                     DeviceRecord::new(existing.record.identity.clone(), twin, existing.record.presence.clone());
                 Ok(WriteOutcome::Module(self.store_module(existing.with_record(record))))
@@ -117,7 +121,9 @@ impl Batch<'_> {
                 let (twin, _desired) = existing.record.twin.replaced(&replacement, now, &self.config.rules)?;
                 let record =
                     DeviceRecord::new(existing.record.identity.clone(), twin, existing.record.presence.clone());
-                Ok(WriteOutcome::Module(self.store_module(existing.with_record(record))))
+                let module = self.store_module(existing.with_record(record));
+                self.announce_module_replacement(&module, now);
+                Ok(WriteOutcome::Module(module))
             }
         }
     }
@@ -154,7 +160,9 @@ impl Batch<'_> {
     }
 
     fn forget_module(&mut self, device_id: &DeviceId, module_id: &ModuleId) {
-        self.modules.remove(&(device_id.clone(), module_id.clone()));
+        if let Some(module) = self.modules.remove(&(device_id.clone(), module_id.clone())) {
+            self.announce_module_lifecycle(&module, false, Timestamp::now());
+        }
         self.writes.push(StoreWrite::DeleteModule {
             device_id: device_id.clone(),
             module_id: module_id.clone(),

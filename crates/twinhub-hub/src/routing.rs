@@ -485,6 +485,7 @@ impl MessageRouting {
         &self,
         messages: Vec<HubMessage>,
         registry: &Registry,
+        modules: &crate::Modules,
     ) -> PendingHubMessages {
         let mut pending = Vec::new();
         if messages.is_empty() {
@@ -493,10 +494,16 @@ impl MessageRouting {
         let table = self.table();
         let now = Timestamp::now();
         for message in messages {
-            let twin = if table.reads_twin(message.source) {
-                registry.get(&message.origin.device_id).cloned()
-            } else {
+            // A module's messages read the module's twin, as on IoT Hub.
+            let twin = if !table.reads_twin(message.source) {
                 None
+            } else if let Some(module_id) = &message.origin.module_id {
+                twinhub_core::ModuleId::new(module_id)
+                    .ok()
+                    .and_then(|module_id| modules.get(&(message.origin.device_id.clone(), module_id)))
+                    .map(|module| Arc::new(module.record.clone()))
+            } else {
+                registry.get(&message.origin.device_id).cloned()
             };
             let routed = RoutedMessage::new(&message.event, &message.origin, now, twin.as_deref());
             let destinations = table.destinations(message.source, &routed);

@@ -309,7 +309,7 @@ pub(crate) async fn run(
         // Queued in commit order before anything is acknowledged; waited for below.
         let hub_messages = deliveries
             .routing
-            .enqueue_hub_messages(std::mem::take(&mut batch.hub_messages), &batch.registry)
+            .enqueue_hub_messages(std::mem::take(&mut batch.hub_messages), &batch.registry, &batch.modules)
             .await;
         if let Some(table) = batch.routing.take() {
             // Another node's change may name endpoints this node has not opened yet (its own were opened
@@ -465,7 +465,7 @@ impl Batch<'_> {
             WriteOp::PatchTwin { id, patch, if_match } => {
                 let current = self.twin_for_write(&id, &if_match)?;
                 let (twin, change) = current.twin.patched(&patch, now, &self.config.rules)?;
-                self.announce_patch(&current, &twin, &patch, change.as_ref(), now);
+                self.announce_patch(&current, None, &twin, &patch, change.as_ref(), now);
                 if let Some(change) = change {
                     self.events.push(HubEvent::DesiredChanged {
                         device_id: id.clone(),
@@ -489,7 +489,7 @@ impl Batch<'_> {
                 if self.announcer.sources.contains(RoutingSource::TwinChangeEvents) {
                     let document = twinhub_core::json::twin_json(&record);
                     let message = self.announcer.messages.twin_change(
-                        origin_of(&record),
+                        origin_of(&record, None),
                         TwinOperation::Replace,
                         &record.twin,
                         &TwinChanges::default(),
@@ -509,7 +509,7 @@ impl Batch<'_> {
                         ..TwinChanges::default()
                     };
                     let message = self.announcer.messages.twin_change(
-                        origin_of(&current),
+                        origin_of(&current, None),
                         TwinOperation::Update,
                         &twin,
                         &changes,
@@ -733,7 +733,39 @@ impl Batch<'_> {
             let message = self
                 .announcer
                 .messages
-                .connection_state(origin_of(record), connected, now);
+                .connection_state(origin_of(record, None), connected, now);
+            self.hub_messages.push(message);
+        }
+    }
+
+    /// A module's `createDeviceIdentity` or `deleteDeviceIdentity` with its twin (IoT Hub's module form:
+    /// `moduleId` and `iothub-connection-module-id`), when a route takes lifecycle events.
+    pub(crate) fn announce_module_lifecycle(
+        &mut self,
+        module: &twinhub_core::module::ModuleRecord,
+        created: bool,
+        now: Timestamp,
+    ) {
+        if self.announcer.sources.contains(RoutingSource::DeviceLifecycleEvents) {
+            let document = twinhub_core::module::module_twin_json(module);
+            let origin = origin_of(&module.record, Some(&module.module_id));
+            let message = self.announcer.messages.lifecycle(origin, created, &document, now);
+            self.hub_messages.push(message);
+        }
+    }
+
+    /// A module's `replaceTwin`, when a route takes twin change events.
+    pub(crate) fn announce_module_replacement(&mut self, module: &twinhub_core::module::ModuleRecord, now: Timestamp) {
+        if self.announcer.sources.contains(RoutingSource::TwinChangeEvents) {
+            let document = twinhub_core::module::module_twin_json(module);
+            let message = self.announcer.messages.twin_change(
+                origin_of(&module.record, Some(&module.module_id)),
+                TwinOperation::Replace,
+                &module.record.twin,
+                &TwinChanges::default(),
+                Some(document),
+                now,
+            );
             self.hub_messages.push(message);
         }
     }
@@ -745,7 +777,7 @@ impl Batch<'_> {
             let message = self
                 .announcer
                 .messages
-                .lifecycle(origin_of(record), created, &document, now);
+                .lifecycle(origin_of(record, None), created, &document, now);
             self.hub_messages.push(message);
         }
     }
@@ -755,6 +787,7 @@ impl Batch<'_> {
     pub(crate) fn announce_patch(
         &mut self,
         current: &DeviceRecord,
+        module: Option<&twinhub_core::ModuleId>,
         twin: &Twin,
         patch: &TwinPatch,
         desired: Option<&twinhub_core::twin::DesiredChange>,
@@ -783,10 +816,14 @@ impl Batch<'_> {
             desired: desired.map(|change| &change.patch),
             reported: None,
         };
-        let message =
-            self.announcer
-                .messages
-                .twin_change(origin_of(current), TwinOperation::Update, twin, &changes, None, now);
+        let message = self.announcer.messages.twin_change(
+            origin_of(current, module),
+            TwinOperation::Update,
+            twin,
+            &changes,
+            None,
+            now,
+        );
         self.hub_messages.push(message);
     }
 
@@ -921,10 +958,10 @@ impl Batch<'_> {
 }
 
 /// Who a hub message is about, as consumers see it (`iothub-connection-device-id`).
-fn origin_of(record: &DeviceRecord) -> EventOrigin {
+pub(crate) fn origin_of(record: &DeviceRecord, module: Option<&twinhub_core::ModuleId>) -> EventOrigin {
     EventOrigin {
         device_id: record.identity.device_id.clone(),
-        module_id: None,
+        module_id: module.map(|module| module.as_str().to_owned()),
         generation_id: record.identity.generation_id.clone(),
     }
 }

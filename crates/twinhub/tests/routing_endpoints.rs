@@ -453,3 +453,82 @@ endpoint = "alerts"
     );
     drop(sensor);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn module_lifecycle_and_module_twin_changes_are_routed_in_their_module_form() {
+    let webhook = Webhook::start(0).await;
+    let dir = tempfile::tempdir().unwrap();
+    let routes = routes_file(
+        dir.path(),
+        &format!(
+            r#"
+[[endpoints]]
+name = "hook"
+kind = "webhook"
+url = "{url}"
+
+[[routes]]
+name = "twins"
+source = "TwinChangeEvents"
+endpoint = "hook"
+
+[[routes]]
+name = "lifecycle"
+source = "DeviceLifecycleEvents"
+condition = "IS_DEFINED(moduleId)"
+endpoint = "hook"
+"#,
+            url = webhook.url
+        ),
+    );
+    let hub = TestHub::start_with(&["--routes", &routes]);
+    let api = Service::new(&hub.owner_connection_string(), &hub.ca_path());
+    api.register_device("gateway").await;
+    let reply = api
+        .call(Method::PUT, "/devices/gateway/modules/camera", Some(json!({})), None)
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let reply = api
+        .call(
+            Method::PATCH,
+            "/twins/gateway/modules/camera",
+            Some(json!({"tags": {"zone": "a"}})),
+            Some("*"),
+        )
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let reply = api
+        .call(Method::DELETE, "/devices/gateway/modules/camera", None, Some("*"))
+        .await;
+    assert_eq!(reply.status, 204, "{}", reply.body);
+
+    let taken = webhook.wait_for(3, Duration::from_secs(20)).await;
+    let header = |received: &Received, name: &str| received.headers.get(name).cloned().unwrap_or_default();
+    let summary: Vec<(String, String, String)> = taken
+        .iter()
+        .map(|received| {
+            (
+                header(received, "iothub-app-optype"),
+                header(received, "iothub-connection-module-id"),
+                header(received, "iothub-app-moduleid"),
+            )
+        })
+        .collect();
+    let camera = || "camera".to_owned();
+    assert_eq!(
+        summary,
+        [
+            ("createDeviceIdentity".to_owned(), camera(), camera()),
+            ("updateTwin".to_owned(), camera(), camera()),
+            ("deleteDeviceIdentity".to_owned(), camera(), camera()),
+        ],
+        "only the module's events (the condition), each in the module form"
+    );
+    let created: serde_json::Value = serde_json::from_slice(&taken[0].body).unwrap();
+    assert_eq!(
+        (created["deviceId"].as_str(), created["moduleId"].as_str()),
+        (Some("gateway"), Some("camera"))
+    );
+    let updated: serde_json::Value = serde_json::from_slice(&taken[1].body).unwrap();
+    assert_eq!(updated["tags"], json!({"zone": "a"}));
+}
