@@ -142,6 +142,49 @@ pub fn authorize_device(
     policies: &[SharedAccessPolicy],
     now_unix_seconds: i64,
 ) -> Result<(), DeviceAuthError> {
+    authorize_identity(
+        token,
+        &device_resource(hostname, device_id),
+        identity,
+        policies,
+        now_unix_seconds,
+    )
+}
+
+/// The resource a module's tokens must cover.
+pub fn module_resource(hostname: &str, device_id: &str, module_id: &str) -> String {
+    format!("{hostname}/devices/{device_id}/modules/{module_id}")
+}
+
+/// Checks `token` for module `module_id` of device `device_id` (`identity`: the module's, None when
+/// there is no such module): signed with the module's key, or with a policy that grants DeviceConnect,
+/// for the module's resource. A device's own key signs nothing for its modules, and a module's token
+/// covers neither its device nor another module.
+pub fn authorize_module(
+    token: &SasToken,
+    hostname: &str,
+    device_id: &str,
+    module_id: &str,
+    identity: Option<&DeviceIdentity>,
+    policies: &[SharedAccessPolicy],
+    now_unix_seconds: i64,
+) -> Result<(), DeviceAuthError> {
+    authorize_identity(
+        token,
+        &module_resource(hostname, device_id, module_id),
+        identity,
+        policies,
+        now_unix_seconds,
+    )
+}
+
+fn authorize_identity(
+    token: &SasToken,
+    resource: &str,
+    identity: Option<&DeviceIdentity>,
+    policies: &[SharedAccessPolicy],
+    now_unix_seconds: i64,
+) -> Result<(), DeviceAuthError> {
     let signed = match token.key_name.as_deref() {
         Some(name) => {
             let policy = policies
@@ -166,7 +209,7 @@ pub fn authorize_device(
     if !signed {
         return Err(DeviceAuthError::BadSignature);
     }
-    if !token.covers(&device_resource(hostname, device_id)) {
+    if !token.covers(resource) {
         return Err(DeviceAuthError::WrongResource);
     }
     if token.is_expired(now_unix_seconds) {

@@ -19,4 +19,10 @@ pub enum HubEvent {
     DeviceDeleted {
         device_id: DeviceId,
     },
+    /// A module's desired properties changed: its connections that subscribed are notified.
+    ModuleDesiredChanged {
+        device_id: DeviceId,
+        module_id: crate::ModuleId,
+        change: DesiredChange,
+    },
 }

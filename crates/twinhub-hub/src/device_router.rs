@@ -263,8 +263,13 @@ impl DeviceRouter {
 
     /// A committed desired change, to every connection of the device that listens to them.
     pub fn deliver_desired(&self, device_id: &DeviceId, change: &Arc<DesiredChange>) {
+        self.deliver_desired_to(&Endpoint::device(device_id.clone()), change);
+    }
+
+    /// The same for a device or a module's connections.
+    pub fn deliver_desired_to(&self, endpoint: &Endpoint, change: &Arc<DesiredChange>) {
         let state = self.state();
-        let Some(routes) = state.routes.get(&Endpoint::device(device_id.clone())) else {
+        let Some(routes) = state.routes.get(endpoint) else {
             return;
         };
         for route in routes.iter().filter(|route| route.interests.desired) {
@@ -405,6 +410,17 @@ pub(crate) async fn route_events(mut events: broadcast::Receiver<crate::HubEvent
         match events.recv().await {
             Ok(crate::HubEvent::DesiredChanged { device_id, change }) => {
                 router.deliver_desired(&device_id, &Arc::new(change));
+            }
+            Ok(crate::HubEvent::ModuleDesiredChanged {
+                device_id,
+                module_id,
+                change,
+            }) => {
+                let endpoint = Endpoint {
+                    device_id,
+                    module_id: Some(module_id.as_str().to_owned()),
+                };
+                router.deliver_desired_to(&endpoint, &Arc::new(change));
             }
             Ok(_) => {}
             Err(RecvError::Lagged(missed)) => {

@@ -45,8 +45,8 @@ pub use error::HubError;
 pub use event_log::{Enqueued, EventLog, EventLogConfig, PartitionState};
 pub use events::HubEvent;
 pub use follow::ClusterView;
-pub use writer::ACTIVITY_RESOLUTION;
-use writer::{PresenceEvent, WriteCommand, WriteOp, WriteOutcome};
+pub use writer::{PresenceEvent, ACTIVITY_RESOLUTION};
+use writer::{WriteCommand, WriteOp, WriteOutcome};
 
 /// Every device record, ordered by device id. Cloning is O(1); the writer changes its own copy.
 pub type Registry = imbl::OrdMap<DeviceId, Arc<DeviceRecord>>;

@@ -2,12 +2,16 @@
 //! writer, with the same rules for etags, `If-Match` and twin versions as devices. Deleting a device
 //! deletes its modules in the same commit.
 
+use crate::device_router::Endpoint;
+use crate::writer::PresenceEvent;
 use crate::writer::{submit, Batch, WriteOp, WriteOutcome};
 use crate::{Hub, HubError};
 use std::sync::Arc;
 use twinhub_core::etag::IfMatch;
 use twinhub_core::module::{ModuleDraft, ModuleRecord};
-use twinhub_core::twin::{TwinPatch, TwinReplacement};
+use twinhub_core::record::Presence;
+use twinhub_core::twin::{ReportedPatch, TwinPatch, TwinReplacement};
+use twinhub_core::ConnectionState;
 use twinhub_core::{DeviceId, DeviceRecord, ModuleId, Timestamp};
 use twinhub_store::StoreWrite;
 
@@ -37,6 +41,27 @@ pub(crate) enum ModuleOp {
         replacement: TwinReplacement,
         if_match: IfMatch,
     },
+    /// The module's own reported properties, from its connection.
+    PatchReported {
+        device_id: DeviceId,
+        module_id: ModuleId,
+        patch: ReportedPatch,
+    },
+    /// A module connection opened, closed or showed activity.
+    Presence {
+        device_id: DeviceId,
+        module_id: ModuleId,
+        event: PresenceEvent,
+    },
+}
+
+/// The module an endpoint names, if any.
+fn module_of(endpoint: &Endpoint) -> Result<Option<ModuleId>, HubError> {
+    endpoint
+        .module_id
+        .as_deref()
+        .map(|module| ModuleId::new(module).map_err(|error| HubError::InvalidArgument(error.to_string())))
+        .transpose()
 }
 
 fn not_found(device_id: &DeviceId, module_id: &ModuleId) -> HubError {
@@ -107,6 +132,13 @@ impl Batch<'_> {
                 let existing = self.module_twin_for_write(&device_id, &module_id, &if_match)?;
                 let (twin, desired) = existing.record.twin.patched(&patch, now, &self.config.rules)?;
                 self.announce_patch(&existing.record, Some(&module_id), &twin, &patch, desired.as_ref(), now);
+                if let Some(change) = desired {
+                    self.events.push(crate::HubEvent::ModuleDesiredChanged {
+                        device_id: device_id.clone(),
+                        module_id: module_id.clone(),
+                        change,
+                    });
+                }
                 let record =
                     DeviceRecord::new(existing.record.identity.clone(), twin, existing.record.presence.clone());
                 Ok(WriteOutcome::Module(self.store_module(existing.with_record(record))))
@@ -118,14 +150,88 @@ impl Batch<'_> {
                 if_match,
             } => {
                 let existing = self.module_twin_for_write(&device_id, &module_id, &if_match)?;
-                let (twin, _desired) = existing.record.twin.replaced(&replacement, now, &self.config.rules)?;
+                let (twin, change) = existing.record.twin.replaced(&replacement, now, &self.config.rules)?;
+                self.events.push(crate::HubEvent::ModuleDesiredChanged {
+                    device_id: device_id.clone(),
+                    module_id: module_id.clone(),
+                    change,
+                });
                 let record =
                     DeviceRecord::new(existing.record.identity.clone(), twin, existing.record.presence.clone());
                 let module = self.store_module(existing.with_record(record));
                 self.announce_module_replacement(&module, now);
                 Ok(WriteOutcome::Module(module))
             }
+            ModuleOp::PatchReported {
+                device_id,
+                module_id,
+                patch,
+            } => {
+                let existing = self.module(&device_id, &module_id)?;
+                let twin = existing.record.twin.with_reported(&patch, now, &self.config.rules)?;
+                self.announce_reported(&existing.record, Some(&module_id), &twin, &patch, now);
+                let presence = Presence {
+                    last_activity: Some(now),
+                    ..existing.record.presence.clone()
+                };
+                let record = DeviceRecord::new(existing.record.identity.clone(), twin, presence);
+                Ok(WriteOutcome::Module(self.store_module(existing.with_record(record))))
+            }
+            ModuleOp::Presence {
+                device_id,
+                module_id,
+                event,
+            } => self.module_presence(device_id, module_id, event, now),
         }
+    }
+
+    /// A module is `Connected` while it has a connection to this node.
+    fn module_presence(
+        &mut self,
+        device_id: DeviceId,
+        module_id: ModuleId,
+        event: PresenceEvent,
+        now: Timestamp,
+    ) -> Result<WriteOutcome, HubError> {
+        let key = (device_id.clone(), module_id.clone());
+        let count = self.module_connections.entry(key.clone()).or_default();
+        match event {
+            PresenceEvent::Connected => *count += 1,
+            PresenceEvent::Disconnected => *count = count.saturating_sub(1),
+            PresenceEvent::Active => {}
+        }
+        let connected = *count > 0;
+        if !connected {
+            self.module_connections.remove(&key);
+        }
+        let Some(existing) = self.modules.get(&key).cloned() else {
+            return match event {
+                PresenceEvent::Connected => Err(not_found(&device_id, &module_id)),
+                _ => Ok(WriteOutcome::Done),
+            };
+        };
+        let mut presence = existing.record.presence.clone();
+        let state = if connected {
+            ConnectionState::Connected
+        } else {
+            ConnectionState::Disconnected
+        };
+        if presence.connection_state != state {
+            presence.connection_state = state;
+            presence.connection_state_updated = Some(now);
+            self.announce_connection_of(&existing.record, Some(&module_id), state, now);
+        }
+        let stale = presence
+            .last_activity
+            .is_none_or(|last| now.0.saturating_sub(last.0) >= crate::writer::ACTIVITY_RESOLUTION.as_nanos() as i64);
+        if event != PresenceEvent::Disconnected && stale {
+            presence.last_activity = Some(now);
+        }
+        if presence == existing.record.presence {
+            return Ok(WriteOutcome::Module(existing));
+        }
+        let record = DeviceRecord::new(existing.record.identity.clone(), existing.record.twin.clone(), presence);
+        Ok(WriteOutcome::Module(self.store_module(existing.with_record(record))))
     }
 
     fn module(&self, device_id: &DeviceId, module_id: &ModuleId) -> Result<Arc<ModuleRecord>, HubError> {
@@ -210,6 +316,53 @@ fn min_module_id() -> ModuleId {
 }
 
 impl Hub {
+    /// The twin of a connection's identity: its device's, or its module's.
+    pub fn twin_of(&self, endpoint: &Endpoint) -> Result<Arc<DeviceRecord>, HubError> {
+        match module_of(endpoint)? {
+            None => self.device(&endpoint.device_id),
+            Some(module_id) => Ok(Arc::new(self.module(&endpoint.device_id, &module_id)?.record.clone())),
+        }
+    }
+
+    /// Reported properties from a device's or a module's connection.
+    pub async fn patch_reported_of(
+        &self,
+        endpoint: &Endpoint,
+        patch: ReportedPatch,
+    ) -> Result<Arc<DeviceRecord>, HubError> {
+        match module_of(endpoint)? {
+            None => self.patch_reported(endpoint.device_id.clone(), patch).await,
+            Some(module_id) => {
+                let op = ModuleOp::PatchReported {
+                    device_id: endpoint.device_id.clone(),
+                    module_id,
+                    patch,
+                };
+                let module = submit(&self.writes, WriteOp::Module(op)).await?.module()?;
+                Ok(Arc::new(module.record.clone()))
+            }
+        }
+    }
+
+    /// A device's or module's connection opened (`Connected`), closed or showed activity.
+    pub async fn presence_of(&self, endpoint: &Endpoint, event: PresenceEvent) -> Result<(), HubError> {
+        match module_of(endpoint)? {
+            None => match event {
+                PresenceEvent::Connected => self.device_connected(endpoint.device_id.clone()).await.map(|_| ()),
+                PresenceEvent::Disconnected => self.device_disconnected(endpoint.device_id.clone()).await,
+                PresenceEvent::Active => self.device_active(endpoint.device_id.clone()).await,
+            },
+            Some(module_id) => {
+                let op = ModuleOp::Presence {
+                    device_id: endpoint.device_id.clone(),
+                    module_id,
+                    event,
+                };
+                submit(&self.writes, WriteOp::Module(op)).await.map(|_| ())
+            }
+        }
+    }
+
     /// A module identity with its twin; `ModuleNotFound` when the device has no such module.
     pub fn module(&self, device_id: &DeviceId, module_id: &ModuleId) -> Result<Arc<ModuleRecord>, HubError> {
         self.snapshot()

@@ -83,7 +83,7 @@ pub(crate) enum WriteOp {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum PresenceEvent {
+pub enum PresenceEvent {
     Connected,
     Disconnected,
     Active,
@@ -152,6 +152,8 @@ pub(crate) struct Batch<'a> {
     /// Open connections per device, across batches: a device is Connected while it has at least one (a
     /// session takeover opens the new connection before the old one has closed).
     connections: &'a mut std::collections::HashMap<DeviceId, HeldConnections>,
+    /// Open connections per module (no presence leases: a module's connection state is this node's).
+    pub(crate) module_connections: &'a mut std::collections::HashMap<(DeviceId, twinhub_core::ModuleId), u32>,
     /// Every device's cloud-to-device queue, across batches.
     pub(crate) c2d: &'a mut CloudToDeviceState,
     /// Devices that may take a message now (one arrived, or came back): told after the commit.
@@ -222,6 +224,7 @@ pub(crate) async fn run(
 ) {
     let mut commands = Vec::with_capacity(config.commit_batch_operations_max);
     let mut connections = std::collections::HashMap::new();
+    let mut module_connections = std::collections::HashMap::new();
     // recv_many waits for the first command, then takes whatever else is already queued: group commit
     // without a timer, so a lone write is not delayed and a busy queue fills the batch.
     while queue.recv_many(&mut commands, config.commit_batch_operations_max).await > 0 {
@@ -237,6 +240,7 @@ pub(crate) async fn run(
             touched: Vec::new(),
             new_indexes: Vec::new(),
             connections: &mut connections,
+            module_connections: &mut module_connections,
             c2d: &mut c2d,
             c2d_ready: Vec::new(),
             feedback: Vec::new(),
@@ -503,21 +507,7 @@ impl Batch<'_> {
             WriteOp::PatchReported { id, patch } => {
                 let current = self.existing(&id)?;
                 let twin = current.twin.with_reported(&patch, now, &self.config.rules)?;
-                if self.announcer.sources.contains(RoutingSource::TwinChangeEvents) {
-                    let changes = TwinChanges {
-                        reported: Some(&patch.0),
-                        ..TwinChanges::default()
-                    };
-                    let message = self.announcer.messages.twin_change(
-                        origin_of(&current, None),
-                        TwinOperation::Update,
-                        &twin,
-                        &changes,
-                        None,
-                        now,
-                    );
-                    self.hub_messages.push(message);
-                }
+                self.announce_reported(&current, None, &twin, &patch, now);
                 // A reported patch is device activity: recorded in the same write, at no extra cost.
                 let presence = Presence {
                     last_activity: Some(now),
@@ -724,6 +714,17 @@ impl Batch<'_> {
 
     /// `deviceConnected` or `deviceDisconnected`, when a route takes connection state events.
     fn announce_connection(&mut self, record: &DeviceRecord, state: ConnectionState, now: Timestamp) {
+        self.announce_connection_of(record, None, state, now);
+    }
+
+    /// The same for a device or, with `module`, one of its modules.
+    pub(crate) fn announce_connection_of(
+        &mut self,
+        record: &DeviceRecord,
+        module: Option<&twinhub_core::ModuleId>,
+        state: ConnectionState,
+        now: Timestamp,
+    ) {
         if self
             .announcer
             .sources
@@ -733,7 +734,7 @@ impl Batch<'_> {
             let message = self
                 .announcer
                 .messages
-                .connection_state(origin_of(record, None), connected, now);
+                .connection_state(origin_of(record, module), connected, now);
             self.hub_messages.push(message);
         }
     }
@@ -750,6 +751,33 @@ impl Batch<'_> {
             let document = twinhub_core::module::module_twin_json(module);
             let origin = origin_of(&module.record, Some(&module.module_id));
             let message = self.announcer.messages.lifecycle(origin, created, &document, now);
+            self.hub_messages.push(message);
+        }
+    }
+
+    /// An `updateTwin` notification for a reported patch (a device's, or with `module` a module's), when a
+    /// route takes twin change events.
+    pub(crate) fn announce_reported(
+        &mut self,
+        current: &DeviceRecord,
+        module: Option<&twinhub_core::ModuleId>,
+        twin: &Twin,
+        patch: &ReportedPatch,
+        now: Timestamp,
+    ) {
+        if self.announcer.sources.contains(RoutingSource::TwinChangeEvents) {
+            let changes = TwinChanges {
+                reported: Some(&patch.0),
+                ..TwinChanges::default()
+            };
+            let message = self.announcer.messages.twin_change(
+                origin_of(current, module),
+                TwinOperation::Update,
+                twin,
+                &changes,
+                None,
+                now,
+            );
             self.hub_messages.push(message);
         }
     }

@@ -145,6 +145,13 @@ enum LoggedEvent {
     },
     DeviceUpdated(String),
     DeviceDeleted(String),
+    /// Last, so commits logged before it existed still decode.
+    ModuleDesiredChanged {
+        device_id: String,
+        module_id: String,
+        version: u64,
+        patch: String,
+    },
 }
 
 #[derive(Deserialize)]
@@ -229,6 +236,16 @@ pub(crate) fn encode_logged(writes: &[LoggedWrite], events: &[HubEvent]) -> Resu
             },
             HubEvent::DeviceUpdated { device_id } => LoggedEvent::DeviceUpdated(device_id.as_str().to_owned()),
             HubEvent::DeviceDeleted { device_id } => LoggedEvent::DeviceDeleted(device_id.as_str().to_owned()),
+            HubEvent::ModuleDesiredChanged {
+                device_id,
+                module_id,
+                change,
+            } => LoggedEvent::ModuleDesiredChanged {
+                device_id: device_id.as_str().to_owned(),
+                module_id: module_id.as_str().to_owned(),
+                version: change.version,
+                patch: serde_json::Value::Object(change.patch.clone()).to_string(),
+            },
         })
         .collect();
     postcard::to_extend(&LoggedCommitRef { writes, events }, vec![FORMAT_V1])
@@ -308,6 +325,27 @@ pub fn decode_commit(seq: u64, bytes: &[u8]) -> Result<Commit, StoreError> {
                 };
                 HubEvent::DesiredChanged {
                     device_id: device_id(&id)?,
+                    change: DesiredChange { version, patch },
+                }
+            }
+            LoggedEvent::ModuleDesiredChanged {
+                device_id: id,
+                module_id,
+                version,
+                patch,
+            } => {
+                let patch = match serde_json::from_str(&patch) {
+                    Ok(serde_json::Value::Object(patch)) => patch,
+                    _ => {
+                        return Err(corrupt(format!(
+                            "the desired patch of '{id}/{module_id}' is not a JSON object"
+                        )))
+                    }
+                };
+                HubEvent::ModuleDesiredChanged {
+                    device_id: device_id(&id)?,
+                    module_id: twinhub_core::ModuleId::new(&module_id)
+                        .map_err(|e| corrupt(format!("'{module_id}' is not a module id: {e:?}")))?,
                     change: DesiredChange { version, patch },
                 }
             }

@@ -63,7 +63,7 @@ pub fn authenticate(
     connect: &Connect,
     hostname: &str,
     policies: &[SharedAccessPolicy],
-    lookup: impl FnOnce(&str) -> Option<std::sync::Arc<DeviceRecord>>,
+    lookup: impl FnOnce(&str, Option<&str>) -> Option<std::sync::Arc<DeviceRecord>>,
 ) -> Result<Authenticated, Refusal> {
     let client_id = connect.client_id.as_ref();
     let client = ClientIdentity::parse(client_id).ok_or_else(|| {
@@ -72,12 +72,6 @@ pub fn authenticate(
             format!("client id '{client_id}' is not 'deviceId' or 'deviceId/moduleId'"),
         )
     })?;
-    if client.module_id.is_some() {
-        return Err(refuse(
-            ConnectAckReason::NotAuthorized,
-            "module identities are not supported yet",
-        ));
-    }
     let username = connect
         .username
         .as_ref()
@@ -94,15 +88,22 @@ pub fn authenticate(
         .map_err(|_| refuse(ConnectAckReason::BadUserNameOrPassword, "password is not UTF-8"))?;
     let token = SasToken::parse(password)
         .map_err(|error| refuse(ConnectAckReason::BadUserNameOrPassword, format!("password: {error}")))?;
-    let record = lookup(client.device_id.as_str());
-    authorize_device(
-        &token,
-        hostname,
-        client.device_id.as_str(),
-        record.as_ref().map(|record| &*record.identity),
-        policies,
-        Timestamp::now().unix_seconds(),
-    )
+    // A module authenticates with its own keys (or a policy): never as its device, nor the reverse.
+    let record = lookup(client.device_id.as_str(), client.module_id.as_deref());
+    let identity = record.as_ref().map(|record| &*record.identity);
+    let now = Timestamp::now().unix_seconds();
+    match client.module_id.as_deref() {
+        None => authorize_device(&token, hostname, client.device_id.as_str(), identity, policies, now),
+        Some(module_id) => twinhub_core::device_auth::authorize_module(
+            &token,
+            hostname,
+            client.device_id.as_str(),
+            module_id,
+            identity,
+            policies,
+            now,
+        ),
+    }
     .map_err(|error| refuse(ConnectAckReason::NotAuthorized, error.to_string()))?;
     Ok(Authenticated {
         client,

@@ -25,6 +25,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::Notify;
 use tokio_util::codec::FramedRead;
 use twinhub_core::desired_delivery::DesiredCursor;
+use twinhub_hub::PresenceEvent;
 use twinhub_hub::{DeviceMail, Endpoint, Mailbox, MethodRequest, MethodRequestId, Registration};
 
 /// Mail (desired notifications, method requests) a connection may have queued; past it, desired changes
@@ -246,8 +247,12 @@ pub(crate) async fn serve<R, W>(
         }
     };
     let client = authenticated.client;
-    let device_id = client.device_id.clone();
-    if let Err(error) = service.hub.device_connected(device_id.clone()).await {
+    // The identity this connection acts as: its device, or one of the device's modules.
+    let acting_as = Endpoint {
+        device_id: client.device_id.clone(),
+        module_id: client.module_id.clone(),
+    };
+    if let Err(error) = service.hub.presence_of(&acting_as, PresenceEvent::Connected).await {
         // Deleted between the check and now, or the hub is stopping: the client may retry later.
         tracing::info!(%peer, client_id = %connect.client_id, %error, "CONNECT refused");
         if out
@@ -256,7 +261,7 @@ pub(crate) async fn serve<R, W>(
         {
             out.close().await;
         }
-        let _ = service.hub.device_disconnected(device_id).await;
+        let _ = service.hub.presence_of(&acting_as, PresenceEvent::Disconnected).await;
         return;
     }
 
@@ -367,7 +372,7 @@ pub(crate) async fn serve<R, W>(
     }
     connection.out.close().await;
     // Twin requests still pending are dropped here; their writes stand (the hub owns them).
-    if let Err(error) = service.hub.device_disconnected(device_id).await {
+    if let Err(error) = service.hub.presence_of(&acting_as, PresenceEvent::Disconnected).await {
         tracing::debug!(%error, "could not record the disconnection");
     }
 }
@@ -620,7 +625,7 @@ impl<W: AsyncWrite + Unpin + Send> Connection<W> {
         if subscription == Subscription::DesiredPatches {
             // From now on the router hands the session every change; read after the grant, the twin shows
             // every change it did not hand over, so a fresh device starts from this version.
-            if let Ok(record) = self.service.hub.device(&self.client.device_id) {
+            if let Ok(record) = self.service.hub.twin_of(self.registration.endpoint()) {
                 self.session.state().desired.subscribing(record.twin.desired.version);
             }
         }
@@ -655,7 +660,7 @@ impl<W: AsyncWrite + Unpin + Send> Connection<W> {
         if !self.rate.allow() {
             return TwinReply::failure(rid, &TwinFailure::throttled());
         }
-        match self.service.hub.device(&self.client.device_id) {
+        match self.service.hub.twin_of(self.registration.endpoint()) {
             Ok(record) => {
                 self.session.state().desired.gave(record.twin.desired.version);
                 // The cached text itself goes out: no rendering, no copy.
@@ -680,10 +685,10 @@ impl<W: AsyncWrite + Unpin + Send> Connection<W> {
             Err(failure) => return self.twin_reply(TwinReply::failure(rid, &failure)),
         };
         let hub = Arc::clone(&self.service.hub);
-        let device_id = self.client.device_id.clone();
+        let acting_as = self.registration.endpoint().clone();
         let rid = rid.to_owned();
         self.pending.push_back(Box::pin(async move {
-            Completion::TwinReply(match hub.patch_reported(device_id, patch).await {
+            Completion::TwinReply(match hub.patch_reported_of(&acting_as, patch).await {
                 Ok(record) => TwinReply {
                     rid,
                     status: 204,
@@ -853,7 +858,7 @@ impl<W: AsyncWrite + Unpin + Send> Connection<W> {
         let Some(qos) = self.session.state().granted(Subscription::DesiredPatches) else {
             return Ok(());
         };
-        let Ok(record) = self.service.hub.device(&self.client.device_id) else {
+        let Ok(record) = self.service.hub.twin_of(self.registration.endpoint()) else {
             return Ok(());
         };
         let desired = &record.twin.desired;
@@ -915,9 +920,9 @@ impl<W: AsyncWrite + Unpin + Send> Connection<W> {
         }
         self.activity_recorded = Instant::now();
         let hub = Arc::clone(&self.service.hub);
-        let device_id = self.client.device_id.clone();
+        let acting_as = self.registration.endpoint().clone();
         tokio::spawn(async move {
-            let _ = hub.device_active(device_id).await;
+            let _ = hub.presence_of(&acting_as, PresenceEvent::Active).await;
         });
     }
 }

@@ -101,10 +101,13 @@ impl MqttService {
     }
 
     fn authenticate(&self, connect: &wire::Connect) -> Result<auth::Authenticated, auth::Refusal> {
-        auth::authenticate(connect, &self.hostname, &self.policies, |id| {
-            twinhub_core::DeviceId::new(id)
-                .ok()
-                .and_then(|id| self.hub.device(&id).ok())
+        auth::authenticate(connect, &self.hostname, &self.policies, |id, module| {
+            let device_id = twinhub_core::DeviceId::new(id).ok()?;
+            let endpoint = twinhub_hub::device_router::Endpoint {
+                device_id,
+                module_id: module.map(str::to_owned),
+            };
+            self.hub.twin_of(&endpoint).ok()
         })
     }
 

@@ -11,7 +11,7 @@ use twinhub_hub::{Hub, HubEvent};
 pub(crate) async fn run(mut events: broadcast::Receiver<HubEvent>, hub: Weak<Hub>, sessions: Arc<Sessions>) {
     loop {
         match events.recv().await {
-            Ok(HubEvent::DesiredChanged { .. }) => {}
+            Ok(HubEvent::DesiredChanged { .. } | HubEvent::ModuleDesiredChanged { .. }) => {}
             Ok(HubEvent::DeviceUpdated { device_id }) => {
                 let Some(hub) = hub.upgrade() else { return };
                 let disabled = hub

@@ -1,0 +1,103 @@
+// A module connects with the Node device SDK's ModuleClient (azure-iot-device), unmodified, over each of
+// TWINHUB_TRANSPORTS (Mqtt, MqttWs), against a real twinhub. Run by crates/twinhub/tests/sdk_modules.rs with
+// TWINHUB_CONNECTION_STRING (iothubowner) and NODE_EXTRA_CA_CERTS.
+//
+// Checks, per transport: the module's twin (getTwin), a reported patch the back end then reads in the
+// module twin (not the device's), a desired patch from the back end reaching the module (not the device),
+// the module twin showing Connected while it is connected and Disconnected after; and that a module's key
+// does not open its device, nor the device's key its module.
+'use strict';
+
+const assert = require('node:assert/strict');
+const { Registry } = require('azure-iothub');
+const { Client, ModuleClient } = require('azure-iot-device');
+const { ConnectionString } = require('azure-iot-common');
+const transports = require('azure-iot-device-mqtt');
+const { log, run, waitFor } = require('./support');
+
+const connectionString = process.env.TWINHUB_CONNECTION_STRING;
+const transportNames = (process.env.TWINHUB_TRANSPORTS || 'Mqtt,MqttWs').split(',');
+if (!connectionString) {
+  console.error('TWINHUB_CONNECTION_STRING must be set');
+  process.exit(2);
+}
+
+async function refused(what, client) {
+  try {
+    await client.open();
+  } catch (error) {
+    return error;
+  } finally {
+    await client.close().catch(() => {});
+  }
+  throw new Error(`${what}: the connection was accepted`);
+}
+
+async function main() {
+  const registry = Registry.fromConnectionString(connectionString);
+  const hostName = ConnectionString.parse(connectionString).HostName;
+  for (const transportName of transportNames) {
+    const deviceId = `node-module-host-${transportName.toLowerCase()}`;
+    const { responseBody: device } = await registry.create({ deviceId });
+    await registry.addModule({ deviceId, moduleId: 'app' });
+    const { responseBody: module } = await registry.getModule(deviceId, 'app');
+    const moduleKey = module.authentication.symmetricKey.primaryKey;
+    const deviceKey = device.authentication.symmetricKey.primaryKey;
+    const Transport = transports[transportName];
+
+    log(`${transportName}: the module connects and reads its twin`);
+    const client = ModuleClient.fromConnectionString(
+      `HostName=${hostName};DeviceId=${deviceId};ModuleId=app;SharedAccessKey=${moduleKey}`,
+      Transport,
+    );
+    await client.open();
+    const twin = await client.getTwin();
+    assert.equal(twin.properties.desired.$version, 1);
+    await waitFor('the module twin shows Connected', async () => {
+      const { responseBody } = await registry.getModuleTwin(deviceId, 'app');
+      return responseBody.connectionState === 'Connected';
+    });
+    const { responseBody: deviceTwin } = await registry.getTwin(deviceId);
+    assert.equal(deviceTwin.connectionState, 'Disconnected', 'the device itself is not connected');
+
+    log(`${transportName}: a reported patch lands in the module twin`);
+    await new Promise((resolve, reject) =>
+      twin.properties.reported.update({ connectivity: { type: 'cellular' } }, (error) => (error ? reject(error) : resolve())));
+    const { responseBody: moduleTwin } = await registry.getModuleTwin(deviceId, 'app');
+    assert.equal(moduleTwin.properties.reported.connectivity.type, 'cellular');
+    const { responseBody: deviceTwinAfter } = await registry.getTwin(deviceId);
+    assert.equal(deviceTwinAfter.properties.reported.connectivity, undefined, "the device's twin is untouched");
+
+    log(`${transportName}: a desired patch reaches the module`);
+    const received = [];
+    twin.on('properties.desired', (delta) => received.push(delta));
+    await waitFor('the first desired callback', () => received.length >= 1);
+    await registry.updateModuleTwin(deviceId, 'app', { properties: { desired: { interval: 30 } } }, moduleTwin.etag);
+    await waitFor('the desired patch', () => received.some((delta) => delta.interval === 30));
+    assert.equal(twin.properties.desired.interval, 30);
+    await registry.updateTwin(deviceId, { properties: { desired: { deviceOnly: true } } }, '*');
+    await new Promise((resolve) => setTimeout(resolve, 500));
+    assert.equal(twin.properties.desired.deviceOnly, undefined, "the device's desired properties are not the module's");
+
+    await client.close();
+    await waitFor('the module twin shows Disconnected', async () => {
+      const { responseBody } = await registry.getModuleTwin(deviceId, 'app');
+      return responseBody.connectionState === 'Disconnected';
+    });
+
+    log(`${transportName}: a module's key does not open its device, nor the device's key its module`);
+    await refused(
+      "the device with its module's key",
+      Client.fromConnectionString(`HostName=${hostName};DeviceId=${deviceId};SharedAccessKey=${moduleKey}`, Transport),
+    );
+    await refused(
+      "the module with its device's key",
+      ModuleClient.fromConnectionString(
+        `HostName=${hostName};DeviceId=${deviceId};ModuleId=app;SharedAccessKey=${deviceKey}`,
+        Transport,
+      ),
+    );
+  }
+}
+
+run(main);
