@@ -4,13 +4,16 @@
 //
 // Checks, per transport: the module's twin (getTwin), a reported patch the back end then reads in the
 // module twin (not the device's), a desired patch from the back end reaching the module (not the device),
-// the module twin showing Connected while it is connected and Disconnected after; and that a module's key
-// does not open its device, nor the device's key its module.
+// a direct method to the module (azure-iothub invokeDeviceMethod with a module id) answered by it, its
+// telemetry read with @azure/event-hubs carrying iothub-connection-module-id, the module twin showing
+// Connected while it is connected and Disconnected after; and that a module's key does not open its device,
+// nor the device's key its module.
 'use strict';
 
 const assert = require('node:assert/strict');
-const { Registry } = require('azure-iothub');
-const { Client, ModuleClient } = require('azure-iot-device');
+const { Registry, Client: ServiceClient } = require('azure-iothub');
+const { Client, ModuleClient, Message } = require('azure-iot-device');
+const { EventHubConsumerClient, earliestEventPosition } = require('@azure/event-hubs');
 const { ConnectionString } = require('azure-iot-common');
 const transports = require('azure-iot-device-mqtt');
 const { log, run, waitFor } = require('./support');
@@ -78,6 +81,38 @@ async function main() {
     await registry.updateTwin(deviceId, { properties: { desired: { deviceOnly: true } } }, '*');
     await new Promise((resolve) => setTimeout(resolve, 500));
     assert.equal(twin.properties.desired.deviceOnly, undefined, "the device's desired properties are not the module's");
+
+    log(`${transportName}: a direct method to the module, answered by the module`);
+    client.onMethod('reboot', (request, response) => {
+      response.send(200, { rebooted: request.payload.delay, by: 'app' }, () => {});
+    });
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    const service = ServiceClient.fromConnectionString(connectionString);
+    const { result } = await service.invokeDeviceMethod(deviceId, 'app', {
+      methodName: 'reboot',
+      payload: { delay: 5 },
+      responseTimeoutInSeconds: 10,
+    });
+    assert.deepEqual(result, { status: 200, payload: { rebooted: 5, by: 'app' } });
+    await service.close();
+
+    log(`${transportName}: telemetry from the module carries its module id`);
+    await client.sendEvent(new Message(JSON.stringify({ from: 'app', transport: transportName })));
+    const consumer = new EventHubConsumerClient('$Default', process.env.TWINHUB_EVENTHUBS_CONNECTION_STRING);
+    const events = [];
+    const subscription = consumer.subscribe(
+      {
+        processEvents: async (batch) => events.push(...batch),
+        processError: async () => {},
+      },
+      { startPosition: earliestEventPosition, maxWaitTimeInSeconds: 1 },
+    );
+    await waitFor('the module\'s event', () =>
+      events.some((event) => event.systemProperties['iothub-connection-device-id'] === deviceId), 30000);
+    await subscription.close();
+    await consumer.close();
+    const event = events.find((candidate) => candidate.systemProperties['iothub-connection-device-id'] === deviceId);
+    assert.equal(event.systemProperties['iothub-connection-module-id'], 'app');
 
     await client.close();
     await waitFor('the module twin shows Disconnected', async () => {
