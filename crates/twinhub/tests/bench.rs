@@ -110,6 +110,25 @@ fn every_scenario_runs_and_checks_what_it_measured() {
     assert!(desired["operations"].as_u64().unwrap() >= 40, "{desired}");
     let rest = bench(&hub, &["rest", "--devices", "5", "--clients", "2", "--seconds", "1"]);
     assert!(rest["operations"].as_u64().unwrap() > 0 && rest["patch_per_second"].as_f64().unwrap() > 0.0);
+    // As modules: each module its own connection and twin, the last acknowledged patches checked in the
+    // module twins.
+    let modules = bench(
+        &hub,
+        &[
+            "reported",
+            "--devices",
+            "3",
+            "--modules-per-device",
+            "2",
+            "--in-flight",
+            "2",
+            "--seconds",
+            "1",
+        ],
+    );
+    assert_eq!(modules["devices"], 6, "{modules}");
+    assert!(modules["operations"].as_u64().unwrap() > 0, "{modules}");
+    assert!(modules["verified_devices"].as_u64().unwrap() > 0, "{modules}");
     // The query scenario checks that a query finds the one twin it asks for before it measures.
     let query = bench(&hub, &["query", "--devices", "20", "--clients", "2", "--seconds", "1"]);
     assert!(query["operations"].as_u64().unwrap() > 0, "{query}");

@@ -123,6 +123,10 @@ pub struct BenchArgs {
     /// Telemetry payload size in bytes (telemetry, consume; default: a 34-byte JSON reading).
     #[arg(long)]
     payload_bytes: Option<usize>,
+    /// Connect as modules instead of devices: this many modules per device (registered first), each its
+    /// own connection with its own twin (`reported`, `twin-get`, `telemetry`).
+    #[arg(long, default_value_t = 0)]
+    modules_per_device: usize,
     /// Telemetry: say the payload is JSON in UTF-8 (`$.ct`, `$.ce` in the topic), as a device does
     /// whose messages routes read with `$body` conditions.
     #[arg(long)]
@@ -255,19 +259,57 @@ impl Service {
         serde_json::from_slice(&bytes).with_context(|| format!("{path}: the answer is not JSON"))
     }
 
-    /// A device token signed with the service policy's key (`skn`): a policy with DeviceConnect
-    /// (iothubowner has it) authenticates any registered device.
-    fn device_login(&self, device_id: &str) -> anyhow::Result<Login> {
+    /// A device (or module: `device/module`) token signed with the service policy's key (`skn`): a policy
+    /// with DeviceConnect (iothubowner has it) authenticates any registered device or module.
+    fn device_login(&self, client_id: &str) -> anyhow::Result<Login> {
         let host = &self.connection.host_name;
+        let resource = match client_id.split_once('/') {
+            Some((device, module)) => format!("{host}/devices/{device}/modules/{module}"),
+            None => format!("{host}/devices/{client_id}"),
+        };
         Ok(Login {
-            username: format!("{host}/{device_id}/?api-version=2021-04-12&DeviceClientType=twinhub-bench"),
+            username: format!("{host}/{client_id}/?api-version=2021-04-12&DeviceClientType=twinhub-bench"),
             password: twinhub_core::sas::sign(
-                &format!("{host}/devices/{device_id}"),
+                &resource,
                 &self.connection.key,
                 Some(&self.connection.key_name),
                 unix_now() + TOKEN_SECONDS,
             )?,
         })
+    }
+
+    /// Registers `per_device` modules (`m0`, `m1`, ...) on each device; returns their client ids
+    /// (`device/module`). Modules that exist already are fine.
+    async fn register_modules(&self, devices: &[String], per_device: usize) -> anyhow::Result<Vec<String>> {
+        let permits = Arc::new(Semaphore::new(64));
+        let mut tasks = Vec::new();
+        let mut client_ids = Vec::with_capacity(devices.len() * per_device);
+        for device in devices {
+            for module in 0..per_device {
+                client_ids.push(format!("{device}/m{module}"));
+                let (service, permits) = (self.clone(), Arc::clone(&permits));
+                let path = format!("/devices/{device}/modules/m{module}");
+                tasks.push(tokio::spawn(async move {
+                    let _permit = permits.acquire_owned().await?;
+                    let response = service
+                        .http
+                        .put(format!("{}{path}?api-version=2021-04-12", service.base))
+                        .header("Authorization", &service.authorization)
+                        .json(&serde_json::json!({}))
+                        .send()
+                        .await?;
+                    let status = response.status();
+                    if !status.is_success() && status.as_u16() != 409 {
+                        bail!("registering {path}: {status}: {}", response.text().await?);
+                    }
+                    anyhow::Ok(())
+                }));
+            }
+        }
+        for task in tasks {
+            task.await??;
+        }
+        Ok(client_ids)
     }
 
     /// Registers `ids` (100 per request); ids that exist already are fine.
@@ -350,9 +392,16 @@ async fn setup(args: &BenchArgs, device_count: usize) -> anyhow::Result<Setup> {
             .with_context(|| format!("cannot resolve {host}"))?
             .ip(),
     };
-    let devices: Vec<String> = (0..device_count).map(|n| format!("bench-{n}")).collect();
+    let mut devices: Vec<String> = (0..device_count).map(|n| format!("bench-{n}")).collect();
     eprintln!("registering {} bench devices ...", thousands(device_count as u64));
     service.register(&devices).await?;
+    if args.modules_per_device > 0 {
+        eprintln!(
+            "registering {} modules on each ...",
+            thousands(args.modules_per_device as u64)
+        );
+        devices = service.register_modules(&devices, args.modules_per_device).await?;
+    }
     Ok(Setup {
         label: args.label.clone().unwrap_or_else(|| "twinhub".into()),
         endpoint: Endpoint {
@@ -540,9 +589,12 @@ async fn verify_reported(service: &Service, devices: &[String], last_sequence: &
             // Nothing acknowledged for this device in this run: nothing to check.
             continue;
         }
-        let twin = service
-            .call_json(reqwest::Method::GET, &format!("/twins/{}", devices[index]), None)
-            .await?;
+        // A module's twin is `/twins/{device}/modules/{module}`.
+        let path = match devices[index].split_once('/') {
+            Some((device, module)) => format!("/twins/{device}/modules/{module}"),
+            None => format!("/twins/{}", devices[index]),
+        };
+        let twin = service.call_json(reqwest::Method::GET, &path, None).await?;
         let stored = twin["properties"]["reported"]["bench"]["seq"].as_u64().unwrap_or(0);
         if stored != last_sequence[index] {
             bail!(
