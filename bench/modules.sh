@@ -16,17 +16,13 @@ ADDRESS=${ADDRESS:-127.240.0.21}
 OUT=${OUT:-$(mktemp -d /tmp/twinhub-modules.XXXXXX)}
 mkdir -p "$OUT/hub"
 
-cargo build --release -p twinhub
-BIN=$PWD/target/release/twinhub
-ulimit -n "$(ulimit -Hn)" || true
+source bench/common.sh
+build_twinhub
 
 "$BIN" serve --data-dir "$OUT/hub" --hostname "$ADDRESS" --bind "$ADDRESS" >"$OUT/hub.log" 2>&1 &
 PID=$!
 trap 'kill $PID 2>/dev/null || true' EXIT
-for _ in $(seq 1 300); do
-  [ -f "$OUT/hub/server.pem" ] && (exec 3<>"/dev/tcp/$ADDRESS/443") 2>/dev/null && break
-  sleep 0.1
-done
+wait_for_hub "$ADDRESS" "$OUT/hub" "$OUT/hub.log"
 
 "$BIN" bench reported --data-dir "$OUT/hub" --devices "$DEVICES" --in-flight "$IN_FLIGHT" \
   --seconds "$SECONDS_RUN" --json "$OUT/devices.json"

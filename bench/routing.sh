@@ -22,9 +22,8 @@ ROUTED=${ROUTED:-127.240.0.12}
 OUT=${OUT:-$(mktemp -d /tmp/twinhub-routing.XXXXXX)}
 mkdir -p "$OUT"
 
-cargo build --release -p twinhub
-BIN=$PWD/target/release/twinhub
-ulimit -n "$(ulimit -Hn)" || true
+source bench/common.sh
+build_twinhub
 
 PIDS=()
 cleanup() { for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done; }
@@ -53,10 +52,7 @@ run() {
   "$BIN" serve --data-dir "$OUT/$name" --hostname "$address" --bind "$address" "$@" >"$OUT/$name.log" 2>&1 &
   local pid=$!
   PIDS+=("$pid")
-  for _ in $(seq 1 300); do
-    [ -f "$OUT/$name/server.pem" ] && (exec 3<>"/dev/tcp/$address/443") 2>/dev/null && break
-    sleep 0.1
-  done
+  wait_for_hub "$address" "$OUT/$name" "$OUT/$name.log"
   "$BIN" bench telemetry --json-message --data-dir "$OUT/$name" --devices "$DEVICES" --in-flight "$IN_FLIGHT" \
     --seconds "$SECONDS_RUN" --json "$OUT/$name-telemetry.json"
   "$BIN" bench reported --data-dir "$OUT/$name" --devices "$DEVICES" --in-flight "$IN_FLIGHT" \
