@@ -15,8 +15,9 @@ pub struct ModuleRecord {
     pub module_id: ModuleId,
     /// Who manages the module (`iotEdge` for IoT Edge's own modules); any text a back end gives.
     pub managed_by: Option<String>,
-    /// Its identity (whose `device_id` is its device's), twin and presence.
-    pub record: DeviceRecord,
+    /// Its identity (whose `device_id` is its device's), twin and presence; shared, so a connection reads
+    /// it (and its rendered twin, cached in it) without a copy. Stored as the record itself.
+    pub record: std::sync::Arc<DeviceRecord>,
 }
 
 /// A module as a back end sends it (`PUT /devices/{id}/modules/{moduleId}`): the ids, `managedBy` and
@@ -82,7 +83,7 @@ impl ModuleDraft {
         Ok(ModuleRecord {
             module_id: self.module_id,
             managed_by: self.managed_by,
-            record,
+            record: std::sync::Arc::new(record),
         })
     }
 }
@@ -102,7 +103,7 @@ impl ModuleRecord {
         ModuleRecord {
             module_id: self.module_id.clone(),
             managed_by: self.managed_by.clone(),
-            record,
+            record: std::sync::Arc::new(record),
         }
     }
 }

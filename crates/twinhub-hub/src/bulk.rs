@@ -150,7 +150,13 @@ fn apply_one(batch: &mut Batch<'_>, operation: BulkOperation, now: Timestamp) ->
                 });
             }
             let (twin, change) = current.twin.patched(&operation.twin_patch, now, &batch.config.rules)?;
-            batch.announce_patch(&current, None, &twin, &operation.twin_patch, change.as_ref(), now);
+            batch.announce_patch(
+                crate::announce::TwinOwner::Device(&current),
+                &twin,
+                &operation.twin_patch,
+                change.as_ref(),
+                now,
+            );
             if let Some(change) = change {
                 batch
                     .events

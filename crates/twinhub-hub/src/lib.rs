@@ -7,6 +7,7 @@
 //! only then publishes the new snapshot and acknowledges. So an acknowledged write is durable, a read
 //! after an acknowledgement sees it, and versions and etags cannot race.
 
+mod announce;
 mod bulk;
 pub mod cloud_to_device;
 pub mod device_router;

@@ -2,6 +2,7 @@
 //! writer, with the same rules for etags, `If-Match` and twin versions as devices. Deleting a device
 //! deletes its modules in the same commit.
 
+use crate::announce::TwinOwner;
 use crate::device_router::Endpoint;
 use crate::writer::PresenceEvent;
 use crate::writer::{submit, Batch, WriteOp, WriteOutcome};
@@ -107,7 +108,7 @@ impl Batch<'_> {
                 }
                 let module = self.store_module(draft.into_record(existing.as_deref(), now)?);
                 if existing.is_none() {
-                    self.announce_module_lifecycle(&module, true, now);
+                    self.announce_lifecycle(TwinOwner::Module(&module), true, now);
                 }
                 Ok(WriteOutcome::Module(module))
             }
@@ -131,7 +132,7 @@ impl Batch<'_> {
             } => {
                 let existing = self.module_twin_for_write(&device_id, &module_id, &if_match)?;
                 let (twin, desired) = existing.record.twin.patched(&patch, now, &self.config.rules)?;
-                self.announce_patch(&existing.record, Some(&module_id), &twin, &patch, desired.as_ref(), now);
+                self.announce_patch(TwinOwner::Module(&existing), &twin, &patch, desired.as_ref(), now);
                 if let Some(change) = desired {
                     self.events.push(crate::HubEvent::ModuleDesiredChanged {
                         device_id: device_id.clone(),
@@ -159,7 +160,7 @@ impl Batch<'_> {
                 let record =
                     DeviceRecord::new(existing.record.identity.clone(), twin, existing.record.presence.clone());
                 let module = self.store_module(existing.with_record(record));
-                self.announce_module_replacement(&module, now);
+                self.announce_replacement(TwinOwner::Module(&module), now);
                 Ok(WriteOutcome::Module(module))
             }
             ModuleOp::PatchReported {
@@ -169,7 +170,7 @@ impl Batch<'_> {
             } => {
                 let existing = self.module(&device_id, &module_id)?;
                 let twin = existing.record.twin.with_reported(&patch, now, &self.config.rules)?;
-                self.announce_reported(&existing.record, Some(&module_id), &twin, &patch, now);
+                self.announce_reported(TwinOwner::Module(&existing), &twin, &patch, now);
                 let presence = Presence {
                     last_activity: Some(now),
                     ..existing.record.presence.clone()
@@ -219,7 +220,7 @@ impl Batch<'_> {
         if presence.connection_state != state {
             presence.connection_state = state;
             presence.connection_state_updated = Some(now);
-            self.announce_connection_of(&existing.record, Some(&module_id), state, now);
+            self.announce_connection(TwinOwner::Module(&existing), state, now);
         }
         let stale = presence
             .last_activity
@@ -267,7 +268,7 @@ impl Batch<'_> {
 
     fn forget_module(&mut self, device_id: &DeviceId, module_id: &ModuleId) {
         if let Some(module) = self.modules.remove(&(device_id.clone(), module_id.clone())) {
-            self.announce_module_lifecycle(&module, false, Timestamp::now());
+            self.announce_lifecycle(TwinOwner::Module(&module), false, Timestamp::now());
         }
         self.writes.push(StoreWrite::DeleteModule {
             device_id: device_id.clone(),
@@ -320,7 +321,7 @@ impl Hub {
     pub fn twin_of(&self, endpoint: &Endpoint) -> Result<Arc<DeviceRecord>, HubError> {
         match module_of(endpoint)? {
             None => self.device(&endpoint.device_id),
-            Some(module_id) => Ok(Arc::new(self.module(&endpoint.device_id, &module_id)?.record.clone())),
+            Some(module_id) => Ok(Arc::clone(&self.module(&endpoint.device_id, &module_id)?.record)),
         }
     }
 
@@ -339,7 +340,7 @@ impl Hub {
                     patch,
                 };
                 let module = submit(&self.writes, WriteOp::Module(op)).await?.module()?;
-                Ok(Arc::new(module.record.clone()))
+                Ok(Arc::clone(&module.record))
             }
         }
     }

@@ -501,7 +501,7 @@ impl MessageRouting {
                 twinhub_core::ModuleId::new(module_id)
                     .ok()
                     .and_then(|module_id| modules.get(&(message.origin.device_id.clone(), module_id)))
-                    .map(|module| Arc::new(module.record.clone()))
+                    .map(|module| Arc::clone(&module.record))
             } else {
                 registry.get(&message.origin.device_id).cloned()
             };

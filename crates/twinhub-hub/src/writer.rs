@@ -1,6 +1,7 @@
 //! The single writer: owns the next registry snapshot, applies operations in order, commits a batch with
 //! one fsync, then publishes and acknowledges. Nothing else changes a record.
 
+use crate::announce::TwinOwner;
 use crate::bulk::{self, BulkOperation, BulkOutcome};
 use crate::cloud_to_device::{CloudToDeviceOp, CloudToDeviceOutcome, CloudToDeviceState};
 use crate::{HubConfig, HubError, HubEvent, Registry, Snapshot};
@@ -9,12 +10,11 @@ use std::sync::Arc;
 use tokio::sync::{broadcast, mpsc, oneshot};
 use twinhub_core::device_scope::ScopeHolder;
 use twinhub_core::etag::IfMatch;
-use twinhub_core::event::EventOrigin;
-use twinhub_core::hub_message::{HubMessage, HubMessages, TwinChanges, TwinOperation};
+use twinhub_core::hub_message::{HubMessage, HubMessages};
 use twinhub_core::json::DeviceDraft;
 use twinhub_core::record::Presence;
-use twinhub_core::routing::{RoutingSource, SourceSet};
-use twinhub_core::twin::{ReportedPatch, SectionWrite, TwinPatch, TwinReplacement};
+use twinhub_core::routing::SourceSet;
+use twinhub_core::twin::{ReportedPatch, TwinPatch, TwinReplacement};
 use twinhub_core::{ConnectionState, DeviceId, DeviceRecord, Timestamp, Twin};
 use twinhub_store::{Store, StoreWrite};
 
@@ -169,7 +169,7 @@ pub(crate) struct Batch<'a> {
     /// The hub's own messages this batch's writes made (twin changes, lifecycle, connection state),
     /// for routing once committed; built only for the sources some route takes.
     pub(crate) hub_messages: Vec<HubMessage>,
-    announcer: Announcer<'a>,
+    pub(crate) announcer: Announcer<'a>,
     /// The routes as this batch leaves them, when it changed them (its own edit, or another node's).
     pub(crate) routing: Option<crate::routing::RoutingTable>,
     /// The routes in force when the batch began.
@@ -177,9 +177,9 @@ pub(crate) struct Batch<'a> {
 }
 
 /// Makes the hub's own messages of a batch, for the sources routes take.
-struct Announcer<'a> {
-    messages: &'a HubMessages,
-    sources: SourceSet,
+pub(crate) struct Announcer<'a> {
+    pub(crate) messages: &'a HubMessages,
+    pub(crate) sources: SourceSet,
 }
 
 /// What the writer hands on after each commit, besides the snapshot and the hub events.
@@ -469,7 +469,7 @@ impl Batch<'_> {
             WriteOp::PatchTwin { id, patch, if_match } => {
                 let current = self.twin_for_write(&id, &if_match)?;
                 let (twin, change) = current.twin.patched(&patch, now, &self.config.rules)?;
-                self.announce_patch(&current, None, &twin, &patch, change.as_ref(), now);
+                self.announce_patch(TwinOwner::Device(&current), &twin, &patch, change.as_ref(), now);
                 if let Some(change) = change {
                     self.events.push(HubEvent::DesiredChanged {
                         device_id: id.clone(),
@@ -490,24 +490,13 @@ impl Batch<'_> {
                     change,
                 });
                 let record = self.store_twin(&current, twin);
-                if self.announcer.sources.contains(RoutingSource::TwinChangeEvents) {
-                    let document = twinhub_core::json::twin_json(&record);
-                    let message = self.announcer.messages.twin_change(
-                        origin_of(&record, None),
-                        TwinOperation::Replace,
-                        &record.twin,
-                        &TwinChanges::default(),
-                        Some(document),
-                        now,
-                    );
-                    self.hub_messages.push(message);
-                }
+                self.announce_replacement(TwinOwner::Device(&record), now);
                 Ok(WriteOutcome::Record(record))
             }
             WriteOp::PatchReported { id, patch } => {
                 let current = self.existing(&id)?;
                 let twin = current.twin.with_reported(&patch, now, &self.config.rules)?;
-                self.announce_reported(&current, None, &twin, &patch, now);
+                self.announce_reported(TwinOwner::Device(&current), &twin, &patch, now);
                 // A reported patch is device activity: recorded in the same write, at no extra cost.
                 let presence = Presence {
                     last_activity: Some(now),
@@ -598,7 +587,7 @@ impl Batch<'_> {
                 connection_state_updated: Some(now),
                 last_activity: presence.last_activity,
             };
-            self.announce_connection(&current, ConnectionState::Disconnected, now);
+            self.announce_connection(TwinOwner::Device(&current), ConnectionState::Disconnected, now);
             let record = DeviceRecord::new(current.identity.clone(), current.twin.clone(), presence);
             self.upsert(Arc::new(record));
         }
@@ -706,153 +695,10 @@ impl Batch<'_> {
             return Ok(WriteOutcome::Record(current));
         }
         if presence.connection_state != current.presence.connection_state {
-            self.announce_connection(&current, presence.connection_state, now);
+            self.announce_connection(TwinOwner::Device(&current), presence.connection_state, now);
         }
         let record = DeviceRecord::new(current.identity.clone(), current.twin.clone(), presence);
         Ok(WriteOutcome::Record(self.upsert(Arc::new(record))))
-    }
-
-    /// `deviceConnected` or `deviceDisconnected`, when a route takes connection state events.
-    fn announce_connection(&mut self, record: &DeviceRecord, state: ConnectionState, now: Timestamp) {
-        self.announce_connection_of(record, None, state, now);
-    }
-
-    /// The same for a device or, with `module`, one of its modules.
-    pub(crate) fn announce_connection_of(
-        &mut self,
-        record: &DeviceRecord,
-        module: Option<&twinhub_core::ModuleId>,
-        state: ConnectionState,
-        now: Timestamp,
-    ) {
-        if self
-            .announcer
-            .sources
-            .contains(RoutingSource::DeviceConnectionStateEvents)
-        {
-            let connected = state == ConnectionState::Connected;
-            let message = self
-                .announcer
-                .messages
-                .connection_state(origin_of(record, module), connected, now);
-            self.hub_messages.push(message);
-        }
-    }
-
-    /// A module's `createDeviceIdentity` or `deleteDeviceIdentity` with its twin (IoT Hub's module form:
-    /// `moduleId` and `iothub-connection-module-id`), when a route takes lifecycle events.
-    pub(crate) fn announce_module_lifecycle(
-        &mut self,
-        module: &twinhub_core::module::ModuleRecord,
-        created: bool,
-        now: Timestamp,
-    ) {
-        if self.announcer.sources.contains(RoutingSource::DeviceLifecycleEvents) {
-            let document = twinhub_core::module::module_twin_json(module);
-            let origin = origin_of(&module.record, Some(&module.module_id));
-            let message = self.announcer.messages.lifecycle(origin, created, &document, now);
-            self.hub_messages.push(message);
-        }
-    }
-
-    /// An `updateTwin` notification for a reported patch (a device's, or with `module` a module's), when a
-    /// route takes twin change events.
-    pub(crate) fn announce_reported(
-        &mut self,
-        current: &DeviceRecord,
-        module: Option<&twinhub_core::ModuleId>,
-        twin: &Twin,
-        patch: &ReportedPatch,
-        now: Timestamp,
-    ) {
-        if self.announcer.sources.contains(RoutingSource::TwinChangeEvents) {
-            let changes = TwinChanges {
-                reported: Some(&patch.0),
-                ..TwinChanges::default()
-            };
-            let message = self.announcer.messages.twin_change(
-                origin_of(current, module),
-                TwinOperation::Update,
-                twin,
-                &changes,
-                None,
-                now,
-            );
-            self.hub_messages.push(message);
-        }
-    }
-
-    /// A module's `replaceTwin`, when a route takes twin change events.
-    pub(crate) fn announce_module_replacement(&mut self, module: &twinhub_core::module::ModuleRecord, now: Timestamp) {
-        if self.announcer.sources.contains(RoutingSource::TwinChangeEvents) {
-            let document = twinhub_core::module::module_twin_json(module);
-            let message = self.announcer.messages.twin_change(
-                origin_of(&module.record, Some(&module.module_id)),
-                TwinOperation::Replace,
-                &module.record.twin,
-                &TwinChanges::default(),
-                Some(document),
-                now,
-            );
-            self.hub_messages.push(message);
-        }
-    }
-
-    /// `createDeviceIdentity` or `deleteDeviceIdentity` with the twin, when a route takes lifecycle events.
-    fn announce_lifecycle(&mut self, record: &DeviceRecord, created: bool, now: Timestamp) {
-        if self.announcer.sources.contains(RoutingSource::DeviceLifecycleEvents) {
-            let document = twinhub_core::json::twin_json(record);
-            let message = self
-                .announcer
-                .messages
-                .lifecycle(origin_of(record, None), created, &document, now);
-            self.hub_messages.push(message);
-        }
-    }
-
-    /// An `updateTwin` notification for a back end's patch of tags and desired properties, when a route
-    /// takes twin change events and the patch changed anything.
-    pub(crate) fn announce_patch(
-        &mut self,
-        current: &DeviceRecord,
-        module: Option<&twinhub_core::ModuleId>,
-        twin: &Twin,
-        patch: &TwinPatch,
-        desired: Option<&twinhub_core::twin::DesiredChange>,
-        now: Timestamp,
-    ) {
-        if !self.announcer.sources.contains(RoutingSource::TwinChangeEvents) || twin.version == current.twin.version {
-            return;
-        }
-        let cleared;
-        let tags = match &patch.tags {
-            Some(SectionWrite::Merge(tags)) => Some(tags),
-            Some(SectionWrite::Clear) => {
-                // Every tag it had, removed.
-                cleared = current
-                    .twin
-                    .tags
-                    .iter()
-                    .map(|(key, _)| (key.to_owned(), serde_json::Value::Null))
-                    .collect();
-                Some(&cleared)
-            }
-            None => None,
-        };
-        let changes = TwinChanges {
-            tags,
-            desired: desired.map(|change| &change.patch),
-            reported: None,
-        };
-        let message = self.announcer.messages.twin_change(
-            origin_of(current, module),
-            TwinOperation::Update,
-            twin,
-            &changes,
-            None,
-            now,
-        );
-        self.hub_messages.push(message);
     }
 
     /// The indexes as of this batch: every touched record's old and new value followed, new paths built.
@@ -962,7 +808,7 @@ impl Batch<'_> {
             }
             None => {
                 let record = DeviceRecord::new(identity, Twin::new(now), Presence::default());
-                self.announce_lifecycle(&record, true, now);
+                self.announce_lifecycle(TwinOwner::Device(&record), true, now);
                 record
             }
         };
@@ -974,7 +820,7 @@ impl Batch<'_> {
         if !if_match.allows(&existing.identity.etag()) {
             return Err(precondition_failed(id, if_match));
         }
-        self.announce_lifecycle(&existing, false, Timestamp::now());
+        self.announce_lifecycle(TwinOwner::Device(&existing), false, Timestamp::now());
         self.delete_modules_of(id);
         self.registry.remove(id);
         self.touched.push(id.clone());
@@ -982,15 +828,6 @@ impl Batch<'_> {
         self.cloud_to_device_forget(id);
         self.events.push(HubEvent::DeviceDeleted { device_id: id.clone() });
         Ok(())
-    }
-}
-
-/// Who a hub message is about, as consumers see it (`iothub-connection-device-id`).
-pub(crate) fn origin_of(record: &DeviceRecord, module: Option<&twinhub_core::ModuleId>) -> EventOrigin {
-    EventOrigin {
-        device_id: record.identity.device_id.clone(),
-        module_id: module.map(|module| module.as_str().to_owned()),
-        generation_id: record.identity.generation_id.clone(),
     }
 }
 

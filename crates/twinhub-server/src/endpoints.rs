@@ -135,14 +135,18 @@ fn headers(endpoint: &str, message: &StoredEvent, application_prefix: &str) -> V
     headers.push(("iothub-message-source".to_owned(), source));
     for (name, value) in &event.application_properties {
         // A name or value no header can carry is left out, rather than failing every delivery.
-        let carried = is_token(name) && text(value).is_some_and(|value| !value.chars().any(char::is_control));
-        if let (true, Some(value)) = (carried, text(value)) {
+        if let Some(value) = text(value).filter(|value| is_token(name) && !value.chars().any(char::is_control)) {
             headers.push((format!("{application_prefix}{name}"), value));
         }
     }
     headers.push((
         "delivery-id".to_owned(),
-        format!("{endpoint}/{}", message.sequence_number_key()),
+        // Unique within the endpoint's outbox: the partition is the device's, numbers are per partition.
+        format!(
+            "{endpoint}/{}-{}",
+            twinhub_core::event::partition_of(&message.origin.device_id, EVENT_PARTITIONS_MIN),
+            message.sequence_number
+        ),
     ));
     headers
 }
@@ -168,21 +172,6 @@ fn text(value: &EventValue) -> Option<String> {
         EventValue::Timestamp(millis) => twinhub_core::Timestamp(millis.saturating_mul(1_000_000)).to_iso8601(),
         EventValue::Binary(_) => return None,
     })
-}
-
-trait SequenceKey {
-    fn sequence_number_key(&self) -> String;
-}
-
-impl SequenceKey for StoredEvent {
-    /// Unique within the endpoint's outbox: the partition is the device's, and numbers are per partition.
-    fn sequence_number_key(&self) -> String {
-        format!(
-            "{}-{}",
-            twinhub_core::event::partition_of(&self.origin.device_id, EVENT_PARTITIONS_MIN),
-            self.sequence_number
-        )
-    }
 }
 
 struct NatsSink {
