@@ -1,13 +1,15 @@
 // A module connects with the Node device SDK's ModuleClient (azure-iot-device), unmodified, over each of
-// TWINHUB_TRANSPORTS (Mqtt, MqttWs), against a real twinhub. Run by crates/twinhub/tests/sdk_modules.rs with
-// TWINHUB_CONNECTION_STRING (iothubowner) and NODE_EXTRA_CA_CERTS.
+// TWINHUB_TRANSPORTS (Mqtt, MqttWs, Amqp, AmqpWs), against a real twinhub. Run by
+// crates/twinhub/tests/sdk_modules.rs with TWINHUB_CONNECTION_STRING (iothubowner) and NODE_EXTRA_CA_CERTS.
 //
-// Checks, per transport: the module's twin (getTwin), a reported patch the back end then reads in the
-// module twin (not the device's), a desired patch from the back end reaching the module (not the device),
+// The seed's device app runs as a module, per transport: the module's twin (getTwin), a reported
+// `connectivity` patch the back end then reads in the module twin (not the device's), the seed's two
+// queries over devices.modules once the back end tagged the module, a desired patch from the back end
+// reaching the module (not the device),
 // a direct method to the module (azure-iothub invokeDeviceMethod with a module id) answered by it, its
 // telemetry read with @azure/event-hubs carrying iothub-connection-module-id, the module twin showing
-// Connected while it is connected and Disconnected after; and that a module's key does not open its device,
-// nor the device's key its module.
+// Connected while it is connected and Disconnected after; and that a module's key opens neither its device
+// nor another module of it, nor the device's key its module.
 'use strict';
 
 const assert = require('node:assert/strict');
@@ -15,7 +17,7 @@ const { Registry, Client: ServiceClient } = require('azure-iothub');
 const { Client, ModuleClient, Message } = require('azure-iot-device');
 const { EventHubConsumerClient, earliestEventPosition } = require('@azure/event-hubs');
 const { ConnectionString } = require('azure-iot-common');
-const transports = require('azure-iot-device-mqtt');
+const transports = { ...require('azure-iot-device-mqtt'), ...require('azure-iot-device-amqp') };
 const { log, run, waitFor } = require('./support');
 
 const connectionString = process.env.TWINHUB_CONNECTION_STRING;
@@ -36,13 +38,25 @@ async function refused(what, client) {
   throw new Error(`${what}: the connection was accepted`);
 }
 
+async function queryModules(registry, sql) {
+  const query = registry.createQuery(sql, 100);
+  const found = [];
+  do {
+    const { result } = await query.nextAsTwin();
+    found.push(...result.map((twin) => `${twin.deviceId}/${twin.moduleId}`));
+  } while (query.hasMoreResults);
+  return found.sort();
+}
+
 async function main() {
   const registry = Registry.fromConnectionString(connectionString);
   const hostName = ConnectionString.parse(connectionString).HostName;
+  const inPlant = [];
   for (const transportName of transportNames) {
     const deviceId = `node-module-host-${transportName.toLowerCase()}`;
     const { responseBody: device } = await registry.create({ deviceId });
     await registry.addModule({ deviceId, moduleId: 'app' });
+    await registry.addModule({ deviceId, moduleId: 'other' });
     const { responseBody: module } = await registry.getModule(deviceId, 'app');
     const moduleKey = module.authentication.symmetricKey.primaryKey;
     const deviceKey = device.authentication.symmetricKey.primaryKey;
@@ -71,11 +85,30 @@ async function main() {
     const { responseBody: deviceTwinAfter } = await registry.getTwin(deviceId);
     assert.equal(deviceTwinAfter.properties.reported.connectivity, undefined, "the device's twin is untouched");
 
+    log(`${transportName}: the back end tags the module; the seed's queries over devices.modules find it`);
+    await registry.updateModuleTwin(
+      deviceId,
+      'app',
+      { tags: { location: { region: 'US', plant: 'Redmond43' } } },
+      moduleTwin.etag,
+    );
+    await registry.updateModuleTwin(deviceId, 'other', { tags: { location: { plant: 'Redmond43' } } }, '*');
+    inPlant.push(`${deviceId}/app`, `${deviceId}/other`);
+    assert.deepEqual(
+      await queryModules(registry, "SELECT * FROM devices.modules WHERE tags.location.plant = 'Redmond43'"),
+      [...inPlant].sort(),
+    );
+    const cellular = await queryModules(
+      registry,
+      "SELECT * FROM devices.modules WHERE tags.location.plant = 'Redmond43' AND properties.reported.connectivity.type = 'cellular'",
+    );
+    assert.deepEqual(cellular, inPlant.filter((id) => id.endsWith('/app')).sort());
+
     log(`${transportName}: a desired patch reaches the module`);
     const received = [];
     twin.on('properties.desired', (delta) => received.push(delta));
     await waitFor('the first desired callback', () => received.length >= 1);
-    await registry.updateModuleTwin(deviceId, 'app', { properties: { desired: { interval: 30 } } }, moduleTwin.etag);
+    await registry.updateModuleTwin(deviceId, 'app', { properties: { desired: { interval: 30 } } }, '*');
     await waitFor('the desired patch', () => received.some((delta) => delta.interval === 30));
     assert.equal(twin.properties.desired.interval, 30);
     await registry.updateTwin(deviceId, { properties: { desired: { deviceOnly: true } } }, '*');
@@ -120,10 +153,17 @@ async function main() {
       return responseBody.connectionState === 'Disconnected';
     });
 
-    log(`${transportName}: a module's key does not open its device, nor the device's key its module`);
+    log(`${transportName}: a module's key opens neither its device nor another module, nor the device's key its module`);
     await refused(
       "the device with its module's key",
       Client.fromConnectionString(`HostName=${hostName};DeviceId=${deviceId};SharedAccessKey=${moduleKey}`, Transport),
+    );
+    await refused(
+      "another module with this module's key",
+      ModuleClient.fromConnectionString(
+        `HostName=${hostName};DeviceId=${deviceId};ModuleId=other;SharedAccessKey=${moduleKey}`,
+        Transport,
+      ),
     );
     await refused(
       "the module with its device's key",

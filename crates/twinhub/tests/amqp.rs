@@ -553,3 +553,128 @@ async fn a_device_receives_cloud_to_device_messages_with_16_byte_delivery_tags_a
     }
     let _ = client.connection.close().await;
 }
+
+/// A module's key and the links it may attach: its own twin answers with the module twin; its device's
+/// twin and another module's twin are detached with `amqp:unauthorized-access`; its token names no other
+/// module (401), and its device's token does not open its links.
+#[tokio::test]
+async fn a_module_is_confined_to_its_own_links() {
+    let hub = TestHub::start();
+    let api = Service::new(&hub.owner_connection_string(), &hub.ca_path());
+    let host = hub.host();
+    let device_key = api.register_device("dev1").await;
+    let mut module_keys = Vec::new();
+    for module in ["app", "other"] {
+        let created = api
+            .call(
+                Method::PUT,
+                &format!("/devices/dev1/modules/{module}"),
+                Some(json!({"deviceId": "dev1", "moduleId": module})),
+                None,
+            )
+            .await;
+        assert_eq!(created.status, 200, "{}", created.body);
+        module_keys.push(
+            created.body["authentication"]["symmetricKey"]["primaryKey"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
+    }
+    let app = format!("{host}/devices/dev1/modules/app");
+    let app_token = |lifetime: i64| {
+        twinhub_core::sas::sign(
+            &app,
+            &module_keys[0],
+            None,
+            (rest_client::now() as i64 + lifetime) as u64,
+        )
+        .unwrap()
+    };
+
+    let mut client = open(&hub, false).await;
+    let (status, _) = put_token(
+        &mut client,
+        &format!("{host}/devices/dev1/modules/other"),
+        &app_token(600),
+        1,
+    )
+    .await;
+    assert_eq!(
+        status,
+        SimpleValue::Int(401),
+        "the app module's token for the other module"
+    );
+    let (status, _) = put_token(&mut client, &app, &device_token(&host, "dev1", &device_key, 600), 2).await;
+    assert_eq!(status, SimpleValue::Int(401), "the device's token for its module");
+    let (status, _) = put_token(&mut client, &app, &app_token(600), 3).await;
+    assert_eq!(status, SimpleValue::Int(200));
+
+    for (what, address) in [
+        ("its device's twin", "/devices/dev1/twin"),
+        ("another module's twin", "/devices/dev1/modules/other/twin"),
+        ("its device's telemetry", "/devices/dev1/messages/events"),
+    ] {
+        let link = Sender::attach(&mut client.session, format!("sender {what}"), address)
+            .await
+            .unwrap();
+        assert_eq!(
+            detach_condition(link).await,
+            ErrorCondition::AmqpError(AmqpError::UnauthorizedAccess),
+            "{what}"
+        );
+    }
+
+    let mut requests = Sender::builder()
+        .name("module-twin-sender")
+        .target("/devices/dev1/modules/app/twin")
+        .sender_settle_mode(SenderSettleMode::Settled)
+        .attach(&mut client.session)
+        .await
+        .unwrap();
+    let mut answers = Receiver::attach(
+        &mut client.session,
+        "module-twin-receiver",
+        "/devices/dev1/modules/app/twin",
+    )
+    .await
+    .unwrap();
+    requests
+        .send(twin_request(
+            "PATCH",
+            Some("/properties/reported"),
+            "r1",
+            br#"{"role":"app"}"#,
+        ))
+        .await
+        .unwrap();
+    let answer = answers.recv::<Body<Value>>().await.unwrap().into_message();
+    assert_eq!(annotation(&answer, "status"), Some(Value::Int(204)));
+    assert_eq!(annotation(&answer, "version"), Some(Value::Long(2)));
+    requests.send(twin_request("GET", None, "g1", b" ")).await.unwrap();
+    let answer = answers.recv::<Body<Value>>().await.unwrap().into_message();
+    assert_eq!(annotation(&answer, "status"), Some(Value::Int(200)));
+    assert_eq!(body_json(&answer)["reported"]["role"], "app");
+
+    let module_twin = api.call(Method::GET, "/twins/dev1/modules/app", None, None).await;
+    assert_eq!(module_twin.body["properties"]["reported"]["role"], "app");
+    assert_eq!(module_twin.body["connectionState"], "Connected");
+    let device_twin = api.call(Method::GET, "/twins/dev1", None, None).await;
+    assert!(
+        device_twin.body["properties"]["reported"].get("role").is_none(),
+        "the device's twin is untouched"
+    );
+    assert_eq!(device_twin.body["connectionState"], "Disconnected");
+
+    let _ = client.connection.close().await;
+    let mut disconnected = false;
+    for _ in 0..50 {
+        let module_twin = api.call(Method::GET, "/twins/dev1/modules/app", None, None).await;
+        if module_twin.body["connectionState"] == "Disconnected" {
+            disconnected = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(disconnected, "the module shows Disconnected once its connection closed");
+}

@@ -1,8 +1,8 @@
-//! CBS (claims-based security): `put-token` on `$cbs` authorizes a device on this connection until its
-//! token expires; a later put-token renews it. Ref: amqp notes §2.
+//! CBS (claims-based security): `put-token` on `$cbs` authorizes a device or a module on this connection
+//! until its token expires; a later put-token renews it. Ref: amqp notes §2.
 //!
-//! The request names the audience (`name`: the device's resource, URL-encoded by Node, with or without
-//! `amqps://`) and carries the SAS token as an amqp-value string body. The response must echo the
+//! The request names the audience (`name`: the device's or module's resource, URL-encoded by Node, with or
+//! without `amqps://`) and carries the SAS token as an amqp-value string body. The response must echo the
 //! request's message-id as correlation-id *with its AMQP type*, and `status-code` must be an AMQP int.
 
 use super::request_response::application_string;
@@ -10,14 +10,18 @@ use super::AmqpService;
 use fe2o3_amqp_types::messaging::{Body, Message};
 use fe2o3_amqp_types::primitives::Value;
 use std::collections::HashMap;
-use twinhub_core::device_auth::{authorize_device, authorize_event_hubs, authorize_service, entity_path};
+use twinhub_core::device_auth::{
+    authorize_device, authorize_event_hubs, authorize_module, authorize_service, entity_path,
+};
 use twinhub_core::sas::SasToken;
-use twinhub_core::{DeviceId, Timestamp};
+use twinhub_core::{DeviceId, ModuleId, Timestamp};
+use twinhub_hub::Endpoint;
 
-/// Devices this connection holds a valid token for, with the token's expiry (Unix seconds).
+/// Devices and modules this connection holds a valid token for, with the token's expiry (Unix seconds).
+/// A module's token covers that module only: neither its device nor another module.
 #[derive(Debug, Default)]
 pub struct Authorizations {
-    expiry_by_device: HashMap<DeviceId, u64>,
+    expiry_by_endpoint: HashMap<Endpoint, u64>,
     /// A back end's token (a policy with ServiceConnect for the whole hub), and its expiry.
     service_expiry: Option<u64>,
     /// Event Hubs tokens: the entity path each covers (`<hub>/consumergroups/$default`), and its expiry.
@@ -25,10 +29,10 @@ pub struct Authorizations {
 }
 
 impl Authorizations {
-    /// Every device a token was accepted for on this connection (expired or not): they are connected
-    /// until the connection closes.
-    pub fn devices(&self) -> impl Iterator<Item = &DeviceId> {
-        self.expiry_by_device.keys()
+    /// Every device and module a token was accepted for on this connection (expired or not): they are
+    /// connected until the connection closes.
+    pub fn endpoints(&self) -> impl Iterator<Item = &Endpoint> {
+        self.expiry_by_endpoint.keys()
     }
 
     pub fn covers_service(&self) -> bool {
@@ -57,16 +61,19 @@ impl Authorizations {
             .any(|scope| super::event_hubs::address::covers(hub, scope))
     }
 
-    pub fn covers(&self, device_id: &DeviceId) -> bool {
+    pub fn covers(&self, endpoint: &Endpoint) -> bool {
         let now = Timestamp::now().unix_seconds().max(0) as u64;
-        self.expiry_by_device.get(device_id).is_some_and(|expiry| *expiry > now)
+        self.expiry_by_endpoint
+            .get(endpoint)
+            .is_some_and(|expiry| *expiry > now)
     }
 }
 
 /// What a put-token's audience names.
 #[derive(Debug, PartialEq, Eq)]
 enum Audience {
-    Device(DeviceId),
+    /// A device or one of its modules.
+    Identity(Endpoint),
     /// The hub itself (`https://<host>` from uAMQP, `<host>` from Node's service client): a back end.
     Hub,
     /// The Event Hubs-compatible endpoint (`sb://<host>/<hub>/...`): an Event Hubs client.
@@ -78,7 +85,7 @@ fn audience(text: &str, hostname: &str, hub_name: &str) -> Result<Audience, Stri
         .decode_utf8()
         .map_err(|_| "the audience is not UTF-8".to_owned())?;
     if decoded.contains("/devices/") {
-        return audience_device(text).map(Audience::Device);
+        return audience_identity(text).map(Audience::Identity);
     }
     let path = entity_path(&decoded);
     let hub = hub_name.to_ascii_lowercase();
@@ -99,8 +106,9 @@ fn audience(text: &str, hostname: &str, hub_name: &str) -> Result<Audience, Stri
     }
 }
 
-/// The device an audience names: `<host>/devices/<id>` after URL-decoding, with or without a scheme.
-fn audience_device(audience: &str) -> Result<DeviceId, String> {
+/// The device or module an audience names: `<host>/devices/<id>` or `<host>/devices/<id>/modules/<id>`
+/// after URL-decoding, with or without a scheme.
+fn audience_identity(audience: &str) -> Result<Endpoint, String> {
     let decoded = percent_encoding::percent_decode_str(audience)
         .decode_utf8()
         .map_err(|_| "the audience is not UTF-8".to_owned())?;
@@ -108,10 +116,17 @@ fn audience_device(audience: &str) -> Result<DeviceId, String> {
     let (_host, rest) = path
         .split_once("/devices/")
         .ok_or_else(|| format!("'{decoded}' names no device: only device tokens are accepted over AMQP yet"))?;
-    if rest.contains("/modules/") {
-        return Err("module identities are not supported yet".into());
-    }
-    DeviceId::new(rest.trim_end_matches('/')).map_err(|error| error.to_string())
+    let rest = rest.trim_end_matches('/');
+    let (device, module) = match rest.split_once("/modules/") {
+        Some((device, module)) => (device, Some(module)),
+        None => (rest, None),
+    };
+    let device_id = DeviceId::new(device).map_err(|error| error.to_string())?;
+    let module_id = module
+        .map(|module| ModuleId::new(module).map(|id| id.as_str().to_owned()))
+        .transpose()
+        .map_err(|error| error.to_string())?;
+    Ok(Endpoint { device_id, module_id })
 }
 
 fn body_string(message: &Message<Body<Value>>) -> Option<String> {
@@ -132,8 +147,8 @@ fn body_string(message: &Message<Body<Value>>) -> Option<String> {
 pub struct PutTokenOutcome {
     pub status: i32,
     pub description: String,
-    /// The device this connection was authorized for the first time: it is now connected.
-    pub newly_connected: Option<DeviceId>,
+    /// The device or module this connection was authorized for the first time: it is now connected.
+    pub newly_connected: Option<Endpoint>,
 }
 
 fn refused(status: i32, description: impl Into<String>) -> PutTokenOutcome {
@@ -162,34 +177,43 @@ pub fn put_token(
     let Ok(token) = SasToken::parse(&token_text) else {
         return refused(401, "the token is not a shared access signature");
     };
-    let device_id = match audience(&audience_text, &service.hostname, &service.hub_name) {
-        Ok(Audience::Device(device_id)) => device_id,
+    let endpoint = match audience(&audience_text, &service.hostname, &service.hub_name) {
+        Ok(Audience::Identity(endpoint)) => endpoint,
         Ok(Audience::Hub) => return service_token(service, authorizations, &token),
         Ok(Audience::EventHub) => return event_hub_token(service, authorizations, &token),
         Err(reason) => return refused(401, reason),
     };
-    let record = service.hub.device(&device_id).ok();
-    match authorize_device(
-        &token,
-        &service.hostname,
-        device_id.as_str(),
-        record.as_ref().map(|record| &*record.identity),
-        &service.policies,
-        Timestamp::now().unix_seconds(),
-    ) {
+    // The device's record, or the module's (its own identity and keys).
+    let record = service.hub.twin_of(&endpoint).ok();
+    let identity = record.as_ref().map(|record| &*record.identity);
+    let now = Timestamp::now().unix_seconds();
+    let device_id = endpoint.device_id.as_str();
+    let authorized = match endpoint.module_id.as_deref() {
+        None => authorize_device(&token, &service.hostname, device_id, identity, &service.policies, now),
+        Some(module_id) => authorize_module(
+            &token,
+            &service.hostname,
+            device_id,
+            module_id,
+            identity,
+            &service.policies,
+            now,
+        ),
+    };
+    match authorized {
         Ok(()) => {
             let first = authorizations
-                .expiry_by_device
-                .insert(device_id.clone(), token.expiry_unix_seconds)
+                .expiry_by_endpoint
+                .insert(endpoint.clone(), token.expiry_unix_seconds)
                 .is_none();
             PutTokenOutcome {
                 status: 200,
                 description: "OK".into(),
-                newly_connected: first.then_some(device_id),
+                newly_connected: first.then_some(endpoint),
             }
         }
         Err(error) => {
-            tracing::info!(%device_id, %error, "CBS put-token refused");
+            tracing::info!(%endpoint, %error, "CBS put-token refused");
             refused(401, "Unauthorized")
         }
     }
@@ -253,9 +277,13 @@ mod tests {
             "amqps://hub.example/devices/dev1",
             "hub.example%3A5671%2Fdevices%2Fdev1",
         ] {
-            assert_eq!(audience_device(audience).unwrap().as_str(), "dev1", "{audience}");
+            assert_eq!(
+                audience_identity(audience).unwrap(),
+                Endpoint::device(DeviceId::new("dev1").unwrap()),
+                "{audience}"
+            );
         }
-        assert!(audience_device("hub.example").is_err());
+        assert!(audience_identity("hub.example").is_err());
         assert_eq!(audience("https://HUB.example", "hub.example", "hub"), Ok(Audience::Hub));
         assert_eq!(audience("hub.example", "hub.example", "hub"), Ok(Audience::Hub));
         assert!(audience("https://other.example", "hub.example", "hub").is_err());
@@ -271,6 +299,20 @@ mod tests {
                 "{event_hubs}"
             );
         }
-        assert!(audience_device("hub.example%2Fdevices%2Fdev1%2Fmodules%2Fm1").is_err());
+        for module in [
+            "hub.example%2Fdevices%2Fdev1%2Fmodules%2Fm1",
+            "amqps://hub.example/devices/dev1/modules/m1/",
+        ] {
+            assert_eq!(
+                audience_identity(module).unwrap(),
+                Endpoint {
+                    device_id: DeviceId::new("dev1").unwrap(),
+                    module_id: Some("m1".into()),
+                },
+                "{module}"
+            );
+        }
+        assert!(audience_identity("hub.example/devices/dev1/modules/").is_err());
+        assert!(audience_identity("hub.example/devices/dev1/modules/m1/x").is_err());
     }
 }

@@ -27,8 +27,8 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{Mutex, Notify};
-use twinhub_core::DeviceId;
-use twinhub_hub::{DeviceMail, Endpoint, Interests, Mailbox, Registration};
+use twinhub_core::{DeviceId, ModuleId};
+use twinhub_hub::{DeviceMail, Endpoint, Interests, Mailbox, PresenceEvent, Registration};
 
 /// IoT Edge's idle timeout, advertised so clients send empty frames at half of it.
 const IDLE_TIMEOUT_MS: u32 = 240_000;
@@ -84,9 +84,9 @@ where
     let authorizations = Arc::new(Mutex::new(Authorizations::default()));
     run_sessions(&service, &mut connection, &authorizations).await;
     let _ = connection.close().await;
-    let devices: Vec<DeviceId> = authorizations.lock().await.devices().cloned().collect();
-    for device_id in devices {
-        if let Err(error) = service.hub.device_disconnected(device_id).await {
+    let endpoints: Vec<Endpoint> = authorizations.lock().await.endpoints().cloned().collect();
+    for endpoint in endpoints {
+        if let Err(error) = service.hub.presence_of(&endpoint, PresenceEvent::Disconnected).await {
             tracing::debug!(%error, "could not record the disconnection");
         }
     }
@@ -160,8 +160,8 @@ struct SessionState {
     twin_requests: Option<Receiver>,
     /// Answers waiting for their commit.
     pending: FuturesUnordered<BoxFuture<'static, Message<Body<Value>>>>,
-    /// The device this session serves in the hub's device router (one per session, as every SDK does
-    /// it): desired notifications and method requests arrive in its mailbox.
+    /// The device or module this session serves in the hub's device router (one per session, as every
+    /// SDK does it): desired notifications and method requests arrive in its mailbox.
     route: Option<(Registration, Mailbox)>,
     /// The route's resync signal, apart from `route` so both can be awaited at once.
     route_resync: Option<Arc<Notify>>,
@@ -174,7 +174,8 @@ struct SessionState {
 }
 
 struct TwinLinks {
-    device_id: DeviceId,
+    /// The device or module whose twin these links carry.
+    endpoint: Endpoint,
     responses: Option<Sender>,
     unsent: Vec<Message<Body<Value>>>,
     subscribed: bool,
@@ -237,21 +238,22 @@ fn link_acceptor_settled_by_peer() -> DefaultLinkAcceptor {
         .build()
 }
 
-/// What a link's address names.
+/// What a link's address names. A device's links are under `/devices/{id}`, a module's under
+/// `/devices/{id}/modules/{moduleId}`; an address naming an invalid id is `Unknown`.
 #[derive(Debug, PartialEq, Eq)]
 enum Address {
     Cbs,
-    Twin(String),
-    /// The device's telemetry (`/devices/{id}/messages/events`).
-    Telemetry(String),
-    /// The device's direct methods (`/devices/{id}/methods/devicebound`).
-    Methods(String),
-    /// C2D, methods and the like, for this device.
-    DeviceOther(String),
+    Twin(Endpoint),
+    /// The telemetry (`.../messages/events`); for a module's receiver, its input messages.
+    Telemetry(Endpoint),
+    /// The direct methods (`.../methods/devicebound`).
+    Methods(Endpoint),
+    /// Any other link of a device or module.
+    DeviceOther(Endpoint),
     /// The Event Hubs-compatible endpoint: `$management` or a partition of a consumer group.
     EventHub(EventHubAddress),
     /// A device's cloud-to-device messages (`/devices/{id}/messages/devicebound`).
-    CloudToDevice(String),
+    CloudToDevice(Endpoint),
     /// A back end sending cloud-to-device messages (`/messages/devicebound`).
     ServiceCloudToDevice,
     /// A back end reading cloud-to-device feedback (`/messages/serviceBound/feedback`).
@@ -291,22 +293,49 @@ fn classify(address: &str) -> Address {
     else {
         return Address::Unknown;
     };
-    let (device, tail) = rest.split_once('/').unwrap_or((rest, ""));
-    let device = percent_encoding::percent_decode_str(device)
-        .decode_utf8()
-        .map(|d| d.into_owned())
-        .unwrap_or_default();
+    let Some((endpoint, tail)) = identity(rest) else {
+        return Address::Unknown;
+    };
     if tail.eq_ignore_ascii_case("twin") {
-        Address::Twin(device)
+        Address::Twin(endpoint)
     } else if tail.trim_end_matches('/').eq_ignore_ascii_case("messages/events") {
-        Address::Telemetry(device)
+        Address::Telemetry(endpoint)
     } else if tail.trim_end_matches('/').eq_ignore_ascii_case("methods/devicebound") {
-        Address::Methods(device)
+        Address::Methods(endpoint)
     } else if tail.trim_end_matches('/').eq_ignore_ascii_case("messages/devicebound") {
-        Address::CloudToDevice(device)
+        Address::CloudToDevice(endpoint)
     } else {
-        Address::DeviceOther(device)
+        Address::DeviceOther(endpoint)
     }
+}
+
+/// The device or module at the head of `path` (after `/devices/`: `{id}/...` or
+/// `{id}/modules/{moduleId}/...`, URL-encoded ids), and the rest of the path.
+fn identity(path: &str) -> Option<(Endpoint, &str)> {
+    let decoded = |id: &str| {
+        percent_encoding::percent_decode_str(id)
+            .decode_utf8()
+            .ok()
+            .map(|id| id.into_owned())
+    };
+    let (device, tail) = path.split_once('/').unwrap_or((path, ""));
+    let device_id = DeviceId::new(&decoded(device)?).ok()?;
+    let module = tail
+        .get(.."modules/".len())
+        .filter(|head| head.eq_ignore_ascii_case("modules/"))
+        .map(|_| &tail["modules/".len()..]);
+    let Some(module_path) = module else {
+        return Some((Endpoint::device(device_id), tail));
+    };
+    let (module, tail) = module_path.split_once('/').unwrap_or((module_path, ""));
+    let module_id = ModuleId::new(&decoded(module)?).ok()?;
+    Some((
+        Endpoint {
+            device_id,
+            module_id: Some(module_id.as_str().to_owned()),
+        },
+        tail,
+    ))
 }
 
 fn attach_address(attach: &fe2o3_amqp::types::performatives::Attach) -> Option<String> {
@@ -381,8 +410,8 @@ impl SessionState {
                         let mut authorizations = authorizations.lock().await;
                         cbs::put_token(&self.service, &mut authorizations, &request)
                     };
-                    if let Some(device_id) = outcome.newly_connected {
-                        if let Err(error) = self.service.hub.device_connected(device_id).await {
+                    if let Some(endpoint) = outcome.newly_connected {
+                        if let Err(error) = self.service.hub.presence_of(&endpoint, PresenceEvent::Connected).await {
                             tracing::info!(%error, "could not record the connection");
                         }
                     }
@@ -449,12 +478,12 @@ impl SessionState {
             self.attach_event_hub(attach, event_hub, session, authorizations).await;
             return;
         }
-        let device = match &kind {
-            Address::Twin(device)
-            | Address::Telemetry(device)
-            | Address::Methods(device)
-            | Address::CloudToDevice(device)
-            | Address::DeviceOther(device) => Some(device.clone()),
+        let identity = match &kind {
+            Address::Twin(endpoint)
+            | Address::Telemetry(endpoint)
+            | Address::Methods(endpoint)
+            | Address::CloudToDevice(endpoint)
+            | Address::DeviceOther(endpoint) => Some(endpoint.clone()),
             _ => None,
         };
         // A device's cloud-to-device link is the one the hub sends unsettled on: the device's outcome
@@ -470,11 +499,10 @@ impl SessionState {
                 return;
             }
         };
-        let authorized = match &device {
-            Some(device) => match DeviceId::new(device) {
-                Ok(id) => authorizations.lock().await.covers(&id),
-                Err(_) => false,
-            },
+        // A token covers its own device or module only: a module's opens neither its device's links
+        // nor another module's, and a device's opens none of its modules'.
+        let authorized = match &identity {
+            Some(endpoint) => authorizations.lock().await.covers(endpoint),
             None => match kind {
                 Address::Cbs => true,
                 Address::ServiceCloudToDevice | Address::ServiceFeedback => {
@@ -495,19 +523,18 @@ impl SessionState {
         }
         match (kind, link) {
             (Address::Cbs, link) => self.cbs.attach(link).await,
-            (Address::Twin(device), link) => {
-                let Ok(device_id) = DeviceId::new(&device) else { return };
-                if !self.route_for(&device_id) {
+            (Address::Twin(endpoint), link) => {
+                if !self.route_for(&endpoint) {
                     detach(link, ErrorCondition::AmqpError(AmqpError::NotAllowed)).await;
                     return;
                 }
                 let twin = self.twin.get_or_insert_with(|| TwinLinks {
-                    device_id: device_id.clone(),
+                    endpoint: endpoint.clone(),
                     responses: None,
                     unsent: Vec::new(),
                     subscribed: false,
                 });
-                if twin.device_id != device_id {
+                if twin.endpoint != endpoint {
                     // One device's twin per session, as every SDK does it.
                     detach(link, ErrorCondition::AmqpError(AmqpError::NotAllowed)).await;
                     return;
@@ -532,24 +559,33 @@ impl SessionState {
             (Address::ServiceFeedback, LinkEndpoint::Sender(sender)) => {
                 tokio::spawn(cloud_to_device::serve_feedback(Arc::clone(&self.service), sender));
             }
-            (Address::CloudToDevice(device), LinkEndpoint::Sender(sender)) => {
-                let Ok(device_id) = DeviceId::new(&device) else { return };
-                tokio::spawn(cloud_to_device::deliver(Arc::clone(&self.service), sender, device_id));
+            (Address::CloudToDevice(endpoint), LinkEndpoint::Sender(sender)) => {
+                if endpoint.module_id.is_some() {
+                    // IoT Hub sends cloud-to-device messages to devices only.
+                    detach(
+                        LinkEndpoint::Sender(sender),
+                        ErrorCondition::AmqpError(AmqpError::NotAllowed),
+                    )
+                    .await;
+                    return;
+                }
+                tokio::spawn(cloud_to_device::deliver(
+                    Arc::clone(&self.service),
+                    sender,
+                    endpoint.device_id,
+                ));
             }
-            (Address::Telemetry(device), LinkEndpoint::Receiver(receiver)) => {
-                let Ok(device_id) = DeviceId::new(&device) else { return };
+            (Address::Telemetry(endpoint), LinkEndpoint::Receiver(receiver)) => {
                 tokio::spawn(super::telemetry::receive(
                     Arc::clone(&self.service),
                     receiver,
-                    device_id,
-                    None,
+                    endpoint,
                     Arc::clone(authorizations),
                 ));
             }
-            (Address::Methods(device), link) => {
-                let Ok(device_id) = DeviceId::new(&device) else { return };
-                if !self.route_for(&device_id) {
-                    // One device per session, as every SDK does it.
+            (Address::Methods(endpoint), link) => {
+                if !self.route_for(&endpoint) {
+                    // One device or module per session, as every SDK does it.
                     detach(link, ErrorCondition::AmqpError(AmqpError::NotAllowed)).await;
                     return;
                 }
@@ -574,8 +610,8 @@ impl SessionState {
         if let Some(receiver) = self.twin_requests.as_mut() {
             let _ = receiver.accept(&delivery).await;
         }
-        if !authorizations.lock().await.covers(&twin.device_id) {
-            tracing::info!(device_id = %twin.device_id, "twin request after the token expired: detaching");
+        if !authorizations.lock().await.covers(&twin.endpoint) {
+            tracing::info!(endpoint = %twin.endpoint, "twin request after the token expired: detaching");
             if let Some(receiver) = self.twin_requests.take() {
                 let _ = receiver
                     .close_with_error(AmqpErrorBody::new(
@@ -593,8 +629,8 @@ impl SessionState {
             self.service.hub.read_barrier().await;
         }
         let was_subscribed = twin.subscribed;
-        let answer = twin::answer(&self.service, &twin.device_id, &request, &mut twin.subscribed);
-        let device_id = twin.device_id.clone();
+        let answer = twin::answer(&self.service, &twin.endpoint, &request, &mut twin.subscribed);
+        let endpoint = twin.endpoint.clone();
         let newly_subscribed = twin.subscribed && !was_subscribed;
         let subscribed = twin.subscribed;
         match answer {
@@ -608,11 +644,11 @@ impl SessionState {
         if newly_subscribed {
             // Beyond IoT Hub, as over MQTT: right after the answer, the whole document to a device that
             // missed changes (since its GET, or while the hub knew nothing of it).
-            if let Ok(record) = self.service.hub.device(&device_id) {
+            if let Ok(record) = self.service.hub.twin_of(&endpoint) {
                 let version = record.twin.desired.version;
                 if self
                     .service
-                    .desired_cursor(&device_id, |cursor| cursor.subscribed(version))
+                    .desired_cursor(&endpoint, |cursor| cursor.subscribed(version))
                 {
                     twin.deliver(twin::full_desired(&record)).await;
                 }
@@ -620,17 +656,17 @@ impl SessionState {
         }
     }
 
-    /// Registers this session's device in the hub's device router, once; false when the session
-    /// already serves another device.
-    fn route_for(&mut self, device_id: &DeviceId) -> bool {
+    /// Registers this session's device or module in the hub's device router, once; false when the
+    /// session already serves another.
+    fn route_for(&mut self, endpoint: &Endpoint) -> bool {
         if let Some((registration, _)) = &self.route {
-            return &registration.endpoint().device_id == device_id;
+            return registration.endpoint() == endpoint;
         }
-        let (registration, mailbox) = self.service.hub.device_router().register(
-            Endpoint::device(device_id.clone()),
-            Interests::default(),
-            ROUTE_MAILBOX_CAPACITY,
-        );
+        let (registration, mailbox) =
+            self.service
+                .hub
+                .device_router()
+                .register(endpoint.clone(), Interests::default(), ROUTE_MAILBOX_CAPACITY);
         self.route_resync = Some(Arc::clone(&mailbox.resync));
         self.route = Some((registration, mailbox));
         true
@@ -649,7 +685,7 @@ impl SessionState {
         if !twin.subscribed
             || !self
                 .service
-                .desired_cursor(&twin.device_id, |cursor| cursor.take_change(change.version))
+                .desired_cursor(&twin.endpoint, |cursor| cursor.take_change(change.version))
         {
             return;
         }
@@ -663,13 +699,13 @@ impl SessionState {
         if !twin.subscribed {
             return;
         }
-        let Ok(record) = self.service.hub.device(&twin.device_id) else {
+        let Ok(record) = self.service.hub.twin_of(&twin.endpoint) else {
             return;
         };
         let version = record.twin.desired.version;
         if self
             .service
-            .desired_cursor(&twin.device_id, |cursor| cursor.catch_up(version))
+            .desired_cursor(&twin.endpoint, |cursor| cursor.catch_up(version))
         {
             twin.deliver(twin::full_desired(&record)).await;
         }
@@ -909,21 +945,31 @@ mod tests {
     #[test]
     fn addresses_name_cbs_twin_or_other_device_links() {
         assert_eq!(classify("$cbs"), Address::Cbs);
-        assert_eq!(classify("/devices/dev1/twin"), Address::Twin("dev1".into()));
-        assert_eq!(classify("/devices/dev%201/twin/"), Address::DeviceOther("dev 1".into()));
-        assert_eq!(
-            classify("/devices/dev1/messages/events"),
-            Address::Telemetry("dev1".into())
-        );
+        let dev1 = || Endpoint::device(DeviceId::new("dev1").unwrap());
+        let module = |id: &str| Endpoint {
+            device_id: DeviceId::new("dev1").unwrap(),
+            module_id: Some(id.into()),
+        };
+        assert_eq!(classify("/devices/dev1/twin"), Address::Twin(dev1()));
+        assert_eq!(classify("/devices/dev1/twin/"), Address::DeviceOther(dev1()));
+        assert_eq!(classify("/devices/dev%201/twin"), Address::Unknown, "an invalid id");
+        assert_eq!(classify("/devices/dev1/messages/events"), Address::Telemetry(dev1()));
         assert_eq!(
             classify("/devices/dev1/messages/deviceBound"),
-            Address::CloudToDevice("dev1".into())
+            Address::CloudToDevice(dev1())
         );
         assert_eq!(classify("/messages/serviceBound/feedback"), Address::ServiceFeedback);
+        assert_eq!(classify("/devices/dev1/methods/devicebound"), Address::Methods(dev1()));
+        assert_eq!(classify("/devices/dev1/modules/app/twin"), Address::Twin(module("app")));
         assert_eq!(
-            classify("/devices/dev1/methods/devicebound"),
-            Address::Methods("dev1".into())
+            classify("/devices/dev1/modules/app%2Bx/methods/devicebound"),
+            Address::Methods(module("app+x"))
         );
+        assert_eq!(
+            classify("/devices/dev1/modules/app/messages/events"),
+            Address::Telemetry(module("app"))
+        );
+        assert_eq!(classify("/devices/dev1/modules//twin"), Address::Unknown);
         assert_eq!(classify("/messages/devicebound"), Address::ServiceCloudToDevice);
         assert_eq!(
             classify("amqps://hub.example/messages/devicebound"),

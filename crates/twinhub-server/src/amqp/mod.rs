@@ -32,8 +32,7 @@ use std::sync::{Arc, Mutex};
 use tokio::io::{AsyncRead, AsyncWrite};
 use twinhub_core::desired_delivery::DesiredCursor;
 use twinhub_core::policy::SharedAccessPolicy;
-use twinhub_core::DeviceId;
-use twinhub_hub::Hub;
+use twinhub_hub::{Endpoint, Hub};
 
 /// What every AMQP connection shares.
 pub struct AmqpService {
@@ -44,10 +43,10 @@ pub struct AmqpService {
     policies: Vec<SharedAccessPolicy>,
     /// Event Hubs receivers per consumer group and partition, across connections (owner levels).
     receivers: Arc<event_hubs::receiver::Receivers>,
-    /// The desired version each device was given over AMQP, across its connections (AMQP has no sessions
-    /// that outlive them). A device missing here is one the hub knows nothing of since it started:
+    /// The desired version each device or module was given over AMQP, across its connections (AMQP has
+    /// no sessions that outlive them). One missing here is one the hub knows nothing of since it started:
     /// `DesiredCursor::Unknown`, so its subscription brings the whole desired document.
-    desired_given: Mutex<HashMap<DeviceId, DesiredCursor>>,
+    desired_given: Mutex<HashMap<Endpoint, DesiredCursor>>,
 }
 
 impl AmqpService {
@@ -77,13 +76,13 @@ impl AmqpService {
         self.event_hub(name).is_some()
     }
 
-    /// Applies `rule` to what the device was given of its desired properties.
-    fn desired_cursor<R>(&self, device_id: &DeviceId, rule: impl FnOnce(&mut DesiredCursor) -> R) -> R {
+    /// Applies `rule` to what the device or module was given of its desired properties.
+    fn desired_cursor<R>(&self, endpoint: &Endpoint, rule: impl FnOnce(&mut DesiredCursor) -> R) -> R {
         let mut map = self
             .desired_given
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        rule(map.entry(device_id.clone()).or_insert(DesiredCursor::Unknown))
+        rule(map.entry(endpoint.clone()).or_insert(DesiredCursor::Unknown))
     }
 
     /// Runs one connection over any byte stream (TLS, or a WebSocket's binary frames) until it ends.

@@ -13,7 +13,7 @@ use fe2o3_amqp::types::primitives::{SimpleValue, Value};
 use std::sync::Arc;
 use tokio::sync::Mutex;
 use twinhub_core::event::{DeviceEvent, EventProperties, EventValue};
-use twinhub_core::DeviceId;
+use twinhub_hub::Endpoint;
 
 /// Annotations a device may set on its messages, forwarded to consumers.
 const DEVICE_ANNOTATIONS: [&str; 3] = ["iothub-interface-id", "dt-subject", "dt-dataschema"];
@@ -23,11 +23,10 @@ const DEVICE_ANNOTATIONS: [&str; 3] = ["iothub-interface-id", "dt-subject", "dt-
 pub(crate) async fn receive(
     service: Arc<AmqpService>,
     receiver: Receiver,
-    device_id: DeviceId,
-    module_id: Option<String>,
+    sender: Endpoint,
     authorizations: Arc<Mutex<Authorizations>>,
 ) {
-    let covered = device_id.clone();
+    let covered = sender.clone();
     super::settle_when_done::serve(
         receiver,
         authorizations,
@@ -35,10 +34,9 @@ pub(crate) async fn receive(
         |message| {
             let event = event_of(message);
             let hub = Arc::clone(&service.hub);
-            let device_id = device_id.clone();
-            let module_id = module_id.clone();
+            let sender = sender.clone();
             Box::pin(async move {
-                hub.send_event(&device_id, module_id.as_deref(), event)
+                hub.send_event(&sender.device_id, sender.module_id.as_deref(), event)
                     .await
                     .map(|_| ())
             })

@@ -12,7 +12,7 @@ use fe2o3_amqp_types::messaging::annotations::OwnedKey;
 use fe2o3_amqp_types::messaging::{Body, Data, Message, MessageAnnotations, Properties};
 use fe2o3_amqp_types::primitives::{Binary, Symbol, Value};
 use twinhub_core::twin::DesiredChange;
-use twinhub_core::DeviceId;
+use twinhub_hub::Endpoint;
 
 /// What a twin request asks for.
 #[derive(Debug, PartialEq, Eq)]
@@ -100,7 +100,7 @@ fn now(answer: Message<Body<Value>>) -> Answer {
 /// Answers one twin request; a desired subscription changes `subscribed`.
 pub fn answer(
     service: &AmqpService,
-    device_id: &DeviceId,
+    endpoint: &Endpoint,
     request: &Message<Body<Value>>,
     subscribed: &mut bool,
 ) -> Answer {
@@ -114,9 +114,9 @@ pub fn answer(
         ))
     };
     match operation(request) {
-        TwinOperation::Get => match service.hub.device(device_id) {
+        TwinOperation::Get => match service.hub.twin_of(endpoint) {
             Ok(record) => {
-                service.desired_cursor(device_id, |cursor| cursor.gave(record.twin.desired.version));
+                service.desired_cursor(endpoint, |cursor| cursor.gave(record.twin.desired.version));
                 let body = twinhub_core::json::device_twin_text(&record);
                 now(message(correlation_id, Some(200), None, Some(body.as_bytes().to_vec())))
             }
@@ -125,9 +125,9 @@ pub fn answer(
         TwinOperation::PatchReported => match parse_reported_patch(&body_bytes(request), service.hub.rules()) {
             Ok(patch) => {
                 let hub = std::sync::Arc::clone(&service.hub);
-                let device_id = device_id.clone();
+                let endpoint = endpoint.clone();
                 Answer::Later(Box::pin(async move {
-                    match hub.patch_reported(device_id, patch).await {
+                    match hub.patch_reported_of(&endpoint, patch).await {
                         Ok(record) => message(correlation_id, Some(204), Some(record.twin.reported.version), None),
                         Err(error) => {
                             let failure = TwinFailure::from(&error);
