@@ -3,13 +3,16 @@
 //! query reads records and indexes at one and the same point.
 //!
 //! Paths are indexed on demand: the first query over a large registry with an equality or `IN` on a
-//! path asks the writer to build that path's index (see `Hub::query`).
+//! path asks the writer to build that path's index (see `Hub::query`). Device twins and module twins
+//! have indexes of their own, keyed by what orders each collection (`K`: a device id, or a device and
+//! module id).
 
-use crate::Registry;
 use imbl::{OrdMap, OrdSet};
+use std::borrow::Borrow;
 use std::ops::Bound;
-use twinhub_core::{DeviceId, DeviceRecord};
+use std::sync::Arc;
 use twinhub_query::document::FieldPath;
+use twinhub_query::eval::Resolve;
 use twinhub_query::plan::{IndexKey, Requirement};
 
 /// Below this many twins a scan costs well under a millisecond: no index is built.
@@ -17,35 +20,51 @@ pub const INDEX_MIN_TWINS: usize = 10_000;
 /// Most paths indexed at once; each costs memory and a little time on every write.
 pub const INDEXED_PATHS_MAX: usize = 32;
 
-#[derive(Clone, Debug)]
-pub struct PathIndex {
+#[derive(Clone)]
+pub struct PathIndex<K> {
     pub path: FieldPath,
-    entries: OrdMap<IndexKey, OrdSet<DeviceId>>,
+    entries: OrdMap<IndexKey, OrdSet<K>>,
 }
 
-#[derive(Clone, Debug, Default)]
-pub struct Indexes {
-    paths: Vec<PathIndex>,
+impl<K> std::fmt::Debug for PathIndex<K> {
+    /// The path and how many values it holds: the ids themselves would fill a log.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PathIndex")
+            .field("path", &self.path.dotted())
+            .field("values", &self.entries.len())
+            .finish()
+    }
 }
 
-impl PathIndex {
-    fn build(path: FieldPath, registry: &Registry) -> PathIndex {
-        let mut grouped: std::collections::HashMap<IndexKey, Vec<DeviceId>> = std::collections::HashMap::new();
-        for (id, record) in registry.iter() {
-            if let Some(key) = IndexKey::of_value(&path.resolve(record)) {
-                grouped.entry(key).or_default().push(id.clone());
+#[derive(Clone, Debug)]
+pub struct Indexes<K> {
+    paths: Vec<PathIndex<K>>,
+}
+
+impl<K> Default for Indexes<K> {
+    fn default() -> Self {
+        Indexes { paths: Vec::new() }
+    }
+}
+
+impl<K: Ord + Clone> PathIndex<K> {
+    fn build<'r, R: Resolve + 'r>(path: FieldPath, rows: impl Iterator<Item = (K, &'r R)>) -> PathIndex<K> {
+        let mut grouped: std::collections::HashMap<IndexKey, Vec<K>> = std::collections::HashMap::new();
+        for (id, row) in rows {
+            if let Some(key) = IndexKey::of_value(&row.resolve(&path)) {
+                grouped.entry(key).or_default().push(id);
             }
         }
         let entries = grouped
             .into_iter()
-            .map(|(key, ids)| (key, ids.into_iter().collect::<OrdSet<DeviceId>>()))
+            .map(|(key, ids)| (key, ids.into_iter().collect::<OrdSet<K>>()))
             .collect();
         PathIndex { path, entries }
     }
 
-    fn update(&mut self, id: &DeviceId, before: Option<&DeviceRecord>, after: Option<&DeviceRecord>) {
-        let old = before.and_then(|record| IndexKey::of_value(&self.path.resolve(record)));
-        let new = after.and_then(|record| IndexKey::of_value(&self.path.resolve(record)));
+    fn update<R: Resolve>(&mut self, id: &K, before: Option<&R>, after: Option<&R>) {
+        let old = before.and_then(|row| IndexKey::of_value(&row.resolve(&self.path)));
+        let new = after.and_then(|row| IndexKey::of_value(&row.resolve(&self.path)));
         if old == new {
             return;
         }
@@ -64,11 +83,15 @@ impl PathIndex {
     }
 
     /// Ids of the twins whose value meets `requirement`, after `after`, in id order.
-    pub fn ids(&self, requirement: &Requirement, after: Option<&str>) -> Vec<DeviceId> {
-        let mut ids: Vec<DeviceId> = Vec::new();
-        let mut take = |set: &OrdSet<DeviceId>| match after {
+    pub fn ids<Q>(&self, requirement: &Requirement, after: Option<&Q>) -> Vec<K>
+    where
+        K: Borrow<Q>,
+        Q: Ord + ?Sized,
+    {
+        let mut ids: Vec<K> = Vec::new();
+        let mut take = |set: &OrdSet<K>| match after {
             None => ids.extend(set.iter().cloned()),
-            Some(after) => ids.extend(set.range::<_, str>((Bound::Excluded(after), Bound::Unbounded)).cloned()),
+            Some(after) => ids.extend(set.range::<_, Q>((Bound::Excluded(after), Bound::Unbounded)).cloned()),
         };
         let mut sets = 0;
         match requirement {
@@ -120,8 +143,8 @@ fn range_is_empty(lower: &Bound<IndexKey>, upper: &Bound<IndexKey>) -> bool {
     }
 }
 
-impl Indexes {
-    pub fn get(&self, path: &FieldPath) -> Option<&PathIndex> {
+impl<K: Ord + Clone> Indexes<K> {
+    pub fn get(&self, path: &FieldPath) -> Option<&PathIndex<K>> {
         self.paths.iter().find(|index| index.path == *path)
     }
 
@@ -133,15 +156,28 @@ impl Indexes {
         self.paths.is_empty()
     }
 
-    /// Builds the index of `path` over `registry` unless it exists or the limit is reached.
-    pub fn add(&mut self, path: FieldPath, registry: &Registry) {
+    /// Builds the index of `path` over `rows` unless it exists or the limit is reached.
+    pub fn add<'r, R: Resolve + 'r>(&mut self, path: FieldPath, rows: impl Iterator<Item = (K, &'r R)>) {
         if self.get(&path).is_none() && self.paths.len() < INDEXED_PATHS_MAX {
-            self.paths.push(PathIndex::build(path, registry));
+            self.paths.push(PathIndex::build(path, rows));
         }
     }
 
-    /// Follows one record's change (`None`: absent before / deleted).
-    pub fn update(&mut self, id: &DeviceId, before: Option<&DeviceRecord>, after: Option<&DeviceRecord>) {
+    /// Follows the changes of the `touched` rows from `before` to `after` (each once, however often it
+    /// was touched).
+    pub fn follow<R: Resolve>(&mut self, touched: &mut Vec<K>, before: &OrdMap<K, Arc<R>>, after: &OrdMap<K, Arc<R>>) {
+        if self.paths.is_empty() {
+            return;
+        }
+        touched.sort_unstable();
+        touched.dedup();
+        for key in touched.iter() {
+            self.update(key, before.get(key).map(|row| &**row), after.get(key).map(|row| &**row));
+        }
+    }
+
+    /// Follows one row's change (`None`: absent before / deleted).
+    pub fn update<R: Resolve>(&mut self, id: &K, before: Option<&R>, after: Option<&R>) {
         for index in &mut self.paths {
             index.update(id, before, after);
         }
@@ -151,11 +187,11 @@ impl Indexes {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Arc;
+    use crate::Registry;
     use twinhub_core::json::DeviceDraft;
     use twinhub_core::record::Presence;
     use twinhub_core::twin::TwinPatch;
-    use twinhub_core::{Timestamp, Twin, TwinRules};
+    use twinhub_core::{DeviceId, DeviceRecord, Timestamp, Twin, TwinRules};
 
     fn record(id: &str, region: Option<&str>) -> Arc<DeviceRecord> {
         let now = Timestamp::now();
@@ -182,8 +218,11 @@ mod tests {
             registry.insert(record.identity.device_id.clone(), record);
         }
         let mut indexes = Indexes::default();
-        indexes.add(path.clone(), &registry);
-        let ids = |indexes: &Indexes, requirement: &Requirement, after: Option<&str>| -> Vec<String> {
+        indexes.add(
+            path.clone(),
+            registry.iter().map(|(id, record)| (id.clone(), &**record)),
+        );
+        let ids = |indexes: &Indexes<DeviceId>, requirement: &Requirement, after: Option<&str>| -> Vec<String> {
             let found = indexes.get(&path).unwrap().ids(requirement, after);
             found.iter().map(|id| id.to_string()).collect()
         };
@@ -192,13 +231,17 @@ mod tests {
         assert_eq!(ids(&indexes, &us, Some("a")), ["d"]);
         // b moves to US, a leaves it, d is deleted, e arrives in US.
         let moved = record("b", Some("US"));
-        indexes.update(&moved.identity.device_id, registry.get("b").map(|r| &**r), Some(&moved));
+        indexes.update(
+            &moved.identity.device_id,
+            registry.get("b").map(|r| &**r),
+            Some(&*moved),
+        );
         let left = record("a", Some("EU"));
-        indexes.update(&left.identity.device_id, registry.get("a").map(|r| &**r), Some(&left));
+        indexes.update(&left.identity.device_id, registry.get("a").map(|r| &**r), Some(&*left));
         let d = registry.get("d").cloned().unwrap();
-        indexes.update(&d.identity.device_id, Some(&d), None);
+        indexes.update::<DeviceRecord>(&d.identity.device_id, Some(&d), None);
         let arrived = record("e", Some("US"));
-        indexes.update(&arrived.identity.device_id, None, Some(&arrived));
+        indexes.update(&arrived.identity.device_id, None, Some(&*arrived));
         assert_eq!(ids(&indexes, &us, None), ["b", "e"]);
         let both = Requirement::OneOf(vec![IndexKey::Str("US".into()), IndexKey::Str("EU".into())]);
         assert_eq!(ids(&indexes, &both, None), ["a", "b", "e"]);

@@ -56,15 +56,20 @@ pub type Registry = imbl::OrdMap<DeviceId, Arc<DeviceRecord>>;
 #[derive(Clone, Debug, Default)]
 pub struct Snapshot {
     pub devices: Registry,
-    pub indexes: index::Indexes,
+    pub indexes: index::Indexes<DeviceId>,
+    /// The indexes over module twins (`devices.modules`).
+    pub module_indexes: index::Indexes<ModuleKey>,
     /// The consumer groups back ends created (not `$Default`), by lower-cased name, each with its name.
     pub consumer_groups: imbl::OrdMap<String, String>,
     /// Module identities with their twins, by device and module (a device's modules are one range).
     pub modules: Modules,
 }
 
+/// A module's place in the registry: its device's id, then its own.
+pub type ModuleKey = (DeviceId, twinhub_core::ModuleId);
+
 /// Module identities by device and module id.
-pub type Modules = imbl::OrdMap<(DeviceId, twinhub_core::ModuleId), Arc<twinhub_core::module::ModuleRecord>>;
+pub type Modules = imbl::OrdMap<ModuleKey, Arc<twinhub_core::module::ModuleRecord>>;
 
 #[derive(Clone, Debug)]
 pub struct HubConfig {
@@ -237,6 +242,7 @@ impl Hub {
         let snapshot = Arc::new(ArcSwap::from_pointee(Snapshot {
             devices: registry,
             indexes: Default::default(),
+            module_indexes: Default::default(),
             consumer_groups,
             modules,
         }));

@@ -258,16 +258,17 @@ impl Batch<'_> {
 
     fn store_module(&mut self, module: ModuleRecord) -> Arc<ModuleRecord> {
         let module = Arc::new(module);
-        self.modules.insert(
-            (module.device_id().clone(), module.module_id.clone()),
-            Arc::clone(&module),
-        );
+        let key = (module.device_id().clone(), module.module_id.clone());
+        self.touched_modules.push(key.clone());
+        self.modules.insert(key, Arc::clone(&module));
         self.writes.push(StoreWrite::UpsertModule(Arc::clone(&module)));
         module
     }
 
     fn forget_module(&mut self, device_id: &DeviceId, module_id: &ModuleId) {
-        if let Some(module) = self.modules.remove(&(device_id.clone(), module_id.clone())) {
+        let key = (device_id.clone(), module_id.clone());
+        self.touched_modules.push(key.clone());
+        if let Some(module) = self.modules.remove(&key) {
             self.announce_lifecycle(TwinOwner::Module(&module), false, Timestamp::now());
         }
         self.writes.push(StoreWrite::DeleteModule {
@@ -290,11 +291,14 @@ impl Batch<'_> {
     pub(crate) fn module_stored(&mut self, write: StoreWrite) {
         match write {
             StoreWrite::UpsertModule(module) => {
-                self.modules
-                    .insert((module.device_id().clone(), module.module_id.clone()), module);
+                let key = (module.device_id().clone(), module.module_id.clone());
+                self.touched_modules.push(key.clone());
+                self.modules.insert(key, module);
             }
             StoreWrite::DeleteModule { device_id, module_id } => {
-                self.modules.remove(&(device_id, module_id));
+                let key = (device_id, module_id);
+                self.touched_modules.push(key.clone());
+                self.modules.remove(&key);
             }
             _ => {}
         }
@@ -302,7 +306,10 @@ impl Batch<'_> {
 }
 
 /// The modules of `device_id`, in module id order.
-fn modules_of<'m>(modules: &'m crate::Modules, device_id: &DeviceId) -> impl Iterator<Item = &'m Arc<ModuleRecord>> {
+pub(crate) fn modules_of<'m>(
+    modules: &'m crate::Modules,
+    device_id: &DeviceId,
+) -> impl Iterator<Item = &'m Arc<ModuleRecord>> {
     let device_id = device_id.clone();
     modules
         .range((device_id.clone(), min_module_id())..)

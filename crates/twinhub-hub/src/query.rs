@@ -4,7 +4,7 @@
 
 use crate::index::{INDEXED_PATHS_MAX, INDEX_MIN_TWINS};
 use crate::writer::WriteOp;
-use crate::{Hub, HubError, Snapshot};
+use crate::{Hub, HubError, ModuleKey, Snapshot};
 use std::ops::Bound;
 use std::sync::Arc;
 use twinhub_core::module::ModuleRecord;
@@ -59,17 +59,19 @@ impl OrderedTwins for SnapshotView {
     }
 }
 
-/// Module twins in `<device>/<module>` order (`devices.modules`). Scanned: no index serves them yet.
+/// Module twins in `<device>/<module>` order (`devices.modules`), with their own indexes.
 struct ModulesView(Arc<Snapshot>);
+
+/// A module row's paging cursor (`<device>/<module>`) as its key; `None` when it names no module.
+fn module_cursor(after: Option<&str>) -> Option<ModuleKey> {
+    let (device, module) = after?.split_once('/')?;
+    Some((DeviceId::new(device).ok()?, ModuleId::new(module).ok()?))
+}
 
 impl OrderedTwins<ModuleRecord> for ModulesView {
     fn after<'a>(&'a self, after: Option<&str>) -> Box<dyn Iterator<Item = &'a ModuleRecord> + 'a> {
         let modules = &self.0.modules;
-        let start = after.and_then(|key| {
-            let (device, module) = key.split_once('/')?;
-            Some((DeviceId::new(device).ok()?, ModuleId::new(module).ok()?))
-        });
-        match start {
+        match module_cursor(after) {
             None => Box::new(modules.values().map(|module| &**module)),
             Some(key) => Box::new(
                 modules
@@ -77,6 +79,44 @@ impl OrderedTwins<ModuleRecord> for ModulesView {
                     .map(|(_, module)| &**module),
             ),
         }
+    }
+
+    fn candidates<'a>(
+        &'a self,
+        constraint: &Constraint<'_>,
+        after: Option<&str>,
+    ) -> Option<Box<dyn Iterator<Item = &'a ModuleRecord> + 'a>> {
+        let after = module_cursor(after);
+        let modules = &self.0.modules;
+        let keys: Vec<ModuleKey> = match (constraint.path.field, &constraint.requirement) {
+            (Field::DeviceId, Requirement::OneOf(ids)) if constraint.path.rest.is_empty() => {
+                // A device's modules are one range of the map: a device id constraint needs no index.
+                let mut devices: Vec<DeviceId> = ids
+                    .iter()
+                    .filter_map(|id| match id {
+                        IndexKey::Str(id) => DeviceId::new(id).ok(),
+                        _ => None,
+                    })
+                    .collect();
+                devices.sort_unstable();
+                devices.dedup();
+                devices
+                    .iter()
+                    .flat_map(|device| crate::modules::modules_of(modules, device))
+                    .map(|module| (module.device_id().clone(), module.module_id.clone()))
+                    .filter(|key| after.as_ref().is_none_or(|after| key > after))
+                    .collect()
+            }
+            _ => self
+                .0
+                .module_indexes
+                .get(constraint.path)?
+                .ids(&constraint.requirement, after.as_ref()),
+        };
+        Some(Box::new(
+            keys.into_iter()
+                .filter_map(move |key| modules.get(&key).map(|module| &**module)),
+        ))
     }
 }
 
@@ -110,17 +150,28 @@ impl Hub {
     /// of the writer's batch, which is at least as new as any write acknowledged before this query.
     async fn index_for(&self, query: &CompiledQuery) -> Result<(), HubError> {
         let snapshot = self.snapshot();
-        if snapshot.devices.len() < INDEX_MIN_TWINS || snapshot.indexes.len() >= INDEXED_PATHS_MAX {
+        let collection = query.query.from;
+        let (twins, indexed, has_index): (usize, usize, &dyn Fn(&_) -> bool) = match collection {
+            Collection::DeviceModules => (snapshot.modules.len(), snapshot.module_indexes.len(), &|path| {
+                snapshot.module_indexes.get(path).is_some()
+            }),
+            _ => (snapshot.devices.len(), snapshot.indexes.len(), &|path| {
+                snapshot.indexes.get(path).is_some()
+            }),
+        };
+        if twins < INDEX_MIN_TWINS || indexed >= INDEXED_PATHS_MAX {
             return Ok(());
         }
         let constraints = plan::constraints(query.query.condition.as_ref());
         let served = constraints
             .iter()
-            .any(|c| c.path.field == Field::DeviceId || snapshot.indexes.get(c.path).is_some());
+            .any(|c| c.path.field == Field::DeviceId || has_index(c.path));
         let Some(first) = constraints.first().filter(|_| !served) else {
             return Ok(());
         };
-        tracing::info!(path = %first.path.dotted(), "indexing a queried path");
-        self.write(WriteOp::AddIndex(first.path.clone())).await.map(|_| ())
+        tracing::info!(path = %first.path.dotted(), ?collection, "indexing a queried path");
+        self.write(WriteOp::AddIndex(collection, first.path.clone()))
+            .await
+            .map(|_| ())
     }
 }

@@ -58,7 +58,8 @@ pub(crate) enum WriteOp {
         create: bool,
     },
     /// Start indexing a path (built over the batch's final registry, then kept up to date).
-    AddIndex(twinhub_query::document::FieldPath),
+    /// Index a path of the device twins (`devices`) or of the module twins (`devices.modules`).
+    AddIndex(twinhub_query::ast::Collection, twinhub_query::document::FieldPath),
     /// A change to a device's cloud-to-device queue.
     CloudToDevice {
         device_id: DeviceId,
@@ -148,7 +149,9 @@ pub(crate) struct Batch<'a> {
     pub(crate) config: &'a HubConfig,
     /// Ids upserted or deleted, for index maintenance.
     touched: Vec<DeviceId>,
-    new_indexes: Vec<twinhub_query::document::FieldPath>,
+    /// Modules upserted or deleted, for index maintenance.
+    pub(crate) touched_modules: Vec<crate::ModuleKey>,
+    new_indexes: Vec<(twinhub_query::ast::Collection, twinhub_query::document::FieldPath)>,
     /// Open connections per device, across batches: a device is Connected while it has at least one (a
     /// session takeover opens the new connection before the old one has closed).
     connections: &'a mut std::collections::HashMap<DeviceId, HeldConnections>,
@@ -238,6 +241,7 @@ pub(crate) async fn run(
             events: Vec::new(),
             config: &config,
             touched: Vec::new(),
+            touched_modules: Vec::new(),
             new_indexes: Vec::new(),
             connections: &mut connections,
             module_connections: &mut module_connections,
@@ -309,7 +313,7 @@ pub(crate) async fn run(
                 continue;
             }
         };
-        let indexes = batch.indexes_after(&previous);
+        let (indexes, module_indexes) = batch.indexes_after(&previous);
         // Queued in commit order before anything is acknowledged; waited for below.
         let hub_messages = deliveries
             .routing
@@ -326,6 +330,7 @@ pub(crate) async fn run(
         snapshot.store(Arc::new(Snapshot {
             devices: batch.registry,
             indexes,
+            module_indexes,
             consumer_groups: batch.consumer_groups,
             modules: batch.modules,
         }));
@@ -529,8 +534,8 @@ impl Batch<'_> {
                 }
                 Ok(WriteOutcome::Done)
             }
-            WriteOp::AddIndex(path) => {
-                self.new_indexes.push(path);
+            WriteOp::AddIndex(collection, path) => {
+                self.new_indexes.push((collection, path));
                 Ok(WriteOutcome::Done)
             }
             WriteOp::CloudToDevice { device_id, op } => self
@@ -701,22 +706,25 @@ impl Batch<'_> {
         Ok(WriteOutcome::Record(self.upsert(Arc::new(record))))
     }
 
-    /// The indexes as of this batch: every touched record's old and new value followed, new paths built.
-    fn indexes_after(&mut self, previous: &Snapshot) -> crate::index::Indexes {
+    /// The indexes of device twins and of module twins as of this batch: every touched record's old and
+    /// new value followed, new paths built.
+    fn indexes_after(
+        &mut self,
+        previous: &Snapshot,
+    ) -> (crate::index::Indexes<DeviceId>, crate::index::Indexes<crate::ModuleKey>) {
         let mut indexes = previous.indexes.clone();
-        if !indexes.is_empty() {
-            self.touched.sort_unstable();
-            self.touched.dedup();
-            for id in &self.touched {
-                let before = previous.devices.get(id).map(|record| &**record);
-                let after = self.registry.get(id).map(|record| &**record);
-                indexes.update(id, before, after);
+        indexes.follow(&mut self.touched, &previous.devices, &self.registry);
+        let mut module_indexes = previous.module_indexes.clone();
+        module_indexes.follow(&mut self.touched_modules, &previous.modules, &self.modules);
+        for (collection, path) in self.new_indexes.drain(..) {
+            match collection {
+                twinhub_query::ast::Collection::DeviceModules => {
+                    module_indexes.add(path, self.modules.iter().map(|(key, module)| (key.clone(), &**module)))
+                }
+                _ => indexes.add(path, self.registry.iter().map(|(id, record)| (id.clone(), &**record))),
             }
         }
-        for path in self.new_indexes.drain(..) {
-            indexes.add(path, &self.registry);
-        }
-        indexes
+        (indexes, module_indexes)
     }
 
     pub(crate) fn existing(&self, id: &DeviceId) -> Result<Arc<DeviceRecord>, HubError> {

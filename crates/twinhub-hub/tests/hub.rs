@@ -392,3 +392,145 @@ async fn a_device_is_connected_while_it_has_a_connection_and_not_after_a_restart
         Err(HubError::DeviceNotFound(_))
     ));
 }
+
+/// Every page of a query over `devices.modules`, as `<device>/<module>`.
+async fn query_module_ids(hub: &Hub, text: &str) -> Vec<String> {
+    let mut ids = Vec::new();
+    let mut token: Option<String> = None;
+    loop {
+        let page = hub.query(text, Some(500), token.as_deref()).await.unwrap();
+        ids.extend(page.values().iter().map(|twin| {
+            format!(
+                "{}/{}",
+                twin["deviceId"].as_str().unwrap(),
+                twin["moduleId"].as_str().unwrap()
+            )
+        }));
+        match page.continuation {
+            Some(next) => token = Some(next),
+            None => return ids,
+        }
+    }
+}
+
+/// Adds a module to `device` and tags it with `role`.
+async fn add_module(hub: &Hub, device: &str, module_id: &str, role: &str) {
+    let (device, module_id) = (id(device), twinhub_core::ModuleId::new(module_id).unwrap());
+    let draft = twinhub_core::module::ModuleDraft::from_json(&serde_json::json!({}), &device, &module_id).unwrap();
+    hub.put_module(device.clone(), draft, IfMatch::Absent).await.unwrap();
+    hub.patch_module_twin(device, module_id, tags(serde_json::json!({"role": role})), IfMatch::Any)
+        .await
+        .unwrap();
+}
+
+/// The same module query answered by scanning every module twin.
+fn scanned_module_ids(hub: &Hub, text: &str) -> Vec<String> {
+    let query = twinhub_query::CompiledQuery::parse(text).unwrap();
+    hub.snapshot()
+        .modules
+        .values()
+        .filter(|module| query.matches(&***module))
+        .map(|module| format!("{}/{}", module.device_id(), module.module_id))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn module_queries_on_large_registries_build_module_indexes_that_stay_exact_under_writes() {
+    // Scenario: 2,520 devices with 4 modules each (10,080 module twins) tagged with a role; a tag query
+    // over devices.modules builds a module index (and none over devices); then modules move in and out
+    // of the result (retag, module delete, device delete taking its modules, a new module) and every
+    // query right after a write equals a full scan.
+    use twinhub_core::ModuleId;
+    let store = Arc::new(MemoryStore::default());
+    {
+        let now = twinhub_core::Timestamp::now();
+        let mut records = store.records.lock().unwrap();
+        for n in 0..2_520 {
+            let name = format!("dev{n:05}");
+            let identity = draft(&name).into_identity(None, now, |_| None).expect("no edge scopes");
+            let twin = twinhub_core::Twin::new(now);
+            records.insert(id(&name), DeviceRecord::new(identity, twin, Default::default()));
+        }
+    }
+    let hub = hub_with(Arc::clone(&store)).await;
+    let module = |text: &str| ModuleId::new(text).unwrap();
+    let mut writers = tokio::task::JoinSet::new();
+    for n in 0..2_520 {
+        let hub = Arc::clone(&hub);
+        writers.spawn(async move {
+            for m in 0..4 {
+                let role = format!("r{}", (n * 4 + m) % 50);
+                add_module(&hub, &format!("dev{n:05}"), &format!("m{m}"), &role).await;
+            }
+        });
+    }
+    while let Some(done) = writers.join_next().await {
+        done.unwrap();
+    }
+    let text = "SELECT * FROM devices.modules WHERE tags.role = 'r7'";
+    assert_eq!(query_module_ids(&hub, text).await.len(), 202);
+    assert_eq!(
+        hub.snapshot().module_indexes.len(),
+        1,
+        "the queried module path is indexed"
+    );
+    assert_eq!(hub.snapshot().indexes.len(), 0, "no index over device twins");
+    assert_eq!(query_module_ids(&hub, text).await, scanned_module_ids(&hub, text));
+
+    // dev00001/m3 (role r7) is retagged, dev00002/m1 (r9) joins, dev00014/m1 (r7) is deleted, dev00026
+    // (with dev00026/m3 in r7) is deleted, and a new module joins.
+    let retag = |device: &str, module_id: &str, role: &str| {
+        hub.patch_module_twin(
+            id(device),
+            module(module_id),
+            tags(serde_json::json!({"role": role})),
+            IfMatch::Any,
+        )
+    };
+    retag("dev00001", "m3", "r8").await.unwrap();
+    retag("dev00002", "m1", "r7").await.unwrap();
+    hub.delete_module(id("dev00014"), module("m1"), IfMatch::Any)
+        .await
+        .unwrap();
+    hub.delete_device(id("dev00026"), IfMatch::Any).await.unwrap();
+    add_module(&hub, "dev00000", "late", "r7").await;
+    let after = query_module_ids(&hub, text).await;
+    assert_eq!(after, scanned_module_ids(&hub, text));
+    for gone in ["dev00001/m3", "dev00014/m1", "dev00026/m3"] {
+        assert!(!after.contains(&gone.to_owned()), "{gone}");
+    }
+    for joined in ["dev00002/m1", "dev00000/late"] {
+        assert!(after.contains(&joined.to_owned()), "{joined}");
+    }
+    assert_eq!(after.len(), 202 - 3 + 2);
+    for text in [
+        "SELECT * FROM devices.modules WHERE tags.role IN ['r7', 'r8'] AND moduleId = 'm3'",
+        "SELECT * FROM devices.modules WHERE tags.role > 'r45'",
+        "SELECT * FROM devices.modules WHERE STARTSWITH(tags.role, 'r4')",
+        "SELECT * FROM devices.modules WHERE deviceId IN ['dev00003', 'nope', 'dev00001'] AND moduleId != 'm0'",
+        "SELECT * FROM devices.modules WHERE deviceId = 'dev00026'",
+    ] {
+        let found = query_module_ids(&hub, text).await;
+        assert_eq!(found, scanned_module_ids(&hub, text), "{text}");
+    }
+    assert_eq!(
+        query_module_ids(
+            &hub,
+            "SELECT * FROM devices.modules WHERE deviceId IN ['dev00003', 'dev00001'] AND moduleId != 'm0'"
+        )
+        .await,
+        [
+            "dev00001/m1",
+            "dev00001/m2",
+            "dev00001/m3",
+            "dev00003/m1",
+            "dev00003/m2",
+            "dev00003/m3"
+        ]
+    );
+    assert_eq!(
+        hub.snapshot().module_indexes.len(),
+        1,
+        "one index serves every shape on its path"
+    );
+}
