@@ -16,6 +16,7 @@ mod error;
 pub mod event_log;
 mod events;
 mod follow;
+mod held;
 pub mod index;
 mod modules;
 mod presence_leases;

@@ -12,7 +12,6 @@ use twinhub_core::etag::IfMatch;
 use twinhub_core::module::{ModuleDraft, ModuleRecord};
 use twinhub_core::record::Presence;
 use twinhub_core::twin::{ReportedPatch, TwinPatch, TwinReplacement};
-use twinhub_core::ConnectionState;
 use twinhub_core::{DeviceId, DeviceRecord, ModuleId, Timestamp};
 use twinhub_store::StoreWrite;
 
@@ -182,54 +181,32 @@ impl Batch<'_> {
                 device_id,
                 module_id,
                 event,
-            } => self.module_presence(device_id, module_id, event, now),
+            } => self.presence(
+                twinhub_store::Holder {
+                    device_id,
+                    module_id: Some(module_id),
+                },
+                event,
+                now,
+            ),
         }
     }
 
-    /// A module is `Connected` while it has a connection to this node.
-    fn module_presence(
+    /// Puts `presence` in a module's record, announcing a change of its connection state; the module
+    /// as it is now.
+    pub(crate) fn show_module_presence(
         &mut self,
-        device_id: DeviceId,
-        module_id: ModuleId,
-        event: PresenceEvent,
+        device_id: &DeviceId,
+        module_id: &ModuleId,
+        presence: Presence,
         now: Timestamp,
     ) -> Result<WriteOutcome, HubError> {
-        let key = (device_id.clone(), module_id.clone());
-        let count = self.module_connections.entry(key.clone()).or_default();
-        match event {
-            PresenceEvent::Connected => *count += 1,
-            PresenceEvent::Disconnected => *count = count.saturating_sub(1),
-            PresenceEvent::Active => {}
-        }
-        let connected = *count > 0;
-        if !connected {
-            self.module_connections.remove(&key);
-        }
-        let Some(existing) = self.modules.get(&key).cloned() else {
-            return match event {
-                PresenceEvent::Connected => Err(not_found(&device_id, &module_id)),
-                _ => Ok(WriteOutcome::Done),
-            };
-        };
-        let mut presence = existing.record.presence.clone();
-        let state = if connected {
-            ConnectionState::Connected
-        } else {
-            ConnectionState::Disconnected
-        };
-        if presence.connection_state != state {
-            presence.connection_state = state;
-            presence.connection_state_updated = Some(now);
-            self.announce_connection(TwinOwner::Module(&existing), state, now);
-        }
-        let stale = presence
-            .last_activity
-            .is_none_or(|last| now.0.saturating_sub(last.0) >= crate::writer::ACTIVITY_RESOLUTION.as_nanos() as i64);
-        if event != PresenceEvent::Disconnected && stale {
-            presence.last_activity = Some(now);
-        }
+        let existing = self.module(device_id, module_id)?;
         if presence == existing.record.presence {
             return Ok(WriteOutcome::Module(existing));
+        }
+        if presence.connection_state != existing.record.presence.connection_state {
+            self.announce_connection(TwinOwner::Module(&existing), presence.connection_state, now);
         }
         let record = DeviceRecord::new(existing.record.identity.clone(), existing.record.twin.clone(), presence);
         Ok(WriteOutcome::Module(self.store_module(existing.with_record(record))))

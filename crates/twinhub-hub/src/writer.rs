@@ -15,8 +15,8 @@ use twinhub_core::json::DeviceDraft;
 use twinhub_core::record::Presence;
 use twinhub_core::routing::SourceSet;
 use twinhub_core::twin::{ReportedPatch, TwinPatch, TwinReplacement};
-use twinhub_core::{ConnectionState, DeviceId, DeviceRecord, Timestamp, Twin};
-use twinhub_store::{Store, StoreWrite};
+use twinhub_core::{DeviceId, DeviceRecord, Timestamp, Twin};
+use twinhub_store::{Holder, Store, StoreWrite};
 
 pub(crate) enum WriteOp {
     PutDevice {
@@ -71,11 +71,11 @@ pub(crate) enum WriteOp {
     FeedbackReceived(Vec<u64>),
     /// In a cluster: apply every commit other nodes made so far (`follow.rs`). Writes nothing.
     CatchUp,
-    /// In a cluster: a node's lease lapsed; the devices it held are Disconnected where their
+    /// In a cluster: a node's lease lapsed; the devices and modules it held are Disconnected where their
     /// `connectionStateUpdatedTime` is still the stamp it gave them (`presence_leases.rs`).
-    ReleaseHolds(Vec<(DeviceId, Timestamp)>),
-    /// In a cluster: this node's lease had lapsed, so other nodes may have marked its devices
-    /// Disconnected: every device it holds is stamped Connected anew.
+    ReleaseHolds(Vec<(Holder, Timestamp)>),
+    /// In a cluster: this node's lease had lapsed, so other nodes may have marked its devices and
+    /// modules Disconnected: every one it holds is stamped Connected anew.
     ReassertHolds,
     /// A change of the message routes, applied to the routes in force and stored.
     EditRouting(crate::routing::RoutingEdit),
@@ -152,11 +152,8 @@ pub(crate) struct Batch<'a> {
     /// Modules upserted or deleted, for index maintenance.
     pub(crate) touched_modules: Vec<crate::ModuleKey>,
     new_indexes: Vec<(twinhub_query::ast::Collection, twinhub_query::document::FieldPath)>,
-    /// Open connections per device, across batches: a device is Connected while it has at least one (a
-    /// session takeover opens the new connection before the old one has closed).
-    connections: &'a mut std::collections::HashMap<DeviceId, HeldConnections>,
-    /// Open connections per module (no presence leases: a module's connection state is this node's).
-    pub(crate) module_connections: &'a mut std::collections::HashMap<(DeviceId, twinhub_core::ModuleId), u32>,
+    /// Open connections per device and module, across batches (`held.rs`).
+    held: &'a mut crate::held::Held,
     /// Every device's cloud-to-device queue, across batches.
     pub(crate) c2d: &'a mut CloudToDeviceState,
     /// Devices that may take a message now (one arrived, or came back): told after the commit.
@@ -165,7 +162,7 @@ pub(crate) struct Batch<'a> {
     pub(crate) feedback: Vec<(u64, twinhub_core::c2d::FeedbackRecord)>,
     /// Feedback records a back end received through another node.
     pub(crate) feedback_forgotten: Vec<u64>,
-    /// Devices this node began or stopped holding, for its presence lease once committed.
+    /// Devices and modules this node began or stopped holding, for its presence lease once committed.
     pub(crate) holds: Vec<twinhub_store::HoldChange>,
     /// Client ids whose persistent session another node wrote (it holds the session now).
     pub(crate) sessions_elsewhere: Vec<String>,
@@ -200,15 +197,6 @@ pub(crate) struct Deliveries {
     pub(crate) hub_messages: Arc<HubMessages>,
 }
 
-/// A device's connections to this node.
-#[derive(Default)]
-pub(crate) struct HeldConnections {
-    count: u32,
-    /// `connectionStateUpdatedTime` as this node last left it while connected: if the record says
-    /// otherwise when the last connection closes, someone else (another node) changed it since.
-    marked: Option<Timestamp>,
-}
-
 /// What committing a batch came to.
 enum Committed {
     /// Durable (or nothing to make durable); in a cluster, the node is now at this commit.
@@ -226,8 +214,7 @@ pub(crate) async fn run(
     deliveries: Deliveries,
 ) {
     let mut commands = Vec::with_capacity(config.commit_batch_operations_max);
-    let mut connections = std::collections::HashMap::new();
-    let mut module_connections = std::collections::HashMap::new();
+    let mut held = crate::held::Held::default();
     // recv_many waits for the first command, then takes whatever else is already queued: group commit
     // without a timer, so a lone write is not delayed and a busy queue fills the batch.
     while queue.recv_many(&mut commands, config.commit_batch_operations_max).await > 0 {
@@ -243,8 +230,7 @@ pub(crate) async fn run(
             touched: Vec::new(),
             touched_modules: Vec::new(),
             new_indexes: Vec::new(),
-            connections: &mut connections,
-            module_connections: &mut module_connections,
+            held: &mut held,
             c2d: &mut c2d,
             c2d_ready: Vec::new(),
             feedback: Vec::new(),
@@ -510,7 +496,7 @@ impl Batch<'_> {
                 let record = DeviceRecord::new(current.identity.clone(), twin, presence);
                 Ok(WriteOutcome::Record(self.upsert(Arc::new(record))))
             }
-            WriteOp::Presence { id, event } => self.presence(id, event, now),
+            WriteOp::Presence { id, event } => self.presence(Holder::device(id), event, now),
             WriteOp::Session { client_id, session } => {
                 self.writes.push(match session {
                     Some(session) => StoreWrite::UpsertSession(session),
@@ -575,135 +561,82 @@ impl Batch<'_> {
         }
     }
 
-    /// A lapsed node's devices: Disconnected, unless someone stamped them since (they moved on).
-    fn release_holds(&mut self, held: Vec<(DeviceId, Timestamp)>, now: Timestamp) {
-        for (id, stamp) in held {
-            let Some(current) = self.registry.get(&id).cloned() else {
+    /// A lapsed node's devices and modules: Disconnected, unless someone stamped them since (they moved on).
+    fn release_holds(&mut self, held: Vec<(Holder, Timestamp)>, now: Timestamp) {
+        for (holder, stamp) in held {
+            let Some(current) = self.presence_now(&holder) else {
                 continue;
             };
-            let presence = &current.presence;
-            if presence.connection_state != ConnectionState::Connected
-                || presence.connection_state_updated != Some(stamp)
-            {
-                continue;
+            if let Some(presence) = crate::held::released(&current, stamp, now) {
+                let _ = self.show_presence(&holder, presence, now);
             }
-            let presence = Presence {
-                connection_state: ConnectionState::Disconnected,
-                connection_state_updated: Some(now),
-                last_activity: presence.last_activity,
-            };
-            self.announce_connection(TwinOwner::Device(&current), ConnectionState::Disconnected, now);
-            let record = DeviceRecord::new(current.identity.clone(), current.twin.clone(), presence);
-            self.upsert(Arc::new(record));
         }
     }
 
-    /// Stamps Connected anew every device this node holds whose record says otherwise than this node left it.
+    /// Stamps Connected anew every device and module this node holds whose record says otherwise than
+    /// this node left it.
     fn reassert_holds(&mut self, now: Timestamp) {
-        let held: Vec<DeviceId> = self
-            .connections
-            .iter()
-            .filter(|(_, held)| held.count > 0)
-            .map(|(id, _)| id.clone())
-            .collect();
-        for id in held {
-            let Some(current) = self.registry.get(&id).cloned() else {
+        for holder in self.held.holders() {
+            let Some(current) = self.presence_now(&holder) else {
                 continue;
             };
-            let marked = self.connections.get(&id).and_then(|held| held.marked);
-            let presence = &current.presence;
-            if presence.connection_state == ConnectionState::Connected && presence.connection_state_updated == marked {
-                // Still as this node left it: the lease is renewed, the record needs nothing.
-                if let Some(stamp) = marked {
-                    self.holds.push(twinhub_store::HoldChange::Held {
-                        device_id: id.clone(),
-                        stamp,
-                    });
-                }
-                continue;
+            if let Some(presence) = self.held.reassert(&holder, &current, now, &mut self.holds) {
+                let _ = self.show_presence(&holder, presence, now);
             }
-            let presence = Presence {
-                connection_state: ConnectionState::Connected,
-                connection_state_updated: Some(now),
-                last_activity: presence.last_activity,
-            };
-            if let Some(held) = self.connections.get_mut(&id) {
-                held.marked = Some(now);
-            }
-            self.holds.push(twinhub_store::HoldChange::Held {
-                device_id: id.clone(),
-                stamp: now,
-            });
-            let record = DeviceRecord::new(current.identity.clone(), current.twin.clone(), presence);
-            self.upsert(Arc::new(record));
         }
     }
 
-    fn presence(&mut self, id: DeviceId, event: PresenceEvent, now: Timestamp) -> Result<WriteOutcome, HubError> {
-        let held = self.connections.entry(id.clone()).or_default();
-        match event {
-            PresenceEvent::Connected => held.count += 1,
-            PresenceEvent::Disconnected => held.count = held.count.saturating_sub(1),
-            PresenceEvent::Active => {}
+    /// A connection of a device or module opened, closed or was active.
+    pub(crate) fn presence(
+        &mut self,
+        holder: Holder,
+        event: PresenceEvent,
+        now: Timestamp,
+    ) -> Result<WriteOutcome, HubError> {
+        let current = self.presence_now(&holder);
+        let next = self.held.event(&holder, event, current.as_ref(), now, &mut self.holds);
+        match next {
+            Some(presence) => self.show_presence(&holder, presence, now),
+            None if event == PresenceEvent::Connected => Err(match holder.module_id {
+                None => HubError::DeviceNotFound(holder.device_id),
+                Some(module) => HubError::ModuleNotFound {
+                    device: holder.device_id,
+                    module,
+                },
+            }),
+            None => Ok(WriteOutcome::Done),
         }
-        let connected = held.count > 0;
-        // The device's first connection to this node: this node takes it over (in a cluster, from
-        // whichever node held it), even when the record already says Connected.
-        let taken_here = event == PresenceEvent::Connected && held.count == 1;
-        let marked = held.marked;
-        if !connected {
-            self.connections.remove(&id);
-            if marked.is_some() {
-                self.holds.push(twinhub_store::HoldChange::Released(id.clone()));
+    }
+
+    /// The presence the record of a device or module shows; `None` when there is no such record.
+    fn presence_now(&self, holder: &Holder) -> Option<Presence> {
+        match &holder.module_id {
+            None => self
+                .registry
+                .get(&holder.device_id)
+                .map(|record| record.presence.clone()),
+            Some(module_id) => self
+                .modules
+                .get(&(holder.device_id.clone(), module_id.clone()))
+                .map(|module| module.record.presence.clone()),
+        }
+    }
+
+    /// Puts `presence` in the record of a device or module, announcing a change of its connection state;
+    /// the record as it is now.
+    fn show_presence(&mut self, holder: &Holder, presence: Presence, now: Timestamp) -> Result<WriteOutcome, HubError> {
+        let Some(module_id) = &holder.module_id else {
+            let current = self.existing(&holder.device_id)?;
+            if presence == current.presence {
+                return Ok(WriteOutcome::Record(current));
             }
-        }
-        // A device deleted while connected: its connections still close and count down; nothing to write.
-        let Some(current) = self.registry.get(&id).cloned() else {
-            return match event {
-                PresenceEvent::Connected => Err(HubError::DeviceNotFound(id)),
-                _ => Ok(WriteOutcome::Done),
-            };
-        };
-        let mut presence = current.presence.clone();
-        let state = if connected {
-            ConnectionState::Connected
-        } else {
-            ConnectionState::Disconnected
-        };
-        // The last connection here closed, but the state was changed since this node marked it (in a
-        // cluster: the device moved to another node, which marked it connected): that is the truth now.
-        let moved_on = !connected && marked.is_some() && presence.connection_state_updated != marked;
-        if (presence.connection_state != state && !moved_on) || taken_here {
-            presence.connection_state = state;
-            presence.connection_state_updated = Some(now);
-        }
-        let stale = presence
-            .last_activity
-            .is_none_or(|last| now.0.saturating_sub(last.0) >= ACTIVITY_RESOLUTION.as_nanos() as i64);
-        if event != PresenceEvent::Disconnected && stale {
-            presence.last_activity = Some(now);
-        }
-        if connected {
-            if let Some(held) = self.connections.get_mut(&id) {
-                if held.marked != presence.connection_state_updated {
-                    if let Some(stamp) = presence.connection_state_updated {
-                        self.holds.push(twinhub_store::HoldChange::Held {
-                            device_id: id.clone(),
-                            stamp,
-                        });
-                    }
-                }
-                held.marked = presence.connection_state_updated;
+            if presence.connection_state != current.presence.connection_state {
+                self.announce_connection(TwinOwner::Device(&current), presence.connection_state, now);
             }
-        }
-        if presence == current.presence {
-            return Ok(WriteOutcome::Record(current));
-        }
-        if presence.connection_state != current.presence.connection_state {
-            self.announce_connection(TwinOwner::Device(&current), presence.connection_state, now);
-        }
-        let record = DeviceRecord::new(current.identity.clone(), current.twin.clone(), presence);
-        Ok(WriteOutcome::Record(self.upsert(Arc::new(record))))
+            let record = DeviceRecord::new(current.identity.clone(), current.twin.clone(), presence);
+            return Ok(WriteOutcome::Record(self.upsert(Arc::new(record))));
+        };
+        self.show_module_presence(&holder.device_id, module_id, presence, now)
     }
 
     /// The indexes of device twins and of module twins as of this batch: every touched record's old and

@@ -18,7 +18,7 @@ use twinhub_core::c2d::{FeedbackRecord, QueuedMessage};
 use twinhub_core::hub_event::HubEvent;
 use twinhub_core::session::SessionRecord;
 use twinhub_core::twin::DesiredChange;
-use twinhub_core::{DeviceId, DeviceRecord, Timestamp};
+use twinhub_core::{DeviceId, DeviceRecord, ModuleId, Timestamp};
 
 /// One commit of the log, as a node reads it back.
 #[derive(Clone, Debug)]
@@ -43,20 +43,57 @@ pub struct Loaded {
     pub seq: u64,
 }
 
-/// A change of the devices a node holds (has connections of), for presence leases.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum HoldChange {
-    /// The node stamped the device Connected at `stamp` (`connectionStateUpdatedTime`).
-    Held { device_id: DeviceId, stamp: Timestamp },
-    /// The node's last connection of the device closed.
-    Released(DeviceId),
+/// What a node's connections act as: a device, or a module of one. Kept in the leases' tables as
+/// `<device>` or `<device>/<module>` (no id has a `/`).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Holder {
+    pub device_id: DeviceId,
+    pub module_id: Option<ModuleId>,
 }
 
-/// A node whose lease lapsed, with the devices it held and the stamps it gave them.
+impl Holder {
+    pub fn device(device_id: DeviceId) -> Holder {
+        Holder {
+            device_id,
+            module_id: None,
+        }
+    }
+
+    /// The text the leases' tables keep.
+    pub fn key(&self) -> String {
+        match &self.module_id {
+            None => self.device_id.as_str().to_owned(),
+            Some(module_id) => crate::codec::module_key(&self.device_id, module_id),
+        }
+    }
+
+    /// The holder a key names; `None` for text no device or module id could make.
+    pub fn from_key(key: &str) -> Option<Holder> {
+        let (device, module) = match key.split_once('/') {
+            Some((device, module)) => (device, Some(module)),
+            None => (key, None),
+        };
+        Some(Holder {
+            device_id: DeviceId::new(device).ok()?,
+            module_id: module.map(ModuleId::new).transpose().ok()?,
+        })
+    }
+}
+
+/// A change of the devices and modules a node holds (has connections of), for presence leases.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HoldChange {
+    /// The node stamped the device or module Connected at `stamp` (`connectionStateUpdatedTime`).
+    Held { holder: Holder, stamp: Timestamp },
+    /// The node's last connection of the device or module closed.
+    Released(Holder),
+}
+
+/// A node whose lease lapsed, with the devices and modules it held and the stamps it gave them.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LapsedNode {
     pub node: String,
-    pub held: Vec<(DeviceId, Timestamp)>,
+    pub held: Vec<(Holder, Timestamp)>,
 }
 
 /// Most commits one read of the log outside the turn returns ([`ClusterStore::commits_after`]).

@@ -21,7 +21,7 @@ pub mod jetstream;
 pub mod postgres;
 
 pub use cluster::{
-    BuildCommit, ClusterStore, Commit, HoldChange, LapsedNode, Loaded, COMMITS_READ_MAX, LEASE_LAPSES_AFTER,
+    BuildCommit, ClusterStore, Commit, HoldChange, Holder, LapsedNode, Loaded, COMMITS_READ_MAX, LEASE_LAPSES_AFTER,
 };
 pub use embedded::{EmbeddedStore, StoreOptions};
 pub use events::{

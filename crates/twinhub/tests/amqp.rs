@@ -563,24 +563,10 @@ async fn a_module_is_confined_to_its_own_links() {
     let api = Service::new(&hub.owner_connection_string(), &hub.ca_path());
     let host = hub.host();
     let device_key = api.register_device("dev1").await;
-    let mut module_keys = Vec::new();
-    for module in ["app", "other"] {
-        let created = api
-            .call(
-                Method::PUT,
-                &format!("/devices/dev1/modules/{module}"),
-                Some(json!({"deviceId": "dev1", "moduleId": module})),
-                None,
-            )
-            .await;
-        assert_eq!(created.status, 200, "{}", created.body);
-        module_keys.push(
-            created.body["authentication"]["symmetricKey"]["primaryKey"]
-                .as_str()
-                .unwrap()
-                .to_owned(),
-        );
-    }
+    let module_keys = [
+        api.register_module("dev1", "app").await,
+        api.register_module("dev1", "other").await,
+    ];
     let app = format!("{host}/devices/dev1/modules/app");
     let app_token = |lifetime: i64| {
         twinhub_core::sas::sign(

@@ -279,6 +279,15 @@ async fn a_killed_nodes_devices_are_shown_disconnected_once_its_lease_lapses_unl
     let (_mover_on_a, code) = cluster.connect(&cluster.a, "mover", &mover_key).await;
     assert_eq!(code, ConnectAckReason::ConnectionAccepted);
     assert_eq!(twin(&cluster.api_a, "orphan").await["connectionState"], "Connected");
+    // A module of the orphan connects through B too: its presence is held under B's lease as well.
+    let module_key = cluster.api_a.register_module("orphan", "app").await;
+    let credentials = Credentials::module(&cluster.b.host(), "orphan", "app", &module_key, 3600);
+    let (_module_on_b, code, _) = MqttClient::connect(cluster.b.address(), &cluster.b.ca_path(), &credentials).await;
+    assert_eq!(code, ConnectAckReason::ConnectionAccepted);
+    assert_eq!(
+        twin(&cluster.api_a, "orphan/modules/app").await["connectionState"],
+        "Connected"
+    );
 
     cluster.b.kill9();
     let killed = std::time::Instant::now();
@@ -298,6 +307,13 @@ async fn a_killed_nodes_devices_are_shown_disconnected_once_its_lease_lapses_unl
         "Connected",
         "it moved on to A"
     );
+    await_connection_state(
+        &cluster.api_a,
+        "orphan/modules/app",
+        "Disconnected",
+        Duration::from_secs(5),
+    )
+    .await;
     // The node is forgotten: its lease and holds are gone.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while cluster.database.count("SELECT count(*) FROM node_leases").await != 1 {

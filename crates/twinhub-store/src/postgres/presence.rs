@@ -4,10 +4,10 @@
 
 use std::collections::HashMap;
 use tokio_postgres::Client;
-use twinhub_core::{DeviceId, Timestamp};
+use twinhub_core::Timestamp;
 
 use super::schema;
-use crate::cluster::{HoldChange, LapsedNode, LEASE_LAPSES_AFTER};
+use crate::cluster::{HoldChange, Holder, LapsedNode, LEASE_LAPSES_AFTER};
 use crate::StoreError;
 
 fn failed(error: tokio_postgres::Error) -> StoreError {
@@ -23,22 +23,22 @@ pub(super) async fn renew_lease(client: &Client, node: &str) -> Result<bool, Sto
 }
 
 pub(super) async fn record_holds(client: &Client, node: &str, changes: &[HoldChange]) -> Result<(), StoreError> {
-    // The last change of each device wins: a statement may not touch a row twice.
-    let mut last: HashMap<&DeviceId, Option<Timestamp>> = HashMap::with_capacity(changes.len());
+    // The last change of each device or module wins: a statement may not touch a row twice.
+    let mut last: HashMap<&Holder, Option<Timestamp>> = HashMap::with_capacity(changes.len());
     for change in changes {
         match change {
-            HoldChange::Held { device_id, stamp } => last.insert(device_id, Some(*stamp)),
-            HoldChange::Released(device_id) => last.insert(device_id, None),
+            HoldChange::Held { holder, stamp } => last.insert(holder, Some(*stamp)),
+            HoldChange::Released(holder) => last.insert(holder, None),
         };
     }
     let (mut held, mut stamps, mut released) = (Vec::new(), Vec::new(), Vec::new());
-    for (device_id, stamp) in last {
+    for (holder, stamp) in last {
         match stamp {
             Some(stamp) => {
-                held.push(device_id.as_str());
+                held.push(holder.key());
                 stamps.push(stamp.0);
             }
-            None => released.push(device_id.as_str()),
+            None => released.push(holder.key()),
         }
     }
     if !held.is_empty() {
@@ -73,9 +73,9 @@ pub(super) async fn lapsed_nodes(client: &Client, own: &str) -> Result<Vec<Lapse
         for row in rows {
             let id: String = row.try_get(0).map_err(|error| StoreError::Read(Box::new(error)))?;
             let stamp: i64 = row.try_get(1).map_err(|error| StoreError::Read(Box::new(error)))?;
-            // A row no device id could have is left for `forget_node` to remove with the rest.
-            if let Ok(device_id) = DeviceId::new(&id) {
-                held.push((device_id, Timestamp(stamp)));
+            // A row no device or module could have is left for `forget_node` to remove with the rest.
+            if let Some(holder) = Holder::from_key(&id) {
+                held.push((holder, Timestamp(stamp)));
             }
         }
         lapsed.push(LapsedNode { node, held });

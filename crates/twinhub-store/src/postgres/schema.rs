@@ -26,10 +26,11 @@ pub(super) const SCHEMA_LOCK: i64 = 0x0074_7769_6e68_7562; // "twinhub" in ASCII
 ///   engines keep its state (its telemetry streams in JetStream): a database made anew is a new cluster,
 ///   even under the same host name. Older code ignores the table, so it needs no new version.
 /// - `node_leases` and `held_devices`: presence leases. Each running node renews its lease; it lists the
-///   devices it holds (stamped Connected at `stamp`, nanoseconds). When a lease lapses (its node died or
-///   was cut off), another node marks the lapsed node's devices Disconnected where their stamp is still
-///   that node's, then forgets the node (`crate::cluster::ClusterStore::lapsed_nodes`). Older code
-///   ignores these tables too.
+///   devices and modules it holds (`device_id`: `<device>` or `<device>/<module>`, stamped Connected at
+///   `stamp`, nanoseconds). When a lease lapses (its node died or was cut off), another node marks the
+///   lapsed node's devices and modules Disconnected where their stamp is still that node's, then forgets
+///   the node (`crate::cluster::ClusterStore::lapsed_nodes`). Older code ignores these tables too (and
+///   skips the module rows, which name no device id).
 pub(super) const CREATE_TABLES: &str = "
 CREATE TABLE IF NOT EXISTS schema_version (
     id smallint PRIMARY KEY CHECK (id = 1),

@@ -36,6 +36,23 @@ pub struct Credentials {
 }
 
 impl Credentials {
+    /// A module's, as the SDKs' module clients send them: client id `<device>/<module>`, username
+    /// `<host>/<device>/<module>/?api-version=...`, a SAS token for the module's resource.
+    pub fn module(host: &str, device_id: &str, module_id: &str, key: &str, lifetime_seconds: i64) -> Credentials {
+        let expiry = (super::rest_client::now() as i64 + lifetime_seconds) as u64;
+        let resource = format!("{host}/devices/{device_id}/modules/{module_id}");
+        let token = twinhub_core::sas::sign(&resource, key, None, expiry).unwrap();
+        Credentials {
+            client_id: format!("{device_id}/{module_id}"),
+            username: Some(format!(
+                "{host}/{device_id}/{module_id}/?api-version=2021-04-12&DeviceClientType=twinhub-tests"
+            )),
+            password: Some(token),
+            clean_session: false,
+            keep_alive: 60,
+        }
+    }
+
     /// As the SDKs send them: username `<host>/<id>/?api-version=...`, password a SAS token.
     pub fn device(host: &str, device_id: &str, key: &str, lifetime_seconds: i64) -> Credentials {
         let expiry = (super::rest_client::now() as i64 + lifetime_seconds) as u64;

@@ -133,15 +133,22 @@ impl Service {
 impl Service {
     /// `POST /devices/query` with optional paging headers, as the SDKs send it.
     /// Registers a device with generated keys; returns its primary key.
+    /// Registers module `module_id` of `device_id`; returns its primary key.
+    pub async fn register_module(&self, device_id: &str, module_id: &str) -> String {
+        let body = serde_json::json!({"deviceId": device_id, "moduleId": module_id});
+        self.register(&format!("/devices/{device_id}/modules/{module_id}"), body)
+            .await
+    }
+
+    /// Registers device `id`; returns its primary key.
     pub async fn register_device(&self, id: &str) -> String {
-        let created = self
-            .call(
-                Method::PUT,
-                &format!("/devices/{id}"),
-                Some(serde_json::json!({"deviceId": id})),
-                None,
-            )
-            .await;
+        self.register(&format!("/devices/{id}"), serde_json::json!({"deviceId": id}))
+            .await
+    }
+
+    /// Creates the identity at `path`; returns its primary key.
+    async fn register(&self, path: &str, body: serde_json::Value) -> String {
+        let created = self.call(Method::PUT, path, Some(body), None).await;
         assert_eq!(created.status, 200, "{}", created.body);
         created.body["authentication"]["symmetricKey"]["primaryKey"]
             .as_str()
