@@ -300,7 +300,15 @@ mod tests {
         let module_key = module.symmetric_keys.clone().unwrap().primary;
         let device_key = SymmetricKeys::generate().primary;
         let check_module = |token: &SasToken, module_id: &str| {
-            authorize_module(token, HOST, "d1", module_id, Some(&module), &default_policies_fixed(), NOW)
+            authorize_module(
+                token,
+                HOST,
+                "d1",
+                module_id,
+                Some(&module),
+                &default_policies_fixed(),
+                NOW,
+            )
         };
         let own = token("hub.example/devices/d1/modules/m1", &module_key, None, NOW + 60);
         assert_eq!(check_module(&own, "m1"), Ok(()));
@@ -312,7 +320,10 @@ mod tests {
         );
         assert_eq!(check_module(&policy, "m1"), Ok(()));
         let service = token("hub.example", &policy_key("service"), Some("service"), NOW + 60);
-        assert_eq!(check_module(&service, "m1"), Err(DeviceAuthError::PolicyLacksDeviceConnect));
+        assert_eq!(
+            check_module(&service, "m1"),
+            Err(DeviceAuthError::PolicyLacksDeviceConnect)
+        );
         // Its device's key signs nothing for it; its token covers neither another module nor its device.
         let by_device = token("hub.example/devices/d1/modules/m1", &device_key, None, NOW + 60);
         assert_eq!(check_module(&by_device, "m1"), Err(DeviceAuthError::BadSignature));

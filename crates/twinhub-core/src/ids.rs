@@ -96,6 +96,10 @@ id_type!(
     /// A module id: the same rule as device ids, unique within its device.
     ModuleId
 );
+id_type!(
+    /// A scheduled job's id: the same rule as device ids.
+    JobId
+);
 
 #[cfg(test)]
 mod tests {

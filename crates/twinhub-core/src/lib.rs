@@ -15,6 +15,7 @@ pub mod event;
 pub mod hub_event;
 pub mod hub_message;
 pub mod ids;
+pub mod job;
 pub mod json;
 pub mod method;
 pub mod module;
@@ -29,7 +30,7 @@ pub mod twin;
 pub mod value;
 
 pub use device::{AuthenticationType, ConnectionState, DeviceIdentity, DeviceStatus, SymmetricKeys};
-pub use ids::{DeviceId, InvalidId, ModuleId};
+pub use ids::{DeviceId, InvalidId, JobId, ModuleId};
 pub use record::DeviceRecord;
 pub use rules::{TwinRuleViolation, TwinRules};
 pub use time::Timestamp;

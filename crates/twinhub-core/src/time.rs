@@ -33,6 +33,17 @@ impl Timestamp {
         )
     }
 
+    /// An RFC 3339 time as the SDKs send one (`2030-01-02T03:04:05.123Z`); a time without an offset
+    /// (Python's naive `isoformat()`) is taken as UTC. `None` when it is not such a time.
+    pub fn parse_iso8601(text: &str) -> Option<Timestamp> {
+        use time::format_description::well_known::Rfc3339;
+        let text = text.trim();
+        let parsed = time::OffsetDateTime::parse(text, &Rfc3339)
+            .or_else(|_| time::OffsetDateTime::parse(&format!("{text}Z"), &Rfc3339))
+            .ok()?;
+        i64::try_from(parsed.unix_timestamp_nanos()).ok().map(Timestamp)
+    }
+
     pub fn unix_seconds(self) -> i64 {
         self.0.div_euclid(1_000_000_000)
     }
@@ -52,6 +63,17 @@ pub fn iso8601_or_never(timestamp: Option<Timestamp>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn parses_the_times_the_sdks_send() {
+        let node = Timestamp::parse_iso8601("2024-01-01T00:00:00.123Z").unwrap();
+        assert_eq!(node.to_iso8601(), "2024-01-01T00:00:00.1230000Z");
+        let naive = Timestamp::parse_iso8601("2024-01-01T00:00:00.123456").unwrap();
+        assert_eq!(naive.to_iso8601(), "2024-01-01T00:00:00.1234560Z");
+        let offset = Timestamp::parse_iso8601("2024-01-01T02:00:00+02:00").unwrap();
+        assert_eq!(offset.unix_seconds(), 1_704_067_200);
+        assert_eq!(Timestamp::parse_iso8601("tomorrow"), None);
+    }
 
     #[test]
     fn formats_seven_fractional_digits() {

@@ -50,6 +50,12 @@ pub enum HubError {
     MethodCall(#[from] twinhub_core::method::MethodCallError),
     #[error("{0}")]
     CloudToDevice(#[from] twinhub_core::c2d::QueueError),
+    #[error("The job '{0}' does not exist")]
+    JobNotFound(twinhub_core::JobId),
+    #[error("A job with ID '{0}' already exists")]
+    JobAlreadyExists(twinhub_core::JobId),
+    #[error("At most {0} jobs may be queued, scheduled or running at once")]
+    JobQuotaExceeded(usize),
     #[error("the store failed; the write was not applied: {0}")]
     Store(#[source] StoreError),
     /// The bus between a cluster's nodes failed (NATS out of reach).

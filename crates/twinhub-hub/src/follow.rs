@@ -63,6 +63,7 @@ impl Batch<'_> {
                 }
                 StoreWrite::PutSetting { .. } => {}
                 module @ (StoreWrite::UpsertModule(_) | StoreWrite::DeleteModule { .. }) => self.module_stored(module),
+                job @ (StoreWrite::UpsertJob(_) | StoreWrite::UpsertDeviceJob(_)) => self.job_stored(job),
             }
         }
         self.events.extend(commit.events);

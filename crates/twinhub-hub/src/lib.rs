@@ -18,6 +18,8 @@ mod events;
 mod follow;
 mod held;
 pub mod index;
+mod job_runner;
+pub mod jobs;
 mod modules;
 mod presence_leases;
 mod query;
@@ -64,6 +66,9 @@ pub struct Snapshot {
     pub consumer_groups: imbl::OrdMap<String, String>,
     /// Module identities with their twins, by device and module (a device's modules are one range).
     pub modules: Modules,
+    /// Scheduled jobs, and every device's step of one.
+    pub jobs: jobs::Jobs,
+    pub device_jobs: jobs::DeviceJobs,
 }
 
 /// A module's place in the registry: its device's id, then its own.
@@ -87,6 +92,9 @@ pub struct HubConfig {
     pub routing: Option<twinhub_core::routing::RoutingSpec>,
     /// Opens custom endpoints' outboxes and sinks; `None`: routes name the built-in endpoint only.
     pub endpoint_factory: Option<endpoints::FactoryHandle>,
+    /// How many devices' steps of jobs the hub takes on per second, all jobs together: a job over a
+    /// large fleet leaves the devices' own traffic its share of the writer.
+    pub job_devices_per_second: u32,
 }
 
 impl Default for HubConfig {
@@ -99,6 +107,7 @@ impl Default for HubConfig {
             hub_name: "twinhub".into(),
             routing: None,
             endpoint_factory: None,
+            job_devices_per_second: 2_000,
         }
     }
 }
@@ -130,6 +139,8 @@ pub struct Hub {
     follower: Option<follow::Follower>,
     /// In a cluster: the bus to the other nodes (direct methods to devices connected elsewhere).
     bus: Option<Arc<dyn twinhub_bus::Bus>>,
+    /// Wakes the job runner (a job was created) ahead of its next look.
+    job_runner_wake: Arc<tokio::sync::Notify>,
     config: HubConfig,
 }
 
@@ -178,12 +189,14 @@ impl Hub {
             feedback: feedback_records,
             settings,
             modules: stored_modules,
+            jobs: stored_jobs,
             seq: loaded_seq,
         } = store.load().await.map_err(HubError::Store)?;
         let modules: Modules = stored_modules
             .into_iter()
             .map(|module| ((module.device_id().clone(), module.module_id.clone()), Arc::new(module)))
             .collect();
+        let (jobs, device_jobs) = jobs::restore(stored_jobs);
         let stored_routes = settings
             .iter()
             .find(|(name, _)| name == routing::ROUTING_SETTING)
@@ -246,6 +259,8 @@ impl Hub {
             module_indexes: Default::default(),
             consumer_groups,
             modules,
+            jobs,
+            device_jobs,
         }));
         let (writes, queue) = mpsc::channel(config.write_queue_operations_max);
         let (events, _) = broadcast::channel(events::EVENT_QUEUE_MAX);
@@ -312,8 +327,10 @@ impl Hub {
             feedback,
             follower,
             bus,
+            job_runner_wake: Arc::new(tokio::sync::Notify::new()),
             config,
         });
+        tokio::spawn(job_runner::run(Arc::downgrade(&hub), Arc::clone(&hub.job_runner_wake)));
         if let Some(spec) = store_routes {
             hub.edit_routing(routing::RoutingEdit::Replace(spec)).await?;
         }

@@ -7,8 +7,9 @@ use crate::writer::WriteOp;
 use crate::{Hub, HubError, ModuleKey, Snapshot};
 use std::ops::Bound;
 use std::sync::Arc;
+use twinhub_core::job::DeviceJobRecord;
 use twinhub_core::module::ModuleRecord;
-use twinhub_core::{DeviceId, DeviceRecord, ModuleId};
+use twinhub_core::{DeviceId, DeviceRecord, JobId, ModuleId};
 use twinhub_query::ast::Collection;
 use twinhub_query::document::Field;
 use twinhub_query::plan::{self, Constraint, IndexKey, Requirement};
@@ -120,6 +121,27 @@ impl OrderedTwins<ModuleRecord> for ModulesView {
     }
 }
 
+/// Every device's step of every job (`devices.jobs`), in `<job>/<device>` order. Scanned.
+struct DeviceJobsView(Arc<Snapshot>);
+
+impl OrderedTwins<DeviceJobRecord> for DeviceJobsView {
+    fn after<'a>(&'a self, after: Option<&str>) -> Box<dyn Iterator<Item = &'a DeviceJobRecord> + 'a> {
+        let steps = &self.0.device_jobs;
+        let start = after.and_then(|key| {
+            let (job, device) = key.split_once('/')?;
+            Some((JobId::new(job).ok()?, DeviceId::new(device).ok()?))
+        });
+        match start {
+            None => Box::new(steps.values().map(|step| &**step)),
+            Some(key) => Box::new(
+                steps
+                    .range((Bound::Excluded(key), Bound::Unbounded))
+                    .map(|(_, step)| &**step),
+            ),
+        }
+    }
+}
+
 impl Hub {
     /// One page of a query, over the latest snapshot.
     pub async fn query(
@@ -138,6 +160,7 @@ impl Hub {
         // A query may scan every twin: keep it off the threads that serve connections.
         let page = tokio::task::spawn_blocking(move || match query.query.from {
             Collection::DeviceModules => query.page(&ModulesView(snapshot), page_size, continuation.as_deref()),
+            Collection::DeviceJobs => query.page(&DeviceJobsView(snapshot), page_size, continuation.as_deref()),
             _ => query.page(&SnapshotView(snapshot), page_size, continuation.as_deref()),
         })
         .await

@@ -81,6 +81,8 @@ pub(crate) enum WriteOp {
     EditRouting(crate::routing::RoutingEdit),
     /// A change to a module identity or module twin.
     Module(crate::modules::ModuleOp),
+    /// A change to a scheduled job or to a device's step of one.
+    Job(crate::jobs::JobOp),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -103,6 +105,7 @@ pub(crate) enum WriteOutcome {
     Bulk(BulkOutcome),
     CloudToDevice(CloudToDeviceOutcome),
     Module(Arc<twinhub_core::module::ModuleRecord>),
+    Job(Arc<twinhub_core::job::JobRecord>),
     Done,
 }
 
@@ -144,6 +147,9 @@ pub(crate) struct Batch<'a> {
     consumer_groups: imbl::OrdMap<String, String>,
     /// Module identities as the batch leaves them.
     pub(crate) modules: crate::Modules,
+    /// Scheduled jobs and their devices' steps as the batch leaves them.
+    pub(crate) jobs: crate::jobs::Jobs,
+    pub(crate) device_jobs: crate::jobs::DeviceJobs,
     pub(crate) writes: Vec<StoreWrite>,
     pub(crate) events: Vec<HubEvent>,
     pub(crate) config: &'a HubConfig,
@@ -224,6 +230,8 @@ pub(crate) async fn run(
             registry: Registry::clone(&previous.devices),
             consumer_groups: previous.consumer_groups.clone(),
             modules: previous.modules.clone(),
+            jobs: previous.jobs.clone(),
+            device_jobs: previous.device_jobs.clone(),
             writes: Vec::with_capacity(commands.len()),
             events: Vec::new(),
             config: &config,
@@ -319,6 +327,8 @@ pub(crate) async fn run(
             module_indexes,
             consumer_groups: batch.consumer_groups,
             modules: batch.modules,
+            jobs: batch.jobs,
+            device_jobs: batch.device_jobs,
         }));
         if let (Some(seq), Some(applied)) = (seq, &deliveries.applied) {
             applied.store(seq, std::sync::atomic::Ordering::Release);
@@ -457,18 +467,9 @@ impl Batch<'_> {
             WriteOp::DeleteDevice { id, if_match } => {
                 self.delete_device(&id, &if_match).map(|()| WriteOutcome::Deleted)
             }
-            WriteOp::PatchTwin { id, patch, if_match } => {
-                let current = self.twin_for_write(&id, &if_match)?;
-                let (twin, change) = current.twin.patched(&patch, now, &self.config.rules)?;
-                self.announce_patch(TwinOwner::Device(&current), &twin, &patch, change.as_ref(), now);
-                if let Some(change) = change {
-                    self.events.push(HubEvent::DesiredChanged {
-                        device_id: id.clone(),
-                        change,
-                    });
-                }
-                Ok(WriteOutcome::Record(self.store_twin(&current, twin)))
-            }
+            WriteOp::PatchTwin { id, patch, if_match } => self
+                .patch_device_twin(&id, &patch, &if_match, now)
+                .map(WriteOutcome::Record),
             WriteOp::ReplaceTwin {
                 id,
                 replacement,
@@ -546,6 +547,7 @@ impl Batch<'_> {
                 Ok(WriteOutcome::Done)
             }
             WriteOp::Module(op) => self.apply_module(op, now),
+            WriteOp::Job(op) => self.apply_job(op, now),
             WriteOp::EditRouting(edit) => {
                 let table = match &self.routing {
                     Some(changed) => edit.apply(changed.spec()),
@@ -637,6 +639,26 @@ impl Batch<'_> {
             return Ok(WriteOutcome::Record(self.upsert(Arc::new(record))));
         };
         self.show_module_presence(&holder.device_id, module_id, presence, now)
+    }
+
+    /// A back end's patch of a device twin: tags and desired properties.
+    pub(crate) fn patch_device_twin(
+        &mut self,
+        id: &DeviceId,
+        patch: &TwinPatch,
+        if_match: &IfMatch,
+        now: Timestamp,
+    ) -> Result<Arc<DeviceRecord>, HubError> {
+        let current = self.twin_for_write(id, if_match)?;
+        let (twin, change) = current.twin.patched(patch, now, &self.config.rules)?;
+        self.announce_patch(TwinOwner::Device(&current), &twin, patch, change.as_ref(), now);
+        if let Some(change) = change {
+            self.events.push(HubEvent::DesiredChanged {
+                device_id: id.clone(),
+                change,
+            });
+        }
+        Ok(self.store_twin(&current, twin))
     }
 
     /// The indexes of device twins and of module twins as of this batch: every touched record's old and

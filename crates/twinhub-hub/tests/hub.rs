@@ -48,7 +48,9 @@ impl Store for MemoryStore {
                 | StoreWrite::DeleteFeedback(_)
                 | StoreWrite::PutSetting { .. }
                 | StoreWrite::UpsertModule(_)
-                | StoreWrite::DeleteModule { .. } => {}
+                | StoreWrite::DeleteModule { .. }
+                | StoreWrite::UpsertJob(_)
+                | StoreWrite::UpsertDeviceJob(_) => {}
             }
         }
         Ok(())

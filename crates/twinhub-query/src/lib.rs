@@ -63,6 +63,39 @@ impl Resolve for ModuleRecord {
     }
 }
 
+/// A row of `devices.jobs` reads as its document; its fields may be written `devices.jobs.<field>`, as
+/// IoT Hub's documentation writes them, or bare.
+impl Resolve for twinhub_core::job::DeviceJobRecord {
+    fn resolve<'a>(&'a self, path: &'a document::FieldPath) -> value::QValue<'a> {
+        let written = &path.written;
+        let prefixed =
+            written.len() > 2 && written[0].eq_ignore_ascii_case("devices") && written[1].eq_ignore_ascii_case("jobs");
+        let members = if prefixed { &written[2..] } else { &written[..] };
+        let document = self.to_json();
+        let mut at = &document;
+        for member in members {
+            match at.get(member.as_str()) {
+                Some(next) => at = next,
+                None => return value::QValue::Undefined,
+            }
+        }
+        value::QValue::from_json(at.clone())
+    }
+}
+
+impl QueryRow for twinhub_core::job::DeviceJobRecord {
+    const COLLECTION: ast::Collection = ast::Collection::DeviceJobs;
+
+    /// `<job>/<device>`: the order a job's steps are kept in (no id has a `/`).
+    fn cursor_key(&self) -> std::borrow::Cow<'_, str> {
+        std::borrow::Cow::Owned(format!("{}/{}", self.job_id, self.device_id))
+    }
+
+    fn twin_text(&self) -> std::sync::Arc<str> {
+        std::sync::Arc::from(self.to_json().to_string())
+    }
+}
+
 impl QueryRow for ModuleRecord {
     const COLLECTION: ast::Collection = ast::Collection::DeviceModules;
 
@@ -95,9 +128,10 @@ impl CompiledQuery {
 
     /// Full twins for `SELECT *`, raw rows otherwise.
     pub fn item_type(&self) -> ItemType {
-        match self.query.select {
-            Select::All => ItemType::Twin,
-            Select::Items(_) => ItemType::Raw,
+        match (&self.query.select, self.query.from) {
+            (Select::All, ast::Collection::DeviceJobs) => ItemType::DeviceJob,
+            (Select::All, _) => ItemType::Twin,
+            (Select::Items(_), _) => ItemType::Raw,
         }
     }
 

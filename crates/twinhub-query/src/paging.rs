@@ -18,6 +18,8 @@ pub const PAGE_SIZE_MAX: usize = 10_000;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ItemType {
     Twin,
+    /// A row of `devices.jobs`.
+    DeviceJob,
     Raw,
 }
 
@@ -25,6 +27,7 @@ impl ItemType {
     pub fn as_str(self) -> &'static str {
         match self {
             ItemType::Twin => "twin",
+            ItemType::DeviceJob => "deviceJob",
             ItemType::Raw => "raw",
         }
     }
@@ -154,8 +157,7 @@ impl CompiledQuery {
         let remaining = self.query.top.map_or(u64::MAX, |top| top.saturating_sub(cursor.n));
         let take = page_size.min(remaining) as usize;
         let item_type = self.item_type();
-        // A query reads the collection its rows make up (job records do not exist yet: that one is
-        // always empty).
+        // A query reads the collection its rows make up.
         if self.query.from != R::COLLECTION || take == 0 {
             return Ok(Page {
                 items: Vec::new(),

@@ -39,6 +39,8 @@ pub struct Loaded {
     /// The hub's settings, by name (JSON text).
     pub settings: Vec<(String, String)>,
     pub modules: Vec<twinhub_core::module::ModuleRecord>,
+    /// Scheduled jobs and their devices' steps.
+    pub jobs: Vec<crate::codec::JobEntry>,
     /// The last commit the state includes: the log is followed from the next one.
     pub seq: u64,
 }
@@ -170,6 +172,9 @@ pub(crate) enum LoggedWrite {
     },
     /// A module by its key (`<device>/<module>`): its stored form, or `None` when deleted.
     Module(String, #[serde(with = "serde_bytes")] Option<Vec<u8>>),
+    /// A job (`<job>`) or a device's step of one (`<job>/<device>`): its stored form, or `None` when
+    /// deleted. Last, so commits logged before it existed still decode.
+    Job(String, #[serde(with = "serde_bytes")] Option<Vec<u8>>),
 }
 
 #[derive(Serialize, Deserialize)]
@@ -256,6 +261,13 @@ pub(crate) fn log_writes(writes: &[StoreWrite]) -> Result<Vec<LoggedWrite>, Stor
                 StoreWrite::DeleteModule { device_id, module_id } => {
                     LoggedWrite::Module(crate::codec::module_key(device_id, module_id), None)
                 }
+                StoreWrite::UpsertJob(job) => {
+                    LoggedWrite::Job(crate::codec::job_key(&job.job_id), Some(crate::codec::encode_job(job)?))
+                }
+                StoreWrite::UpsertDeviceJob(step) => LoggedWrite::Job(
+                    crate::codec::device_job_key(&step.job_id, &step.device_id),
+                    Some(crate::codec::encode_device_job(step)?),
+                ),
             })
         })
         .collect()
@@ -346,6 +358,12 @@ pub fn decode_commit(seq: u64, bytes: &[u8]) -> Result<Commit, StoreError> {
                         .map_err(|e| corrupt(format!("'{module}' is not a module id: {e:?}")))?,
                 }
             }
+            LoggedWrite::Job(key, Some(value)) => match crate::codec::decode_job_entry(key.as_bytes(), &value)? {
+                crate::codec::JobEntry::Job(job) => StoreWrite::UpsertJob(Arc::new(job)),
+                crate::codec::JobEntry::DeviceJob(step) => StoreWrite::UpsertDeviceJob(Arc::new(step)),
+            },
+            // Nothing deletes jobs yet: a deletion logged by a newer node is not this node's to apply.
+            LoggedWrite::Job(_, None) => continue,
         });
     }
     let mut events = Vec::with_capacity(logged.events.len());

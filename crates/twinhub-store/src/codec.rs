@@ -6,6 +6,7 @@
 
 use crate::StoreError;
 use twinhub_core::c2d::{FeedbackRecord, QueuedMessage};
+use twinhub_core::job::{DeviceJobRecord, JobRecord};
 use twinhub_core::module::ModuleRecord;
 use twinhub_core::session::SessionRecord;
 use twinhub_core::{DeviceId, DeviceRecord};
@@ -132,6 +133,58 @@ pub fn decode_module(key: &[u8], value: &[u8]) -> Result<ModuleRecord, StoreErro
         Some((format, _)) => Err(corrupt(format!("unknown format {format}"))),
         None => Err(corrupt("the value is empty".to_owned())),
     }
+}
+
+/// The key a job is stored under: its id. Its devices' steps follow it under `<job id>/<device id>`
+/// (no id has a `/`), so a job and its steps are one key range.
+pub fn job_key(job_id: &twinhub_core::JobId) -> String {
+    job_id.as_str().to_owned()
+}
+
+pub fn device_job_key(job_id: &twinhub_core::JobId, device_id: &DeviceId) -> String {
+    format!("{job_id}/{device_id}")
+}
+
+pub fn encode_job(job: &JobRecord) -> Result<Vec<u8>, StoreError> {
+    postcard::to_extend(job, vec![FORMAT_V1]).map_err(|e| StoreError::Write(Box::new(e)))
+}
+
+pub fn encode_device_job(step: &DeviceJobRecord) -> Result<Vec<u8>, StoreError> {
+    postcard::to_extend(step, vec![FORMAT_V1]).map_err(|e| StoreError::Write(Box::new(e)))
+}
+
+/// What the jobs' key range holds under one key.
+#[derive(Clone, Debug, PartialEq)]
+pub enum JobEntry {
+    Job(JobRecord),
+    DeviceJob(DeviceJobRecord),
+}
+
+/// The job or device step stored under `key`; `Corrupt` when the bytes are not that of that key.
+pub fn decode_job_entry(key: &[u8], value: &[u8]) -> Result<JobEntry, StoreError> {
+    let corrupt = |reason: String| StoreError::Corrupt {
+        key: format!("job {}", String::from_utf8_lossy(key)),
+        reason,
+    };
+    let body = match value.split_first() {
+        Some((&FORMAT_V1, body)) => body,
+        Some((format, _)) => return Err(corrupt(format!("unknown format {format}"))),
+        None => return Err(corrupt("the value is empty".to_owned())),
+    };
+    let entry = if key.contains(&b'/') {
+        let step: DeviceJobRecord = postcard::from_bytes(body).map_err(|e| corrupt(e.to_string()))?;
+        if device_job_key(&step.job_id, &step.device_id).as_bytes() != key {
+            return Err(corrupt("the value holds another device's step".to_owned()));
+        }
+        JobEntry::DeviceJob(step)
+    } else {
+        let job: JobRecord = postcard::from_bytes(body).map_err(|e| corrupt(e.to_string()))?;
+        if job_key(&job.job_id).as_bytes() != key {
+            return Err(corrupt("the value holds another job".to_owned()));
+        }
+        JobEntry::Job(job)
+    };
+    Ok(entry)
 }
 
 /// The key of a cloud-to-device message: the device id's bytes, a NUL (no device id has one), then the

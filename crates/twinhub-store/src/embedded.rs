@@ -60,6 +60,8 @@ struct Inner {
     consumer_groups: Keyspace,
     settings: Keyspace,
     modules: Keyspace,
+    /// Jobs under `<job>`, their devices' steps under `<job>/<device>`.
+    jobs: Keyspace,
     cloud_to_device: Keyspace,
     feedback: Keyspace,
     path: PathBuf,
@@ -103,6 +105,9 @@ impl EmbeddedStore {
         let modules = db
             .keyspace("modules", KeyspaceCreateOptions::default)
             .map_err(|e| open_error(Box::new(e)))?;
+        let jobs = db
+            .keyspace("jobs", KeyspaceCreateOptions::default)
+            .map_err(|e| open_error(Box::new(e)))?;
         let cloud_to_device = db
             .keyspace("c2d", KeyspaceCreateOptions::default)
             .map_err(|e| open_error(Box::new(e)))?;
@@ -119,6 +124,7 @@ impl EmbeddedStore {
                 consumer_groups,
                 settings,
                 modules,
+                jobs,
                 cloud_to_device,
                 feedback,
                 path: dir.to_path_buf(),
@@ -185,6 +191,15 @@ impl Inner {
             modules.push(crate::codec::decode_module(&key, &value)?);
         }
         Ok(modules)
+    }
+
+    fn load_jobs(&self) -> Result<Vec<crate::codec::JobEntry>, StoreError> {
+        let mut entries = Vec::new();
+        for guard in self.jobs.iter() {
+            let (key, value) = guard.into_inner().map_err(|e| StoreError::Read(Box::new(e)))?;
+            entries.push(crate::codec::decode_job_entry(&key, &value)?);
+        }
+        Ok(entries)
     }
 
     fn load_cloud_to_device(&self) -> Result<Vec<(DeviceId, QueuedMessage)>, StoreError> {
@@ -262,6 +277,16 @@ impl Inner {
                     &self.modules,
                     crate::codec::module_key(&device_id, &module_id).into_bytes(),
                 ),
+                StoreWrite::UpsertJob(job) => writes.insert(
+                    &self.jobs,
+                    crate::codec::job_key(&job.job_id).into_bytes(),
+                    crate::codec::encode_job(&job)?,
+                ),
+                StoreWrite::UpsertDeviceJob(step) => writes.insert(
+                    &self.jobs,
+                    crate::codec::device_job_key(&step.job_id, &step.device_id).into_bytes(),
+                    crate::codec::encode_device_job(&step)?,
+                ),
             }
         }
         writes.commit().map_err(|e| StoreError::Write(Box::new(e)))
@@ -301,6 +326,13 @@ impl Store for EmbeddedStore {
     async fn load_modules(&self) -> Result<Vec<twinhub_core::module::ModuleRecord>, StoreError> {
         let inner = Arc::clone(&self.inner);
         tokio::task::spawn_blocking(move || inner.load_modules())
+            .await
+            .map_err(|e| StoreError::Read(Box::new(e)))?
+    }
+
+    async fn load_jobs(&self) -> Result<Vec<crate::codec::JobEntry>, StoreError> {
+        let inner = Arc::clone(&self.inner);
+        tokio::task::spawn_blocking(move || inner.load_jobs())
             .await
             .map_err(|e| StoreError::Read(Box::new(e)))?
     }

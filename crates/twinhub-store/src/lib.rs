@@ -98,6 +98,10 @@ pub enum StoreWrite {
         device_id: DeviceId,
         module_id: twinhub_core::ModuleId,
     },
+    /// A scheduled job, new or changed (its status).
+    UpsertJob(Arc<twinhub_core::job::JobRecord>),
+    /// One device's step of a job, new or changed.
+    UpsertDeviceJob(Arc<twinhub_core::job::DeviceJobRecord>),
 }
 
 /// A durable home for device records.
@@ -143,6 +147,12 @@ pub trait Store: Send + Sync + 'static {
         Ok(Vec::new())
     }
 
+    /// Every scheduled job and every device's step of one. Called once at start; a store that keeps none
+    /// returns none.
+    async fn load_jobs(&self) -> Result<Vec<codec::JobEntry>, StoreError> {
+        Ok(Vec::new())
+    }
+
     /// Everything a hub loads at start, in one view. By default the loads above one after another, as of
     /// no commit sequence (0): right for a store only one hub writes. A store other nodes share loads
     /// it in one consistent view, with the sequence number it is as of.
@@ -155,6 +165,7 @@ pub trait Store: Send + Sync + 'static {
             feedback: self.load_feedback().await?,
             settings: self.load_settings().await?,
             modules: self.load_modules().await?,
+            jobs: self.load_jobs().await?,
             seq: 0,
         })
     }

@@ -337,6 +337,15 @@ async fn load_modules(client: &impl GenericClient) -> Result<Vec<twinhub_core::m
     .await
 }
 
+async fn load_jobs(client: &impl GenericClient) -> Result<Vec<crate::codec::JobEntry>, StoreError> {
+    load_rows(client, schema::LOAD_JOBS, |row| {
+        let key: &str = row.try_get(0).map_err(read_error)?;
+        let record: &[u8] = row.try_get(1).map_err(read_error)?;
+        crate::codec::decode_job_entry(key.as_bytes(), record)
+    })
+    .await
+}
+
 async fn load_settings(client: &impl GenericClient) -> Result<Vec<(String, String)>, StoreError> {
     load_rows(client, schema::LOAD_SETTINGS, |row| {
         Ok((row.try_get(0).map_err(read_error)?, row.try_get(1).map_err(read_error)?))
@@ -384,6 +393,10 @@ impl Store for PostgresStore {
         load_modules(&self.reader().await.map_err(connection::read_failure)?.client).await
     }
 
+    async fn load_jobs(&self) -> Result<Vec<crate::codec::JobEntry>, StoreError> {
+        load_jobs(&self.reader().await.map_err(connection::read_failure)?.client).await
+    }
+
     /// One snapshot for every table and the sequence number: the state is exactly as of `seq`, and the
     /// log is followed from there.
     async fn load(&self) -> Result<Loaded, StoreError> {
@@ -406,6 +419,7 @@ impl Store for PostgresStore {
             feedback: load_feedback(&transaction).await?,
             settings: load_settings(&transaction).await?,
             modules: load_modules(&transaction).await?,
+            jobs: load_jobs(&transaction).await?,
             seq,
         };
         transaction.commit().await.map_err(read_error)?;

@@ -200,6 +200,60 @@ mod checks {
         assert_eq!(store.load().await.expect("load").modules.len(), 2);
     }
 
+    pub async fn jobs_and_their_device_steps_round_trip_and_the_last_write_wins<H: Harness>(harness: &H) {
+        use twinhub_core::job::{parse_request, DeviceJobRecord, DeviceJobStatus, JobStatus};
+        let now = Timestamp(1_700_000_000_000_000_000);
+        let job = |id: &str| {
+            let body = serde_json::json!({"type": "scheduleUpdateTwin", "queryCondition": "*",
+                "updateTwin": {"tags": {"firmware": "2.0"}}});
+            let job_id = twinhub_core::JobId::new(id).unwrap();
+            parse_request(&job_id, &body, &twinhub_core::TwinRules::default(), now).unwrap()
+        };
+        // "j1" is a prefix of "j10": their steps must not mix.
+        let (j1, j10) = (job("j1"), job("j10"));
+        let pending = DeviceJobRecord::pending(&j1, id("d1"), now);
+        let done = pending.moved(DeviceJobStatus::Completed, now);
+        let other = DeviceJobRecord::pending(&j10, id("d1"), now);
+        let running = j1.moved(JobStatus::Running, now);
+        {
+            let store = harness.open().await;
+            store
+                .commit(vec![
+                    StoreWrite::UpsertJob(std::sync::Arc::new(j1.clone())),
+                    StoreWrite::UpsertJob(std::sync::Arc::new(j10.clone())),
+                    StoreWrite::UpsertDeviceJob(std::sync::Arc::new(pending)),
+                    StoreWrite::UpsertDeviceJob(std::sync::Arc::new(other.clone())),
+                ])
+                .await
+                .expect("commit");
+            store
+                .commit(vec![
+                    StoreWrite::UpsertJob(std::sync::Arc::new(running.clone())),
+                    StoreWrite::UpsertDeviceJob(std::sync::Arc::new(done.clone())),
+                ])
+                .await
+                .expect("commit");
+        }
+        let store = harness.open().await;
+        let mut entries = store.load_jobs().await.expect("load jobs");
+        let key = |entry: &twinhub_store::codec::JobEntry| match entry {
+            twinhub_store::codec::JobEntry::Job(job) => (job.job_id.to_string(), String::new()),
+            twinhub_store::codec::JobEntry::DeviceJob(step) => (step.job_id.to_string(), step.device_id.to_string()),
+        };
+        entries.sort_by_key(key);
+        use twinhub_store::codec::JobEntry;
+        assert_eq!(
+            entries,
+            vec![
+                JobEntry::Job(running),
+                JobEntry::DeviceJob(done),
+                JobEntry::Job(j10),
+                JobEntry::DeviceJob(other),
+            ]
+        );
+        assert_eq!(store.load().await.expect("load").jobs.len(), 4);
+    }
+
     pub async fn cloud_to_device_messages_and_feedback_round_trip_and_delete<H: Harness>(harness: &H) {
         let now = Timestamp(1_700_000_000_000_000_000);
         // "d1" is a prefix of "d10": their messages must not mix.
@@ -350,6 +404,7 @@ macro_rules! contract {
                     consumer_groups_round_trip_and_delete,
                     settings_round_trip_and_the_last_write_wins,
                     modules_round_trip_and_delete,
+                    jobs_and_their_device_steps_round_trip_and_the_last_write_wins,
                     cloud_to_device_messages_and_feedback_round_trip_and_delete,
                     an_empty_batch_is_fine,
                     a_thousand_records_in_one_batch_all_come_back,

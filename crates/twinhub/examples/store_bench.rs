@@ -131,7 +131,9 @@ impl Store for RedbStore {
                         | StoreWrite::DeleteFeedback(_)
                         | StoreWrite::PutSetting { .. }
                         | StoreWrite::UpsertModule(_)
-                        | StoreWrite::DeleteModule { .. } => {}
+                        | StoreWrite::DeleteModule { .. }
+                        | StoreWrite::UpsertJob(_)
+                        | StoreWrite::UpsertDeviceJob(_) => {}
                     }
                 }
             }

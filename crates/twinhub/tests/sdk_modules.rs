@@ -8,21 +8,7 @@
 
 mod support;
 
-use support::{run_node, run_python, sdk_tests_enabled, TestHub};
-
-/// Runs one SDK script against a hub of its own, printing what it logged.
-fn sdk_script(language: &str, script: &str, env: &[(&str, String)]) {
-    if !sdk_tests_enabled() {
-        println!("{script}: skipped (TWINHUB_SKIP_SDK_TESTS=1)");
-        return;
-    }
-    let hub = TestHub::start();
-    let output = match language {
-        "node" => run_node(script, &hub, env),
-        _ => run_python(script, &hub, env),
-    };
-    println!("{}", String::from_utf8_lossy(&output.stdout));
-}
+use support::sdk_script;
 
 #[test]
 fn node_service_sdk_manages_modules_and_module_twins() {

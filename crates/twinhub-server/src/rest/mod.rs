@@ -7,6 +7,7 @@ mod consumer_groups;
 mod device_events;
 mod device_messages;
 mod error;
+mod jobs;
 mod methods;
 mod modules;
 mod registry;
@@ -57,6 +58,9 @@ pub fn router(state: RestState) -> Router {
             get(twins::get_twin).patch(twins::patch_twin).put(twins::replace_twin),
         )
         .route("/devices/query", post(twins::query))
+        .route("/jobs/v2/query", get(jobs::query))
+        .route("/jobs/v2/{id}", get(jobs::get).put(jobs::put))
+        .route("/jobs/v2/{id}/cancel", post(jobs::cancel))
         .route("/devices/{id}/modules", get(modules::list))
         .route(
             "/devices/{id}/modules/{module}",

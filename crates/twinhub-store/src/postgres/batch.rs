@@ -24,6 +24,8 @@ pub(super) struct Grouped {
     pub settings: BTreeMap<String, String>,
     /// Key: `<device>/<module>`.
     pub modules: BTreeMap<String, Option<Vec<u8>>>,
+    /// Key: `<job>` or `<job>/<device>`.
+    pub jobs: BTreeMap<String, Option<Vec<u8>>>,
 }
 
 /// The rows of one table: those to upsert (keys and values, in the same order) and the keys to delete.
@@ -95,6 +97,9 @@ impl Grouped {
                 }
                 LoggedWrite::Module(key, value) => {
                     grouped.modules.insert(key, value);
+                }
+                LoggedWrite::Job(key, value) => {
+                    grouped.jobs.insert(key, value);
                 }
             }
         }

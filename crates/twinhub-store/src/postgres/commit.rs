@@ -156,6 +156,7 @@ pub(super) async fn commit_in_turn(
     let feedback = Rows::of(grouped.feedback);
     let (setting_names, setting_values): (Vec<String>, Vec<String>) = grouped.settings.into_iter().unzip();
     let modules = Rows::of(grouped.modules);
+    let jobs = Rows::of(grouped.jobs);
 
     // Every statement of the batch at once: tokio-postgres sends them down the connection in the
     // order they are first polled (try_join_all polls in order) and PostgreSQL runs them in that
@@ -190,6 +191,10 @@ pub(super) async fn commit_in_turn(
     }
     if !modules.delete_keys.is_empty() {
         pending.push((&statements.delete_modules, vec![&modules.delete_keys]));
+    }
+    // Nothing deletes jobs yet (`jobs.delete_keys` is empty).
+    if !jobs.upsert_keys.is_empty() {
+        pending.push((&statements.upsert_jobs, vec![&jobs.upsert_keys, &jobs.upsert_values]));
     }
     if !setting_names.is_empty() {
         pending.push((&statements.upsert_settings, vec![&setting_names, &setting_values]));

@@ -59,6 +59,10 @@ CREATE TABLE IF NOT EXISTS modules (
     key text PRIMARY KEY,
     record bytea NOT NULL
 );
+CREATE TABLE IF NOT EXISTS jobs (
+    key text PRIMARY KEY,
+    record bytea NOT NULL
+);
 CREATE TABLE IF NOT EXISTS settings (
     name text PRIMARY KEY,
     value text NOT NULL
@@ -161,6 +165,13 @@ SELECT * FROM unnest($1::text[], $2::bytea[])
 ON CONFLICT (key) DO UPDATE SET record = EXCLUDED.record";
 pub(super) const DELETE_MODULES: &str = "DELETE FROM modules WHERE key = ANY($1::text[])";
 pub(super) const LOAD_MODULES: &str = "SELECT key, record FROM modules";
+/// Jobs under `<job>` and their devices' steps under `<job>/<device>`, in one table as in the embedded
+/// store's keyspace.
+pub(super) const UPSERT_JOBS: &str = "
+INSERT INTO jobs (key, record)
+SELECT * FROM unnest($1::text[], $2::bytea[])
+ON CONFLICT (key) DO UPDATE SET record = EXCLUDED.record";
+pub(super) const LOAD_JOBS: &str = "SELECT key, record FROM jobs";
 pub(super) const UPSERT_C2D: &str = "
 INSERT INTO c2d_messages (device_id, sequence_number, message)
 SELECT * FROM unnest($1::text[], $2::bigint[], $3::bytea[])

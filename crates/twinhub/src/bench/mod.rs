@@ -58,6 +58,9 @@ pub enum Scenario {
     /// robin over the devices, saturating or at a total --rate; the devices take them over MQTT (QoS 1,
     /// PUBACK). Sends accepted/s, and the time from send to the device.
     C2d,
+    /// A twin-update job (`/jobs/v2`) over every device (registered first): devices updated per second,
+    /// from the job's start to its end as the hub records them, checked afterwards by a query.
+    Job,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
@@ -461,6 +464,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         Scenario::C2d => cloud_to_device(&args, &setup).await?,
         Scenario::Rest => rest(&args, &setup).await?,
         Scenario::Query => query(&args, &setup).await?,
+        Scenario::Job => job(&args, &setup).await?,
     };
     eprintln!();
     print_table(&report);
@@ -1239,6 +1243,68 @@ async fn rest(args: &BenchArgs, setup: &Setup) -> anyhow::Result<Report> {
         latency: gets.summary(),
         patch_per_second: Some(patch_count as f64 / patch_elapsed.as_secs_f64().max(1e-9)),
         patch_latency: Some(patches.summary()),
+        ..Report::default()
+    })
+}
+
+/// Schedules a twin-update job over every device and waits for it; its rate is the hub's record of it.
+async fn job(args: &BenchArgs, setup: &Setup) -> anyhow::Result<Report> {
+    let service = setup.service.clone().context("job needs a hub")?;
+    let run = unix_now();
+    let job_id = format!("bench-job-{run}");
+    let body = serde_json::json!({
+        "type": "scheduleUpdateTwin",
+        "queryCondition": "STARTSWITH(deviceId, 'bench-')",
+        "updateTwin": {"etag": "*", "properties": {"desired": {"benchJob": run}}},
+    });
+    service
+        .call_json(reqwest::Method::PUT, &format!("/jobs/v2/{job_id}"), Some(&body))
+        .await?;
+    let (progress, printer) = Progress::start(format!("{} job", setup.label));
+    let job = loop {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let job = service
+            .call_json(reqwest::Method::GET, &format!("/jobs/v2/{job_id}"), None)
+            .await?;
+        let statistics = &job["deviceJobStatistics"];
+        progress.set(statistics["succeededCount"].as_u64().unwrap_or(0));
+        if !matches!(job["status"].as_str(), Some("queued" | "scheduled" | "running")) {
+            break job;
+        }
+    };
+    printer.abort();
+    if job["status"] != "completed" {
+        bail!("the job ended {}: {job}", job["status"]);
+    }
+    let time = |field: &str| {
+        job[field]
+            .as_str()
+            .and_then(twinhub_core::Timestamp::parse_iso8601)
+            .with_context(|| format!("the job's {field} is not a time: {job}"))
+    };
+    let elapsed = Duration::from_nanos(u64::try_from(time("endTime")?.0 - time("startTime")?.0).unwrap_or(0));
+    let updated = job["deviceJobStatistics"]["succeededCount"].as_u64().unwrap_or(0);
+    let check = serde_json::json!({
+        "query": format!("SELECT COUNT() AS n FROM devices WHERE properties.desired.benchJob = {run}")
+    });
+    let counted = service
+        .call_json(reqwest::Method::POST, "/devices/query", Some(&check))
+        .await?;
+    let patched = counted[0]["n"].as_u64().unwrap_or(0);
+    if patched != setup.devices.len() as u64 || updated != patched {
+        bail!(
+            "the job updated {updated} devices; {patched} twins have its patch, of {}",
+            setup.devices.len()
+        );
+    }
+    Ok(Report {
+        label: setup.label.clone(),
+        scenario: Some(args.scenario),
+        devices: setup.devices.len(),
+        seconds: elapsed.as_secs_f64(),
+        operations: updated,
+        per_second: updated as f64 / elapsed.as_secs_f64().max(1e-9),
+        verified_devices: Some(patched as usize),
         ..Report::default()
     })
 }

@@ -82,6 +82,11 @@ impl Progress {
         (Progress { done }, printer)
     }
 
+    /// Counts `n` done in all (a figure read from elsewhere, not counted here).
+    pub fn set(&self, n: u64) {
+        self.done.store(n, Ordering::Relaxed);
+    }
+
     pub fn add(&self, n: u64) {
         self.done.fetch_add(n, Ordering::Relaxed);
     }

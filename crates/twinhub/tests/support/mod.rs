@@ -411,6 +411,20 @@ pub fn run_node(script: &str, hub: &TestHub, env: &[(&str, String)]) -> Output {
     finish(sdk_command("node".into(), &dir, script, hub, env), script, hub)
 }
 
+/// Runs one SDK script against a hub of its own, printing what it logged.
+pub fn sdk_script(language: &str, script: &str, env: &[(&str, String)]) {
+    if !sdk_tests_enabled() {
+        println!("{script}: skipped (TWINHUB_SKIP_SDK_TESTS=1)");
+        return;
+    }
+    let hub = TestHub::start();
+    let output = match language {
+        "node" => run_node(script, &hub, env),
+        _ => run_python(script, &hub, env),
+    };
+    println!("{}", String::from_utf8_lossy(&output.stdout));
+}
+
 /// Runs `sdk-tests/python/<script>` in the venv and fails the test with its output unless it exits 0.
 pub fn run_python(script: &str, hub: &TestHub, env: &[(&str, String)]) -> Output {
     let dir = ensure_python_sdk();
