@@ -5,6 +5,7 @@
 //! change a twin except through [`twin::Twin::apply`] and friends, so that the rules hold everywhere.
 
 pub mod c2d;
+pub mod configuration;
 pub mod consumer_group;
 pub mod desired_delivery;
 pub mod device;

@@ -50,6 +50,12 @@ pub enum HubError {
     MethodCall(#[from] twinhub_core::method::MethodCallError),
     #[error("{0}")]
     CloudToDevice(#[from] twinhub_core::c2d::QueueError),
+    #[error("The configuration '{0}' does not exist")]
+    ConfigurationNotFound(String),
+    #[error("Precondition failed: the etag given is not the current etag of configuration '{0}'")]
+    ConfigurationEtagMismatch(String),
+    #[error("A hub keeps at most {0} configurations")]
+    TooManyConfigurations(usize),
     #[error("The job '{0}' does not exist")]
     JobNotFound(twinhub_core::JobId),
     #[error("A job with ID '{0}' already exists")]

@@ -61,6 +61,14 @@ impl Batch<'_> {
                         Err(error) => tracing::error!(%error, "another node stored routes this node cannot use"),
                     }
                 }
+                StoreWrite::PutSetting { name, value } if name == crate::configurations::CONFIGURATIONS_SETTING => {
+                    match crate::configurations::ConfigurationSet::from_stored(&value) {
+                        Ok(set) => self.configurations = set,
+                        Err(error) => {
+                            tracing::error!(%error, "another node stored configurations this node cannot use")
+                        }
+                    }
+                }
                 StoreWrite::PutSetting { .. } => {}
                 module @ (StoreWrite::UpsertModule(_) | StoreWrite::DeleteModule { .. }) => self.module_stored(module),
                 job @ (StoreWrite::UpsertJob(_) | StoreWrite::UpsertDeviceJob(_)) => self.job_stored(job),

@@ -10,6 +10,8 @@
 mod announce;
 mod bulk;
 pub mod cloud_to_device;
+mod configuration_applier;
+pub mod configurations;
 pub mod device_router;
 pub mod endpoints;
 mod error;
@@ -66,6 +68,8 @@ pub struct Snapshot {
     pub consumer_groups: imbl::OrdMap<String, String>,
     /// Module identities with their twins, by device and module (a device's modules are one range).
     pub modules: Modules,
+    /// Automatic device configurations.
+    pub configurations: configurations::ConfigurationSet,
     /// Scheduled jobs, and every device's step of one.
     pub jobs: jobs::Jobs,
     pub device_jobs: jobs::DeviceJobs,
@@ -197,6 +201,12 @@ impl Hub {
             .map(|module| ((module.device_id().clone(), module.module_id.clone()), Arc::new(module)))
             .collect();
         let (jobs, device_jobs) = jobs::restore(stored_jobs);
+        let configurations = settings
+            .iter()
+            .find(|(name, _)| name == configurations::CONFIGURATIONS_SETTING)
+            .map(|(_, value)| configurations::ConfigurationSet::from_stored(value))
+            .transpose()?
+            .unwrap_or_default();
         let stored_routes = settings
             .iter()
             .find(|(name, _)| name == routing::ROUTING_SETTING)
@@ -259,6 +269,7 @@ impl Hub {
             module_indexes: Default::default(),
             consumer_groups,
             modules,
+            configurations,
             jobs,
             device_jobs,
         }));
@@ -331,6 +342,7 @@ impl Hub {
             config,
         });
         tokio::spawn(job_runner::run(Arc::downgrade(&hub), Arc::clone(&hub.job_runner_wake)));
+        tokio::spawn(configuration_applier::run(Arc::downgrade(&hub)));
         if let Some(spec) = store_routes {
             hub.edit_routing(routing::RoutingEdit::Replace(spec)).await?;
         }

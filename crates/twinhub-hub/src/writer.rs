@@ -83,6 +83,8 @@ pub(crate) enum WriteOp {
     Module(crate::modules::ModuleOp),
     /// A change to a scheduled job or to a device's step of one.
     Job(crate::jobs::JobOp),
+    /// A change to the automatic device configurations, or a twin given one's content.
+    Configuration(crate::configurations::ConfigurationOp),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -106,6 +108,7 @@ pub(crate) enum WriteOutcome {
     CloudToDevice(CloudToDeviceOutcome),
     Module(Arc<twinhub_core::module::ModuleRecord>),
     Job(Arc<twinhub_core::job::JobRecord>),
+    Configuration(Arc<crate::configurations::Compiled>),
     Done,
 }
 
@@ -147,6 +150,8 @@ pub(crate) struct Batch<'a> {
     consumer_groups: imbl::OrdMap<String, String>,
     /// Module identities as the batch leaves them.
     pub(crate) modules: crate::Modules,
+    /// The automatic device configurations as the batch leaves them.
+    pub(crate) configurations: crate::configurations::ConfigurationSet,
     /// Scheduled jobs and their devices' steps as the batch leaves them.
     pub(crate) jobs: crate::jobs::Jobs,
     pub(crate) device_jobs: crate::jobs::DeviceJobs,
@@ -230,6 +235,7 @@ pub(crate) async fn run(
             registry: Registry::clone(&previous.devices),
             consumer_groups: previous.consumer_groups.clone(),
             modules: previous.modules.clone(),
+            configurations: previous.configurations.clone(),
             jobs: previous.jobs.clone(),
             device_jobs: previous.device_jobs.clone(),
             writes: Vec::with_capacity(commands.len()),
@@ -327,6 +333,7 @@ pub(crate) async fn run(
             module_indexes,
             consumer_groups: batch.consumer_groups,
             modules: batch.modules,
+            configurations: batch.configurations,
             jobs: batch.jobs,
             device_jobs: batch.device_jobs,
         }));
@@ -548,6 +555,7 @@ impl Batch<'_> {
             }
             WriteOp::Module(op) => self.apply_module(op, now),
             WriteOp::Job(op) => self.apply_job(op, now),
+            WriteOp::Configuration(op) => self.apply_configuration(op, now),
             WriteOp::EditRouting(edit) => {
                 let table = match &self.routing {
                     Some(changed) => edit.apply(changed.spec()),

@@ -70,7 +70,11 @@ impl From<&HubError> for TwinFailure {
             | HubError::DeviceDefinedMultipleTimes(_) => (400, 400004),
             HubError::MessageTooLarge(_) => (413, 413001),
             HubError::ConsumerGroupName(_) => (400, 400004),
-            HubError::ConsumerGroupNotFound(_) | HubError::JobNotFound(_) => (404, 404001),
+            HubError::ConsumerGroupNotFound(_) | HubError::JobNotFound(_) | HubError::ConfigurationNotFound(_) => {
+                (404, 404001)
+            }
+            HubError::ConfigurationEtagMismatch(_) => (412, 412001),
+            HubError::TooManyConfigurations(_) => (403, 403002),
             HubError::JobAlreadyExists(_) => (409, 409001),
             HubError::JobQuotaExceeded(_) => (403, 403003),
             HubError::ShuttingDown => (503, 503001),

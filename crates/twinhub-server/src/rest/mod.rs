@@ -3,6 +3,7 @@
 
 mod auth;
 mod body;
+mod configurations;
 mod consumer_groups;
 mod device_events;
 mod device_messages;
@@ -58,6 +59,18 @@ pub fn router(state: RestState) -> Router {
             get(twins::get_twin).patch(twins::patch_twin).put(twins::replace_twin),
         )
         .route("/devices/query", post(twins::query))
+        .route("/configurations", get(configurations::list))
+        .route("/configurations/testQueries", post(configurations::test_queries))
+        .route(
+            "/configurations/{id}",
+            get(configurations::get)
+                .put(configurations::put)
+                .delete(configurations::delete),
+        )
+        .route(
+            "/devices/{id}/applyConfigurationContent",
+            post(configurations::apply_content),
+        )
         .route("/jobs/v2/query", get(jobs::query))
         .route("/jobs/v2/{id}", get(jobs::get).put(jobs::put))
         .route("/jobs/v2/{id}/cancel", post(jobs::cancel))
