@@ -103,6 +103,28 @@ async function main() {
   await waitFor('firmware 2.0 back in cfg-b (now outranked)', async () =>
     (await desiredFirmware(registry, 'cfg-b')) === '2.0', 5000);
 
+  log('a module configuration: every telemetry module twin gets its sampling rate');
+  for (const deviceId of ['cfg-a', 'cfg-b']) {
+    await registry.addModule({ deviceId, moduleId: 'telemetry' });
+  }
+  await registry.addModule({ deviceId: 'cfg-c', moduleId: 'other' });
+  await registry.addConfiguration({
+    id: 'sampling',
+    content: { moduleContent: { 'properties.desired.sampling': { seconds: 5 } } },
+    targetCondition: "FROM devices.modules WHERE moduleId = 'telemetry'",
+    priority: 1,
+  });
+  const sampling = async (deviceId, moduleId) => {
+    const { responseBody } = await registry.getModuleTwin(deviceId, moduleId);
+    return responseBody.properties.desired.sampling && responseBody.properties.desired.sampling.seconds;
+  };
+  await waitFor('sampling 5 in both telemetry modules', async () =>
+    (await sampling('cfg-a', 'telemetry')) === 5 && (await sampling('cfg-b', 'telemetry')) === 5, 5000);
+  assert.equal(await sampling('cfg-c', 'other'), undefined, 'another module is untouched');
+  const { responseBody: moduleMetrics } = await registry.getConfiguration('sampling');
+  assert.deepEqual(moduleMetrics.systemMetrics.results, { targetedCount: 2, appliedCount: 2 });
+  await registry.removeConfiguration('sampling');
+
   log('removeConfiguration: what was written stays');
   await registry.removeConfiguration('firmware-3-lab');
   await registry.removeConfiguration('firmware-2');

@@ -28,7 +28,9 @@ pub struct Configuration {
     pub device_content: BTreeMap<String, Value>,
     /// `modulesContent` and `moduleContent`, kept and returned as given.
     pub modules_content: Map<String, Value>,
-    pub module_content: Map<String, Value>,
+    /// `moduleContent`: as `device_content`, for the module twins a module configuration selects (its
+    /// target condition `FROM devices.modules WHERE ...`).
+    pub module_content: BTreeMap<String, Value>,
     /// The condition (a query's WHERE clause) that selects device twins; empty selects none, `*` all.
     pub target_condition: String,
     pub priority: i64,
@@ -117,13 +119,13 @@ pub fn parse(
         Some(_) => Err(ConfigurationError::Field(key, "an object")),
     };
     let device_content: BTreeMap<String, Value> = content_part("deviceContent")?.into_iter().collect();
-    for key in device_content.keys() {
+    let module_content: BTreeMap<String, Value> = content_part("moduleContent")?.into_iter().collect();
+    for key in device_content.keys().chain(module_content.keys()) {
         if !(key == DESIRED_PREFIX || key.starts_with("properties.desired.")) {
             return Err(ConfigurationError::DeviceContentKey(key.clone()));
         }
     }
     let modules_content = content_part("modulesContent")?;
-    let module_content = content_part("moduleContent")?;
     let target_condition = match present("targetCondition") {
         None => String::new(),
         Some(Value::String(text)) => text.trim().to_owned(),
@@ -175,6 +177,7 @@ pub fn parse(
     };
     configuration
         .device_patch(rules)
+        .and_then(|_| configuration.module_patch(rules))
         .map_err(ConfigurationError::DeviceContent)?;
     if let Some(previous) = previous {
         let content_of = |c: &Configuration| {
@@ -201,52 +204,39 @@ impl Configuration {
         !self.device_content.is_empty()
     }
 
-    /// The patch its device content makes: each `properties.desired.<path>` key set to its value.
-    pub fn device_patch(&self, rules: &TwinRules) -> Result<TwinPatch, TwinRuleViolation> {
-        let mut desired = Map::new();
-        for (key, value) in &self.device_content {
-            let path = key.strip_prefix(DESIRED_PREFIX).unwrap_or_default();
-            let members: Vec<&str> = path.split('.').filter(|member| !member.is_empty()).collect();
-            match members.split_last() {
-                // `properties.desired` itself: its object's members are set one by one.
-                None => {
-                    if let Value::Object(members) = value {
-                        for (name, value) in members {
-                            desired.insert(name.clone(), value.clone());
-                        }
-                    }
-                }
-                Some((last, parents)) => {
-                    let mut at = &mut desired;
-                    for parent in parents {
-                        let entry = at.entry((*parent).to_owned()).or_insert_with(|| json!({}));
-                        if !entry.is_object() {
-                            *entry = json!({});
-                        }
-                        at = entry
-                            .as_object_mut()
-                            .unwrap_or_else(|| unreachable!("made an object above"));
-                    }
-                    at.insert((*last).to_owned(), value.clone());
-                }
-            }
-        }
-        TwinPatch::from_json(&json!({"properties": {"desired": desired}}), rules)
+    /// Whether it writes anything to the module twins it selects (a module configuration).
+    pub fn has_module_content(&self) -> bool {
+        !self.module_content.is_empty()
     }
 
-    /// Whether a twin whose desired properties (without metadata) are `desired` holds this content.
+    /// A module configuration's condition over module twins (what follows `FROM devices.modules WHERE`).
+    pub fn module_condition(&self) -> Option<&str> {
+        let condition = self.target_condition.trim();
+        let prefix = "from devices.modules where ";
+        condition
+            .get(..prefix.len())
+            .filter(|head| head.eq_ignore_ascii_case(prefix))
+            .map(|_| condition[prefix.len()..].trim())
+    }
+
+    /// The patch its device content makes: each `properties.desired.<path>` key set to its value.
+    pub fn device_patch(&self, rules: &TwinRules) -> Result<TwinPatch, TwinRuleViolation> {
+        content_patch(&self.device_content, rules)
+    }
+
+    /// The patch its module content makes.
+    pub fn module_patch(&self, rules: &TwinRules) -> Result<TwinPatch, TwinRuleViolation> {
+        content_patch(&self.module_content, rules)
+    }
+
+    /// Whether a twin whose desired properties (without metadata) are `desired` holds its device content.
     pub fn is_held_by(&self, desired: &Value) -> bool {
-        self.device_content.iter().all(|(key, value)| {
-            let path = key.strip_prefix(DESIRED_PREFIX).unwrap_or_default();
-            let mut at = desired;
-            for member in path.split('.').filter(|member| !member.is_empty()) {
-                match at.get(member) {
-                    Some(next) => at = next,
-                    None => return false,
-                }
-            }
-            contains(at, value)
-        })
+        holds(&self.device_content, desired)
+    }
+
+    /// Whether a module twin whose desired properties are `desired` holds its module content.
+    pub fn module_content_is_held_by(&self, desired: &Value) -> bool {
+        holds(&self.module_content, desired)
     }
 
     /// Whether it outranks `other` for a twin both select: the higher priority, then the newer.
@@ -286,6 +276,54 @@ impl Configuration {
             "etag": self.etag(),
         })
     }
+}
+
+/// The patch `content` makes: each `properties.desired.<path>` key set to its value.
+fn content_patch(content: &BTreeMap<String, Value>, rules: &TwinRules) -> Result<TwinPatch, TwinRuleViolation> {
+    let mut desired = Map::new();
+    for (key, value) in content {
+        let path = key.strip_prefix(DESIRED_PREFIX).unwrap_or_default();
+        let members: Vec<&str> = path.split('.').filter(|member| !member.is_empty()).collect();
+        match members.split_last() {
+            // `properties.desired` itself: its object's members are set one by one.
+            None => {
+                if let Value::Object(members) = value {
+                    for (name, value) in members {
+                        desired.insert(name.clone(), value.clone());
+                    }
+                }
+            }
+            Some((last, parents)) => {
+                let mut at = &mut desired;
+                for parent in parents {
+                    let entry = at.entry((*parent).to_owned()).or_insert_with(|| json!({}));
+                    if !entry.is_object() {
+                        *entry = json!({});
+                    }
+                    at = entry
+                        .as_object_mut()
+                        .unwrap_or_else(|| unreachable!("made an object above"));
+                }
+                at.insert((*last).to_owned(), value.clone());
+            }
+        }
+    }
+    TwinPatch::from_json(&json!({"properties": {"desired": desired}}), rules)
+}
+
+/// Whether desired properties (without metadata) `desired` hold `content`.
+fn holds(content: &BTreeMap<String, Value>, desired: &Value) -> bool {
+    content.iter().all(|(key, value)| {
+        let path = key.strip_prefix(DESIRED_PREFIX).unwrap_or_default();
+        let mut at = desired;
+        for member in path.split('.').filter(|member| !member.is_empty()) {
+            match at.get(member) {
+                Some(next) => at = next,
+                None => return false,
+            }
+        }
+        contains(at, value)
+    })
 }
 
 /// Whether `held` holds `wanted`: equal, or for objects, every member of `wanted` held (a merge of

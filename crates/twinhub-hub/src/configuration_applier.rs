@@ -12,7 +12,7 @@ use crate::{Hub, HubError, Registry};
 use futures_util::future::join_all;
 use std::sync::Weak;
 use std::time::Duration;
-use twinhub_core::DeviceId;
+use twinhub_core::{DeviceId, ModuleId};
 
 /// How soon after a change the applier looks.
 const LOOK_EVERY: Duration = Duration::from_millis(250);
@@ -23,7 +23,7 @@ pub(crate) async fn run(hub: Weak<Hub>) {
     let mut ticker = tokio::time::interval(LOOK_EVERY);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // What the last complete look saw: nothing to do again until either changes.
-    let mut seen: Option<(Registry, crate::configurations::ConfigurationSet)> = None;
+    let mut seen: Option<(Registry, crate::Modules, crate::configurations::ConfigurationSet)> = None;
     loop {
         ticker.tick().await;
         let Some(hub) = hub.upgrade() else { return };
@@ -32,8 +32,11 @@ pub(crate) async fn run(hub: Weak<Hub>) {
             seen = None;
             continue;
         }
-        if let Some((devices, configurations)) = &seen {
-            if devices.ptr_eq(&snapshot.devices) && configurations.same(&snapshot.configurations) {
+        if let Some((devices, modules, configurations)) = &seen {
+            if devices.ptr_eq(&snapshot.devices)
+                && modules.ptr_eq(&snapshot.modules)
+                && configurations.same(&snapshot.configurations)
+            {
                 continue;
             }
         }
@@ -45,11 +48,12 @@ pub(crate) async fn run(hub: Weak<Hub>) {
         let applies = due
             .into_iter()
             .take(APPLIED_PER_LOOK_MAX)
-            .map(|(device_id, configuration_id)| {
+            .map(|(device_id, module_id, configuration_id)| {
                 submit(
                     &hub.writes,
                     WriteOp::Configuration(ConfigurationOp::Apply {
                         device_id,
+                        module_id,
                         configuration_id,
                     }),
                 )
@@ -65,20 +69,37 @@ pub(crate) async fn run(hub: Weak<Hub>) {
                 }
             }
         }
-        seen = (complete && !failed).then(|| (snapshot.devices.clone(), snapshot.configurations.clone()));
+        seen = (complete && !failed).then(|| {
+            (
+                snapshot.devices.clone(),
+                snapshot.modules.clone(),
+                snapshot.configurations.clone(),
+            )
+        });
     }
 }
 
-/// The twins that do not hold the content of the configuration that wins them, with that configuration.
-fn due(snapshot: &crate::Snapshot) -> Vec<(DeviceId, String)> {
-    snapshot
-        .devices
-        .values()
-        .filter_map(|record| {
-            let winner = snapshot.configurations.winner_for(record)?;
-            let desired = record.twin.desired.to_json_without_metadata();
-            (!winner.configuration.is_held_by(&desired))
-                .then(|| (record.identity.device_id.clone(), winner.configuration.id.clone()))
+/// The device and module twins that do not hold the content of the configuration that wins them, with
+/// that configuration.
+fn due(snapshot: &crate::Snapshot) -> Vec<(DeviceId, Option<ModuleId>, String)> {
+    let configurations = &snapshot.configurations;
+    let devices = snapshot.devices.values().filter_map(|record| {
+        let winner = configurations.winner_for(record)?;
+        let desired = record.twin.desired.to_json_without_metadata();
+        (!winner.configuration.is_held_by(&desired))
+            .then(|| (record.identity.device_id.clone(), None, winner.configuration.id.clone()))
+    });
+    let for_modules = configurations.iter().any(|compiled| compiled.is_for_modules());
+    let modules = snapshot.modules.values().filter(|_| for_modules).filter_map(|module| {
+        let winner = configurations.winner_for_module(module)?;
+        let desired = module.record.twin.desired.to_json_without_metadata();
+        (!winner.configuration.module_content_is_held_by(&desired)).then(|| {
+            (
+                module.device_id().clone(),
+                Some(module.module_id.clone()),
+                winner.configuration.id.clone(),
+            )
         })
-        .collect()
+    });
+    devices.chain(modules).collect()
 }

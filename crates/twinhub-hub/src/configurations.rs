@@ -13,29 +13,41 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use twinhub_core::configuration::{parse, Configuration, ConfigurationMetrics, CONFIGURATIONS_MAX};
 use twinhub_core::etag::IfMatch;
-use twinhub_core::{DeviceId, DeviceRecord, Timestamp};
+use twinhub_core::module::ModuleRecord;
+use twinhub_core::{DeviceId, DeviceRecord, ModuleId, Timestamp};
 use twinhub_query::CompiledQuery;
 use twinhub_store::StoreWrite;
 
 /// The setting the configurations are stored under, as JSON.
 pub const CONFIGURATIONS_SETTING: &str = "configurations";
 
+/// What a configuration's target condition selects.
+enum Target {
+    Nothing,
+    EveryDevice,
+    Devices(CompiledQuery),
+    /// `FROM devices.modules WHERE ...`: module twins.
+    Modules(CompiledQuery),
+}
+
 /// A configuration with its target condition compiled.
 pub struct Compiled {
     pub configuration: Configuration,
-    /// `None`: the condition selects nothing (empty); `Some(None)`: every device (`*`).
-    target: Option<Option<CompiledQuery>>,
+    target: Target,
 }
 
 impl Compiled {
     fn new(configuration: Configuration) -> Result<Compiled, HubError> {
         let condition = configuration.target_condition.trim();
-        let target = match condition {
-            "" => None,
-            "*" => Some(None),
-            condition => Some(Some(CompiledQuery::parse(&format!(
+        let target = match (condition, configuration.module_condition()) {
+            (_, Some(modules)) => Target::Modules(CompiledQuery::parse(&format!(
+                "SELECT * FROM devices.modules WHERE {modules}"
+            ))?),
+            ("", None) => Target::Nothing,
+            ("*", None) => Target::EveryDevice,
+            (condition, None) => Target::Devices(CompiledQuery::parse(&format!(
                 "SELECT * FROM devices WHERE {condition}"
-            ))?)),
+            ))?),
         };
         for query in configuration.metric_queries.values() {
             CompiledQuery::parse(query)?;
@@ -45,10 +57,22 @@ impl Compiled {
 
     pub fn targets(&self, record: &DeviceRecord) -> bool {
         match &self.target {
-            None => false,
-            Some(None) => true,
-            Some(Some(query)) => query.matches(record),
+            Target::EveryDevice => true,
+            Target::Devices(query) => query.matches(record),
+            Target::Nothing | Target::Modules(_) => false,
         }
+    }
+
+    pub fn targets_module(&self, module: &ModuleRecord) -> bool {
+        match &self.target {
+            Target::Modules(query) => query.matches(module),
+            _ => false,
+        }
+    }
+
+    /// A module configuration: it selects module twins.
+    pub fn is_for_modules(&self) -> bool {
+        matches!(self.target, Target::Modules(_))
     }
 }
 
@@ -101,9 +125,18 @@ impl ConfigurationSet {
     /// The configuration that wins `record`: of those with device content that select it, the one that
     /// outranks the others.
     pub fn winner_for(&self, record: &DeviceRecord) -> Option<&Arc<Compiled>> {
+        self.best(|compiled| compiled.configuration.has_device_content() && compiled.targets(record))
+    }
+
+    /// The module configuration that wins a module twin, as `winner_for` for device twins.
+    pub fn winner_for_module(&self, module: &ModuleRecord) -> Option<&Arc<Compiled>> {
+        self.best(|compiled| compiled.configuration.has_module_content() && compiled.targets_module(module))
+    }
+
+    fn best(&self, candidate: impl Fn(&Compiled) -> bool) -> Option<&Arc<Compiled>> {
         self.by_id
             .values()
-            .filter(|compiled| compiled.configuration.has_device_content() && compiled.targets(record))
+            .filter(|compiled| candidate(compiled))
             .reduce(|best, next| {
                 if next.configuration.outranks(&best.configuration) {
                     next
@@ -126,10 +159,11 @@ pub enum ConfigurationOp {
         id: String,
         if_match: IfMatch,
     },
-    /// The twin of `device_id` given the content of `configuration_id`, if that one still wins it and
-    /// the twin does not hold it yet.
+    /// The twin of `device_id` (or of its module `module_id`) given the content of `configuration_id`, if
+    /// that one still wins it and the twin does not hold it yet.
     Apply {
         device_id: DeviceId,
+        module_id: Option<ModuleId>,
         configuration_id: String,
     },
 }
@@ -182,6 +216,35 @@ impl Batch<'_> {
             }
             ConfigurationOp::Apply {
                 device_id,
+                module_id: Some(module_id),
+                configuration_id,
+            } => {
+                let Some(module) = self.modules.get(&(device_id.clone(), module_id.clone())).cloned() else {
+                    return Ok(WriteOutcome::Done);
+                };
+                let Some(winner) = self.configurations.winner_for_module(&module).cloned() else {
+                    return Ok(WriteOutcome::Done);
+                };
+                let desired = module.record.twin.desired.to_json_without_metadata();
+                if winner.configuration.id != configuration_id
+                    || winner.configuration.module_content_is_held_by(&desired)
+                {
+                    return Ok(WriteOutcome::Done);
+                }
+                let patch = winner.configuration.module_patch(&self.config.rules)?;
+                self.apply_module(
+                    crate::modules::ModuleOp::PatchTwin {
+                        device_id,
+                        module_id,
+                        patch,
+                        if_match: IfMatch::Any,
+                    },
+                    now,
+                )
+            }
+            ConfigurationOp::Apply {
+                device_id,
+                module_id: None,
                 configuration_id,
             } => {
                 let Some(record) = self.registry.get(&device_id).cloned() else {
@@ -330,6 +393,20 @@ impl Hub {
 /// What a configuration's queries count over a snapshot.
 fn metrics(snapshot: &crate::Snapshot, compiled: &Arc<Compiled>) -> ConfigurationMetrics {
     let mut metrics = ConfigurationMetrics::default();
+    for module in snapshot.modules.values().filter(|_| compiled.is_for_modules()) {
+        if !compiled.targets_module(module) {
+            continue;
+        }
+        metrics.targeted += 1;
+        let wins = snapshot
+            .configurations
+            .winner_for_module(module)
+            .is_some_and(|winner| Arc::ptr_eq(winner, compiled));
+        let desired = module.record.twin.desired.to_json_without_metadata();
+        if wins && compiled.configuration.module_content_is_held_by(&desired) {
+            metrics.applied += 1;
+        }
+    }
     for record in snapshot.devices.values() {
         if !compiled.targets(record) {
             continue;

@@ -133,4 +133,8 @@ fn every_scenario_runs_and_checks_what_it_measured() {
     let query = bench(&hub, &["query", "--devices", "20", "--clients", "2", "--seconds", "1"]);
     assert!(query["operations"].as_u64().unwrap() > 0, "{query}");
     assert_eq!(query["devices"], 20, "{query}");
+    // The job scenario updates every bench device's twin through a job and counts them by a query.
+    let job = bench(&hub, &["job", "--devices", "30"]);
+    assert!(job["operations"].as_u64().unwrap() >= 30, "{job}");
+    assert_eq!(job["operations"], job["verified_devices"], "{job}");
 }
