@@ -14,7 +14,7 @@ const { Registry, JobClient } = require('azure-iothub');
 const { Client } = require('azure-iot-device');
 const { Mqtt } = require('azure-iot-device-mqtt');
 const { ConnectionString } = require('azure-iot-common');
-const { log, run, sleep, waitFor } = require('./support');
+const { log, queryAll, run, sleep, waitFor } = require('./support');
 
 const connectionString = process.env.TWINHUB_CONNECTION_STRING;
 if (!connectionString) {
@@ -31,16 +31,6 @@ async function jobReaching(jobClient, jobId, statuses, ms = 60000) {
     return statuses.includes(job.status);
   }, ms);
   return job;
-}
-
-async function queryAll(registry, sql) {
-  const query = registry.createQuery(sql, 100);
-  const items = [];
-  do {
-    const { result } = await query.next(query.continuationToken);
-    items.push(...result);
-  } while (query.hasMoreResults);
-  return items;
 }
 
 async function connect(hostName, registry, deviceId) {
@@ -158,6 +148,23 @@ async function main() {
   assert.equal(byDevice['method-silent'].error.code, 'GatewayTimeout');
   assert.equal(byDevice['method-offline-1'].error.code, 'DeviceNotOnline');
 
+  log('a job cancelled mid-run stops where it was');
+  const canaryId = `canary-${Date.now()}`;
+  await jobClient.scheduleTwinUpdate(canaryId, "tags.rollout = 'wave1'", { etag: '*', tags: { canary: 'yes' } });
+  await waitFor('the canary job under way', async () => {
+    const { jobStatus: job } = await jobClient.getJob(canaryId);
+    return job.deviceJobStatistics.succeededCount > 0;
+  });
+  const { jobStatus: cancelledMidRun } = await jobClient.cancelJob(canaryId);
+  assert.equal(cancelledMidRun.status, 'cancelled');
+  const statistics = cancelledMidRun.deviceJobStatistics;
+  assert.ok(statistics.succeededCount < FLEET + 1, JSON.stringify(statistics));
+  assert.equal(statistics.succeededCount + statistics.failedCount, FLEET + 1);
+  assert.equal(statistics.pendingCount, 0);
+  await sleep(300);
+  const canaries = await queryAll(registry, "SELECT COUNT() AS n FROM devices WHERE tags.canary = 'yes'");
+  assert.equal(canaries[0].n, statistics.succeededCount, 'no twin is patched after the cancel');
+
   log('a job scheduled an hour ahead is queued, then cancelled');
   const laterId = `later-${Date.now()}`;
   const { jobStatus: later } = await jobClient.scheduleTwinUpdate(
@@ -183,7 +190,10 @@ async function main() {
     assert.ok(result.length <= 1);
     listed.push(...result.map((job) => `${job.jobId}:${job.status}`));
   } while (query.hasMoreResults);
-  assert.deepEqual(listed.sort(), [`${twinJobId}:completed`, `${laterId}:cancelled`].sort());
+  assert.deepEqual(
+    listed.sort(),
+    [`${twinJobId}:completed`, `${canaryId}:cancelled`, `${laterId}:cancelled`].sort(),
+  );
   const { result: completedMethods } = await jobClient.createQuery('scheduleDeviceMethod', 'completed').next();
   assert.deepEqual(completedMethods.map((job) => job.jobId), [methodJobId]);
 

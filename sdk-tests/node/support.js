@@ -78,4 +78,16 @@ async function registerDevices(registry, ids) {
   return keys;
 }
 
-module.exports = { log, sleep, waitFor, run, deviceScriptEnv, eachLimited, registerDevices };
+// Every item of a registry query, through every page (`next` with the continuation token: the promise
+// form without it re-reads the first page).
+async function queryAll(registry, sql, pageSize = 1000) {
+  const query = registry.createQuery(sql, pageSize);
+  const items = [];
+  do {
+    const { result } = await query.next(query.continuationToken);
+    items.push(...result);
+  } while (query.hasMoreResults);
+  return items;
+}
+
+module.exports = { log, sleep, waitFor, run, deviceScriptEnv, eachLimited, registerDevices, queryAll };

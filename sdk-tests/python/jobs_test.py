@@ -2,13 +2,11 @@
 device on the Python device SDK (azure-iot-device over MQTT), against a real twinhub. Run by
 crates/twinhub/tests/sdk_jobs.rs with TWINHUB_CONNECTION_STRING (iothubowner) and REQUESTS_CA_BUNDLE.
 
-Checks: create_scheduled_job for a twin update over the devices a tag selects (start time as the SDK's
-samples give it), get_scheduled_job until completed with its statistics, the twins patched once and the
-others untouched; a method job over a device that answers and one that is offline, with each outcome in
-devices.jobs; a job scheduled for later cancelled with cancel_scheduled_job; an unknown job is 404.
-
-query_scheduled_jobs is not called: it reads the answer as an object where IoT Hub (and twinhub) send an
-array, so it fails against Azure itself (shared/protocol/service-rest.md §4.5).
+Checks: create_scheduled_job for a twin update over the 1,000 devices a tag selects (registered in
+bulk; start time as the SDK's samples give it), get_scheduled_job until completed with its statistics,
+the twins patched once and the others untouched; a method job over a device that answers and one that is
+offline, with each outcome in devices.jobs; a job scheduled for later cancelled with
+cancel_scheduled_job; query_scheduled_jobs by type and status; an unknown job is 404.
 """
 
 import datetime
@@ -18,7 +16,14 @@ import time
 
 from azure.iot.device import MethodResponse
 from azure.iot.hub import IoTHubJobManager, IoTHubRegistryManager
-from azure.iot.hub.models import CloudToDeviceMethod, JobRequest, QuerySpecification, Twin, TwinProperties
+from azure.iot.hub.models import (
+    CloudToDeviceMethod,
+    ExportImportDevice,
+    JobRequest,
+    QuerySpecification,
+    Twin,
+    TwinProperties,
+)
 from checks import check, check_equal, connection_string_part, expect_http_error, log, register_device_client, run
 
 CONNECTION_STRING = os.environ.get("TWINHUB_CONNECTION_STRING")
@@ -26,7 +31,7 @@ if not CONNECTION_STRING:
     print("TWINHUB_CONNECTION_STRING must be set", file=sys.stderr)
     sys.exit(2)
 
-GROUP = 30
+GROUP = 1000
 
 
 def job_reaching(jobs, job_id, statuses, seconds=60):
@@ -44,12 +49,14 @@ def main():
     jobs = IoTHubJobManager.from_connection_string(CONNECTION_STRING)
     host = connection_string_part(CONNECTION_STRING, "HostName")
 
-    log("register {} devices tagged group 'py' and one tagged 'other'".format(GROUP))
-    for n in range(GROUP + 1):
-        device_id = "py-job-{}".format(n)
-        registry.create_device_with_sas(device_id, None, None, "enabled")
-        group = "py" if n < GROUP else "other"
-        registry.update_twin(device_id, Twin(tags={"group": group}), "*")
+    log("register {} devices tagged group 'py' and one tagged 'other' (bulk, 100 at a time)".format(GROUP))
+    devices = [
+        ExportImportDevice(id="py-job-{}".format(n), import_mode="create", tags={"group": "py" if n < GROUP else "other"})
+        for n in range(GROUP + 1)
+    ]
+    for start in range(0, len(devices), 100):
+        result = registry.bulk_create_or_update_devices(devices[start : start + 100])
+        check(result.is_successful, "bulk registration: {}".format(result.errors))
 
     log("a twin update job for tags.group = 'py', starting now")
     twin_job_id = "py-firmware-{}".format(int(time.time()))
@@ -131,6 +138,16 @@ def main():
     check_equal(cancelled.status, "cancelled", "status after cancel")
     check_equal(jobs.get_scheduled_job(later_id).status, "cancelled", "status read back")
     check_equal(cancelled.max_execution_time_in_seconds, 60, "maxExecutionTimeInSeconds")
+
+    log("query_scheduled_jobs by type and status")
+    twin_jobs = jobs.query_scheduled_jobs("scheduleUpdateTwin", None)
+    check_equal(
+        sorted((job["jobId"], job["status"]) for job in twin_jobs.items),
+        sorted([(twin_job_id, "completed"), (later_id, "cancelled")]),
+        "the twin jobs",
+    )
+    completed = jobs.query_scheduled_jobs(None, "completed")
+    check_equal(sorted(job["jobId"] for job in completed.items), sorted([twin_job_id, method_job_id]), "completed jobs")
 
     log("an unknown job is 404 JobNotFound")
     expect_http_error(lambda: jobs.get_scheduled_job("py-no-such-job"), 404, "JobNotFound")

@@ -11,11 +11,14 @@ use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
-use serde_json::Value;
+use serde_json::{json, Value};
 use std::collections::HashMap;
 use twinhub_core::job::{JobStatus, JobType};
 use twinhub_core::policy::Permission;
 use twinhub_core::JobId;
+
+/// What the Python `azure-iot-hub` SDK's generated REST client puts in its User-Agent.
+const PYTHON_GENERATED_CLIENT: &str = "iothubgatewayserviceapis/";
 
 /// Jobs a query page holds when the caller does not say.
 const PAGE_SIZE_DEFAULT: usize = 100;
@@ -104,14 +107,20 @@ pub async fn query(
     let page: Vec<_> = rest.by_ref().take(page_size).collect();
     let more = rest.next().is_some();
     let items: Vec<Value> = page.iter().map(|(job, statistics)| job.to_json(*statistics)).collect();
+    let continuation = more.then(|| page.last().map(|(job, _)| job.job_id.as_str())).flatten();
+    // The Python SDK's generated client reads this answer as an object, where IoT Hub (and the Node,
+    // Java and C# SDKs) have an array: it gets the object, so its query_scheduled_jobs works as users
+    // expect it to (shared/protocol/service-rest.md §4.5).
+    if header("user-agent").is_some_and(|agent| agent.contains(PYTHON_GENERATED_CLIENT)) {
+        let result = json!({"type": "jobResponse", "items": items, "continuationToken": continuation});
+        return Ok(body::json_bytes(&result).into_response());
+    }
     let mut response = body::json_bytes(&Value::Array(items)).into_response();
     response
         .headers_mut()
         .insert("x-ms-item-type", HeaderValue::from_static("jobResponse"));
-    if let (true, Some((last, _))) = (more, page.last()) {
-        if let Ok(value) = HeaderValue::from_str(last.job_id.as_str()) {
-            response.headers_mut().insert("x-ms-continuation", value);
-        }
+    if let Some(value) = continuation.and_then(|token| HeaderValue::from_str(token).ok()) {
+        response.headers_mut().insert("x-ms-continuation", value);
     }
     Ok(response)
 }

@@ -413,11 +413,16 @@ pub fn run_node(script: &str, hub: &TestHub, env: &[(&str, String)]) -> Output {
 
 /// Runs one SDK script against a hub of its own, printing what it logged.
 pub fn sdk_script(language: &str, script: &str, env: &[(&str, String)]) {
+    sdk_script_with(&[], language, script, env);
+}
+
+/// As `sdk_script`, the hub started with `hub_args`.
+pub fn sdk_script_with(hub_args: &[&str], language: &str, script: &str, env: &[(&str, String)]) {
     if !sdk_tests_enabled() {
         println!("{script}: skipped (TWINHUB_SKIP_SDK_TESTS=1)");
         return;
     }
-    let hub = TestHub::start();
+    let hub = TestHub::start_with(hub_args);
     let output = match language {
         "node" => run_node(script, &hub, env),
         _ => run_python(script, &hub, env),
