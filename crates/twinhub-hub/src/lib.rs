@@ -9,6 +9,8 @@
 
 mod announce;
 mod bulk;
+pub mod change_stream;
+
 pub mod cloud_to_device;
 mod configuration_applier;
 pub mod configurations;
@@ -143,6 +145,8 @@ pub struct Hub {
     follower: Option<follow::Follower>,
     /// In a cluster: the bus to the other nodes (direct methods to devices connected elsewhere).
     bus: Option<Arc<dyn twinhub_bus::Bus>>,
+    /// The live change stream for back ends (`change_stream.rs`).
+    changes: Arc<change_stream::ChangeStream>,
     /// Wakes the job runner (a job was created) ahead of its next look.
     job_runner_wake: Arc<tokio::sync::Notify>,
     config: HubConfig,
@@ -274,6 +278,7 @@ impl Hub {
             device_jobs,
         }));
         let (writes, queue) = mpsc::channel(config.write_queue_operations_max);
+        let changes = Arc::new(change_stream::ChangeStream::default());
         let (events, _) = broadcast::channel(events::EVENT_QUEUE_MAX);
         let router = Arc::new(DeviceRouter::default());
         tokio::spawn(device_router::route_events(events.subscribe(), Arc::clone(&router)));
@@ -321,6 +326,7 @@ impl Hub {
                 sessions_elsewhere: sessions_elsewhere.clone(),
                 routing: Arc::clone(&routing),
                 hub_messages: Arc::new(twinhub_core::hub_message::HubMessages::new(&config.hub_name)),
+                changes: Arc::clone(&changes),
             },
         ));
         tokio::spawn(sweep_cloud_to_device(writes.downgrade()));
@@ -339,6 +345,7 @@ impl Hub {
             follower,
             bus,
             job_runner_wake: Arc::new(tokio::sync::Notify::new()),
+            changes,
             config,
         });
         tokio::spawn(job_runner::run(Arc::downgrade(&hub), Arc::clone(&hub.job_runner_wake)));
@@ -461,10 +468,20 @@ impl Hub {
             module_id: module_id.map(str::to_owned),
             generation_id: record.identity.generation_id.clone(),
         };
+        // Kept for the change stream only while someone reads it.
+        let watched = self.changes.is_watched().then(|| events.clone());
         self.routing
             .route_device_events(origin, events, || Some(record))
-            .await
-            .map(|_| ())
+            .await?;
+        if let Some(events) = watched {
+            self.changes.publish_telemetry(device_id, module_id, &events);
+        }
+        Ok(())
+    }
+
+    /// The live change stream for back ends: twin changes, deletions, telemetry.
+    pub fn change_stream(&self) -> &change_stream::ChangeStream {
+        &self.changes
     }
 
     /// Message routing: the routes in force, and what was dropped.

@@ -206,6 +206,8 @@ pub(crate) struct Deliveries {
     /// Routes the hub's own messages (twin changes, lifecycle, connection state) to their endpoints.
     pub(crate) routing: Arc<crate::routing::MessageRouting>,
     pub(crate) hub_messages: Arc<HubMessages>,
+    /// The live change stream for back ends: told every twin the batch changed, while someone reads.
+    pub(crate) changes: Arc<crate::change_stream::ChangeStream>,
 }
 
 /// What committing a batch came to.
@@ -327,6 +329,15 @@ pub(crate) async fn run(
             }
             deliveries.routing.replace(table);
         }
+        let changed = deliveries.changes.is_watched().then(|| {
+            let mut devices = std::mem::take(&mut batch.touched);
+            devices.sort_unstable();
+            devices.dedup();
+            let mut modules = std::mem::take(&mut batch.touched_modules);
+            modules.sort_unstable();
+            modules.dedup();
+            (devices, modules)
+        });
         snapshot.store(Arc::new(Snapshot {
             devices: batch.registry,
             indexes,
@@ -337,6 +348,9 @@ pub(crate) async fn run(
             jobs: batch.jobs,
             device_jobs: batch.device_jobs,
         }));
+        if let Some((devices, modules)) = changed {
+            deliveries.changes.publish_changes(&snapshot.load(), &devices, &modules);
+        }
         if let (Some(seq), Some(applied)) = (seq, &deliveries.applied) {
             applied.store(seq, std::sync::atomic::Ordering::Release);
         }

@@ -5,6 +5,8 @@
 //! wire and `twinhub_hub::Hub` calls, and map `HubError` to the wire in one place per protocol.
 
 pub mod amqp;
+pub mod console;
+
 pub mod endpoints;
 pub mod material;
 pub mod mqtt;

@@ -47,6 +47,8 @@ pub struct ServeConfig {
     pub event_hubs_emulator_port: Option<u16>,
     /// The operations listener (`/metrics`, `/healthz`); off when `None`.
     pub metrics_bind: Option<SocketAddr>,
+    /// Serve the web console at `/console/` on the HTTPS port.
+    pub console: bool,
     /// On a cluster's node with a bus: where its event hub endpoints live (JetStream).
     pub event_hubs_in_jetstream: Option<crate::endpoints::EventHubsInJetStream>,
 }
@@ -83,6 +85,7 @@ impl ServeConfig {
             hub_name,
             event_hubs_emulator_port: None,
             metrics_bind: None,
+            console: true,
             event_hubs_in_jetstream: None,
             data_dir,
             hostname,
@@ -251,6 +254,11 @@ pub async fn serve(config: ServeConfig) -> Result<RunningHub, ServeError> {
         mqtt: Arc::clone(&mqtt),
         amqp: Arc::clone(&amqp),
     }));
+    let router = if config.console {
+        router.merge(crate::console::router())
+    } else {
+        router
+    };
     let (shutdown, shutdown_signal) = watch::channel(false);
 
     let https_tls = crate::tls::server_config(&material.server_cert_pem, &material.server_key_pem, &[b"http/1.1"])?;

@@ -65,6 +65,17 @@ enum Command {
         #[arg(long)]
         event_hubs: bool,
     },
+    /// Print a SAS token for a policy (`Authorization` header value), for tools like curl.
+    Token {
+        #[arg(long, default_value = "./twinhub-data")]
+        data_dir: PathBuf,
+        /// The policy (default: iothubowner).
+        #[arg(long, default_value = "iothubowner")]
+        policy: String,
+        /// How long the token is valid, in seconds.
+        #[arg(long, default_value_t = 3600)]
+        seconds: u64,
+    },
     /// Print the path of the hub's CA certificate, PEM (the last line of output).
     CaCert {
         #[arg(long, default_value = "./twinhub-data")]
@@ -180,6 +191,22 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     twinhub_core::policy::service_connection_string(&served.hostname, policy)
                 );
             }
+            Ok(())
+        }
+        Command::Token {
+            data_dir,
+            policy,
+            seconds,
+        } => {
+            let policies = twinhub_server::HubMaterial::policies_in(&data_dir, false)?;
+            let policy = twinhub_server::HubMaterial::policy(&policies, &policy)?;
+            let served = twinhub_server::material::read_served_as(&data_dir)?;
+            let expiry = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)?
+                .as_secs()
+                + seconds;
+            let token = twinhub_core::sas::sign(&served.hostname, &policy.primary_key, Some(&policy.name), expiry)?;
+            println!("{token}");
             Ok(())
         }
         Command::CaCert { data_dir } => {

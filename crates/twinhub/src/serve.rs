@@ -34,6 +34,9 @@ pub struct ServeArgs {
     /// Allow arrays in tags and properties (off: IoT Hub's classic rule, as the product is specified).
     #[arg(long)]
     allow_arrays: bool,
+    /// Do not serve the web console (`https://<host>/console/`).
+    #[arg(long)]
+    no_console: bool,
     /// Devices per second that scheduled jobs (`/jobs/v2`) take on, all jobs together: a job over a large
     /// fleet leaves the devices' own traffic its share of the hub.
     #[arg(long, default_value_t = twinhub_hub::HubConfig::default().job_devices_per_second,
@@ -105,6 +108,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     config.amqp_port = args.amqp_port;
     config.hub.rules.arrays_allowed = args.allow_arrays;
     config.hub.job_devices_per_second = args.job_devices_per_second;
+    config.console = !args.no_console;
     config.mqtt.twin_requests_per_second = args.device_twin_requests_per_second;
     config.mqtt.twin_request_burst = args.device_twin_request_burst;
     if let Some(hub_name) = &args.hub_name {
