@@ -4,11 +4,13 @@
 // TWINHUB_CONNECTION_STRING (iothubowner), TWINHUB_READ_CONNECTION_STRING (registryRead) and
 // TWINHUB_SCREENSHOTS (a folder for a screenshot of each page).
 //
-// Checks: sign in with a connection string; create a device; the Node device connects and its row turns
+// Checks: sign in with a connection string, with the keyboard alone; create a device; the Node device connects and its row turns
 // Connected without a reload; its reported properties appear on its page without a reload; desired
 // properties edited in the page reach the device; a change underneath makes saving a 412 conflict that
 // the page explains and resolves; a query with a syntax error shows where; a registryRead policy is
-// refused writes with a clear message.
+// refused writes with a clear message; the overview counts the devices; a direct method invoked from
+// the device page is answered; disable and enable; the query's table view; dark mode and 200% zoom
+// (no sideways scrolling).
 'use strict';
 
 const assert = require('node:assert/strict');
@@ -42,9 +44,11 @@ async function main() {
   try {
     log('sign in with a connection string');
     await page.goto(`https://${hostName}/console/`);
-    await page.getByLabel('Connection string').fill(connectionString);
+    // The keyboard alone: the field has the focus, Tab reaches the button, Enter presses it.
+    await page.keyboard.type(connectionString);
     await shot('sign-in');
-    await page.getByRole('button', { name: 'Sign in' }).click();
+    await page.keyboard.press('Tab');
+    await page.keyboard.press('Enter');
     await page.getByRole('heading', { name: 'Devices' }).waitFor();
 
     log('create a device');
@@ -85,6 +89,38 @@ async function main() {
     }
     await shot('device');
 
+    log('a direct method from the device page, answered by the device');
+    device.onDeviceMethod('blink', (request, response) => response.send(200, { blinked: request.payload.times }, () => {}));
+    await page.locator('#method-name').fill('blink');
+    await page.locator('#method-payload').fill('{"times": 3}');
+    await page.getByRole('button', { name: 'Invoke' }).click();
+    await page.locator('#method-result', { hasText: '"blinked": 3' }).waitFor({ timeout: 10000 });
+
+    log('a cloud-to-device message from the device page reaches the device; its telemetry shows live');
+    const messages = [];
+    device.on('message', (msg) => {
+      messages.push(msg.getData().toString());
+      device.complete(msg, () => {});
+    });
+    await page.locator('#message-text').fill('open the valve');
+    await page.getByRole('button', { name: 'Send' }).click();
+    const until = Date.now() + 10000;
+    while (!messages.includes('open the valve')) {
+      assert.ok(Date.now() < until, 'the device got the message');
+      await new Promise((resolve) => setTimeout(resolve, 100));
+    }
+    const { Message } = require('azure-iot-device');
+    await device.sendEvent(new Message(JSON.stringify({ temperature: 22.5 })));
+    await page.locator('#telemetry', { hasText: '22.5' }).waitFor({ timeout: 10000 });
+
+    log('disable and enable the device; its modules are listed');
+    await page.getByRole('button', { name: 'Disable' }).click();
+    await page.locator('#device-status', { hasText: 'disabled' }).waitFor();
+    assert.equal((await registry.get('console-dev')).responseBody.status, 'disabled');
+    await page.getByRole('button', { name: 'Enable' }).click();
+    await page.locator('#device-status', { hasText: 'enabled' }).waitFor();
+    await page.locator('#modules', { hasText: 'No modules' }).waitFor();
+
     log('a change underneath: saving is a 412 conflict the page explains and resolves');
     await registry.updateTwin('console-dev', { properties: { desired: { interval: 42 } } }, '*');
     await page.locator('#twin-editor').fill(JSON.stringify({ tags: { site: 'lab' }, properties: { desired: { interval: 10 } } }));
@@ -107,6 +143,33 @@ async function main() {
     await page.locator('#query-text').fill("SELECT * FROM devices WHERE tags.site = 'lab'");
     await page.getByRole('button', { name: 'Run' }).click();
     await page.locator('#query-result', { hasText: 'console-dev' }).waitFor();
+    await page.locator('#query-result th', { hasText: 'deviceId' }).waitFor();
+    await page.getByLabel('As a table').uncheck();
+    await page.locator('#query-result pre', { hasText: '"deviceId": "console-dev"' }).waitFor();
+
+    log('the overview counts the devices');
+    await page.getByRole('link', { name: 'Overview' }).click();
+    await page.locator('#total-devices').waitFor();
+    assert.ok(Number(await page.locator('#total-devices').textContent()) >= 1);
+    assert.equal(await page.locator('#connected-devices').textContent(), '1');
+    await shot('overview');
+
+    log('dark mode, and 200% zoom without sideways scrolling');
+    await page.emulateMedia({ colorScheme: 'dark' });
+    await page.getByRole('link', { name: 'Devices' }).click();
+    await page.locator('[data-state="console-dev"]').waitFor();
+    await shot('devices-dark');
+    const zoomed = await browser.newContext({ ignoreHTTPSErrors: true, viewport: { width: 640, height: 480 }, deviceScaleFactor: 2 });
+    const small = await zoomed.newPage();
+    await small.goto(`https://${hostName}/console/`);
+    await small.getByLabel('Connection string').fill(connectionString);
+    await small.getByRole('button', { name: 'Sign in' }).click();
+    await small.locator('[data-state="console-dev"]').waitFor();
+    const sideways = await small.evaluate(() => document.documentElement.scrollWidth > window.innerWidth);
+    assert.equal(sideways, false, 'no sideways scrolling at 200%');
+    await small.screenshot({ path: path.join(screenshots, 'devices-200-percent.png'), fullPage: true });
+    await zoomed.close();
+    await page.emulateMedia({ colorScheme: 'light' });
 
     log('signed in with registryRead, writes are refused with a clear message');
     await page.getByRole('button', { name: 'Sign out' }).click();

@@ -229,3 +229,47 @@ async fn the_service_purges_a_device_queue() {
     .await;
     assert_eq!(after.status, 204, "{}", after.body);
 }
+
+/// twinhub's own HTTPS send (`POST /twinhub/devices/{id}/messages`, what the web console uses): the
+/// message joins the device's queue; bad requests, unknown devices and a full queue are refused in IoT
+/// Hub's terms.
+#[tokio::test]
+async fn a_back_end_sends_over_https_and_is_refused_in_iot_hubs_terms() {
+    let hub = TestHub::start();
+    let api = Service::new(&hub.owner_connection_string(), &hub.ca_path());
+    api.register_device("dev1").await;
+    let send = |body: serde_json::Value, device: &'static str| {
+        let api = &api;
+        async move {
+            api.call(
+                Method::POST,
+                &format!("/twinhub/devices/{device}/messages"),
+                Some(body),
+                None,
+            )
+            .await
+        }
+    };
+    let sent = send(
+        serde_json::json!({"body": "hello", "properties": {"kind": "greeting"}}),
+        "dev1",
+    )
+    .await;
+    assert_eq!(sent.status, 204, "{}", sent.body);
+    let twin = api.call(Method::GET, "/twins/dev1", None, None).await;
+    assert_eq!(twin.body["cloudToDeviceMessageCount"], 1);
+    for (body, device, status) in [
+        (serde_json::json!({"properties": {}}), "dev1", 400),
+        (serde_json::json!({"body": "x", "ack": "sometimes"}), "dev1", 400),
+        (serde_json::json!({"body": "x", "properties": {"n": 1}}), "dev1", 400),
+        (serde_json::json!({"body": "x"}), "nobody", 404),
+    ] {
+        assert_eq!(send(body.clone(), device).await.status, status, "{body}");
+    }
+    for _ in 1..50 {
+        assert_eq!(send(serde_json::json!({"body": "more"}), "dev1").await.status, 204);
+    }
+    let full = send(serde_json::json!({"body": "one too many"}), "dev1").await;
+    assert_eq!(full.status, 403);
+    assert_eq!(full.headers["iothub-errorcode"], "DeviceMaximumQueueDepthExceeded");
+}

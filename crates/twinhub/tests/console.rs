@@ -28,7 +28,17 @@ fn an_operator_signs_in_watches_a_device_edits_its_twin_and_queries_in_a_browser
         ],
     );
     println!("{}", String::from_utf8_lossy(&output.stdout));
-    for page in ["sign-in", "devices", "device", "conflict", "query", "read-only"] {
+    for page in [
+        "sign-in",
+        "devices",
+        "device",
+        "conflict",
+        "query",
+        "overview",
+        "devices-dark",
+        "devices-200-percent",
+        "read-only",
+    ] {
         assert!(
             screenshots.join(format!("{page}.png")).exists(),
             "a screenshot of {page}"

@@ -164,6 +164,72 @@ function element(tag, attributes = {}, ...children) {
 
 let leavePage = () => {};
 
+// What the stream brought per second, for the last five minutes (since the console was opened).
+const RATE_SECONDS = 300;
+const rates = { telemetry: new Map(), twin: new Map() };
+onStream((event) => {
+  const series = rates[event.kind];
+  if (!series) return;
+  const second = Math.floor(Date.now() / 1000);
+  series.set(second, (series.get(second) || 0) + 1);
+  for (const old of series.keys()) if (old < second - RATE_SECONDS) series.delete(old);
+});
+
+function lastSeconds(series, seconds) {
+  const now = Math.floor(Date.now() / 1000);
+  return Array.from({ length: seconds }, (_, n) => series.get(now - seconds + n) || 0);
+}
+
+// A line chart of per-second counts, as an SVG.
+function chart(label, values) {
+  const width = 600;
+  const height = 120;
+  const top = Math.max(1, ...values);
+  const points = values.map((v, n) => `${(n / (values.length - 1)) * width},${height - (v / top) * (height - 10)}`).join(' ');
+  const svg = document.createElementNS('http://www.w3.org/2000/svg', 'svg');
+  svg.setAttribute('viewBox', `0 0 ${width} ${height}`);
+  svg.setAttribute('role', 'img');
+  svg.setAttribute('aria-label', `${label}: at most ${top} per second over the last ${values.length / 60} minutes`);
+  svg.style.width = '100%';
+  svg.style.maxWidth = '40rem';
+  const line = document.createElementNS('http://www.w3.org/2000/svg', 'polyline');
+  line.setAttribute('points', points);
+  line.setAttribute('fill', 'none');
+  line.setAttribute('stroke', 'currentColor');
+  line.setAttribute('stroke-width', '2');
+  svg.append(line);
+  return svg;
+}
+
+async function overviewPage() {
+  const figures = element('dl', { id: 'overview-figures' });
+  const charts = element('div');
+  async function refresh() {
+    try {
+      const [{ body: registry }, { body: service }] = await Promise.all([
+        call('GET', 'statistics/devices'),
+        call('GET', 'statistics/service'),
+      ]);
+      const perSecond = (series) => lastSeconds(series, 10).reduce((a, b) => a + b, 0) / 10;
+      figures.replaceChildren(
+        element('dt', {}, 'Devices'), element('dd', { id: 'total-devices' }, String(registry.totalDeviceCount)),
+        element('dt', {}, 'Connected'), element('dd', { id: 'connected-devices' }, String(service.connectedDeviceCount)),
+        element('dt', {}, 'Messages per second'), element('dd', {}, perSecond(rates.telemetry).toFixed(1)),
+        element('dt', {}, 'Twin writes per second'), element('dd', {}, perSecond(rates.twin).toFixed(1)));
+      charts.replaceChildren(
+        element('h3', {}, 'Messages per second, last 5 minutes'), chart('Messages per second', lastSeconds(rates.telemetry, RATE_SECONDS)),
+        element('h3', {}, 'Twin writes per second, last 5 minutes'), chart('Twin writes per second', lastSeconds(rates.twin, RATE_SECONDS)));
+    } catch (error) {
+      show(explain(error));
+    }
+  }
+  main.replaceChildren(element('h2', {}, 'Overview'), figures, charts,
+    element('p', {}, 'Rates count what this console saw on the live stream since it was opened.'));
+  await refresh();
+  const timer = setInterval(refresh, 2000);
+  leavePage = () => clearInterval(timer);
+}
+
 function signInPage() {
   const input = element('textarea', { id: 'connection-string', rows: 3, autocomplete: 'off', spellcheck: 'false' });
   const form = element('form', {
@@ -287,6 +353,106 @@ async function devicePage(deviceId) {
   const state = element('p', { id: 'connection-state' });
   const telemetry = element('ol', { id: 'telemetry', reversed: true });
   const conflict = element('div', { id: 'conflict', role: 'alert' });
+  const identity = element('section', { id: 'identity', 'aria-label': 'Identity' });
+  const modules = element('ul', { id: 'modules' });
+
+  async function showIdentity() {
+    let device;
+    try {
+      ({ body: device } = await call('GET', `devices/${encodeURIComponent(deviceId)}`));
+    } catch (error) {
+      identity.replaceChildren(element('p', {}, explain(error)));
+      return;
+    }
+    const secret = element('div', { id: 'secret' });
+    const keys = device.authentication && device.authentication.symmetricKey;
+    const toggle = device.status === 'enabled' ? 'disabled' : 'enabled';
+    identity.replaceChildren(
+      element('p', { id: 'device-status' }, `Status: ${device.status}`),
+      element('div', { class: 'row' },
+        element('button', {
+          type: 'button',
+          id: 'toggle-status',
+          onclick: async () => {
+            try {
+              await call('PUT', `devices/${encodeURIComponent(deviceId)}`, { body: { ...device, status: toggle }, etag: device.etag });
+              showIdentity();
+            } catch (error) {
+              show(explain(error));
+            }
+          },
+        }, toggle === 'disabled' ? 'Disable' : 'Enable'),
+        keys ? element('button', {
+          type: 'button',
+          id: 'show-keys',
+          onclick: () => {
+            const text = `HostName=${credentials().host};DeviceId=${deviceId};SharedAccessKey=${keys.primaryKey}`;
+            secret.replaceChildren(
+              element('label', { for: 'device-connection-string' }, 'Device connection string'),
+              element('input', { id: 'device-connection-string', readonly: true, value: text, size: 80 }),
+              element('button', { type: 'button', onclick: () => navigator.clipboard.writeText(text).then(() => show('Copied.')) }, 'Copy'));
+          },
+        }, 'Show connection string') : null,
+        element('button', {
+          type: 'button',
+          id: 'delete-device',
+          onclick: async () => {
+            if (!confirm(`Delete ${deviceId} and its twin?`)) return;
+            try {
+              await call('DELETE', `devices/${encodeURIComponent(deviceId)}`, { etag: '*' });
+              location.hash = '#/devices';
+            } catch (error) {
+              show(explain(error));
+            }
+          },
+        }, 'Delete')),
+      secret);
+    try {
+      const { body: list } = await call('GET', `devices/${encodeURIComponent(deviceId)}/modules`);
+      modules.replaceChildren(...list.map((module) => element('li', {}, `${module.moduleId} (${module.connectionState})`)));
+      if (!list.length) modules.replaceChildren(element('li', {}, 'No modules'));
+    } catch (error) {
+      modules.replaceChildren(element('li', {}, explain(error)));
+    }
+  }
+
+  const messageText = element('input', { id: 'message-text', size: 40 });
+  const messageForm = element('form', {
+    class: 'row',
+    onsubmit: async (event) => {
+      event.preventDefault();
+      try {
+        await call('POST', `twinhub/devices/${encodeURIComponent(deviceId)}/messages`, { body: { body: messageText.value } });
+        show('Message queued for the device.');
+        messageText.value = '';
+      } catch (error) {
+        show(explain(error));
+      }
+    },
+  }, element('div', {}, element('label', { for: 'message-text' }, 'Message'), messageText), element('button', { type: 'submit' }, 'Send'));
+
+  const methodName = element('input', { id: 'method-name', value: 'reboot' });
+  const methodPayload = element('input', { id: 'method-payload', value: '{}' , size: 30 });
+  const methodResult = element('pre', { id: 'method-result', 'aria-live': 'polite' });
+  const methodForm = element('form', {
+    class: 'row',
+    onsubmit: async (event) => {
+      event.preventDefault();
+      methodResult.textContent = 'Calling…';
+      try {
+        const payload = methodPayload.value.trim() ? JSON.parse(methodPayload.value) : null;
+        const { body } = await call('POST', `twins/${encodeURIComponent(deviceId)}/methods`, {
+          body: { methodName: methodName.value, payload, responseTimeoutInSeconds: 10 },
+        });
+        methodResult.textContent = JSON.stringify(body, null, 2);
+      } catch (error) {
+        methodResult.textContent = explain(error);
+      }
+    },
+  },
+  element('div', {}, element('label', { for: 'method-name' }, 'Method'), methodName),
+  element('div', {}, element('label', { for: 'method-payload' }, 'Payload (JSON)'), methodPayload),
+  element('button', { type: 'submit' }, 'Invoke'));
 
   function editable(current) {
     const desired = { ...current.properties.desired };
@@ -349,12 +515,16 @@ async function devicePage(deviceId) {
   }
 
   main.replaceChildren(
-    element('h2', {}, deviceId), state,
+    element('h2', {}, deviceId), state, identity,
     element('label', { for: 'twin-editor' }, 'Tags and desired properties'), editor,
     element('p', {}, element('button', { type: 'button', class: 'primary', id: 'save', onclick: save }, 'Save')),
     conflict,
     element('h3', {}, 'Reported properties'), reported,
+    element('h3', {}, 'Direct method'), methodForm, methodResult,
+    element('h3', {}, 'Cloud-to-device message'), messageForm,
+    element('h3', {}, 'Modules'), modules,
     element('h3', {}, 'Telemetry'), telemetry);
+  await showIdentity();
   leavePage = onStream((event) => {
     if (event.data.deviceId !== deviceId || event.data.moduleId) return;
     if (event.kind === 'twin') {
@@ -371,12 +541,37 @@ function queryPage() {
   text.value = 'SELECT * FROM devices';
   const output = element('div', { id: 'query-result' });
   const position = element('div', { id: 'query-error', class: 'error-position', role: 'alert' });
-  async function run() {
+  const asTable = element('input', { type: 'checkbox', id: 'as-table', checked: true });
+  const more = element('button', { type: 'button', id: 'query-more', hidden: true }, 'More');
+  let items = [];
+  let continuation = null;
+
+  // A table of the rows' top-level values (objects as JSON), or the JSON itself.
+  function render() {
+    if (!asTable.checked) {
+      output.replaceChildren(element('pre', {}, JSON.stringify(items, null, 2)));
+      return;
+    }
+    const columns = [...new Set(items.flatMap((item) => Object.keys(item)))];
+    const cell = (value) => (value !== null && typeof value === 'object' ? JSON.stringify(value) : String(value ?? ''));
+    output.replaceChildren(element('table', {},
+      element('thead', {}, element('tr', {}, ...columns.map((column) => element('th', { scope: 'col' }, column)))),
+      element('tbody', {}, ...items.map((item) => element('tr', {}, ...columns.map((column) => element('td', {}, cell(item[column]))))))));
+  }
+
+  async function run(next) {
     position.textContent = '';
-    output.replaceChildren();
+    if (!next) {
+      items = [];
+      continuation = null;
+      output.replaceChildren();
+    }
     try {
-      const page = await query(text.value, 100, null);
-      output.replaceChildren(element('pre', {}, JSON.stringify(page.items, null, 2)));
+      const page = await query(text.value, 100, continuation);
+      items = items.concat(page.items);
+      continuation = page.continuation;
+      more.hidden = !continuation;
+      render();
     } catch (error) {
       // The hub's errors name where: "line L, column C: ...".
       const at = /line (\d+), column (\d+)/.exec(error.message);
@@ -388,10 +583,14 @@ function queryPage() {
       }
     }
   }
+  asTable.addEventListener('change', render);
+  more.addEventListener('click', () => run(true));
   main.replaceChildren(element('h2', {}, 'Query'),
     element('label', { for: 'query-text' }, 'IoT Hub query'), text,
-    element('p', {}, element('button', { type: 'button', class: 'primary', id: 'run-query', onclick: run }, 'Run')),
-    position, output);
+    element('p', { class: 'row' },
+      element('button', { type: 'button', class: 'primary', id: 'run-query', onclick: () => run(false) }, 'Run'),
+      element('label', { for: 'as-table' }, asTable, ' As a table')),
+    position, output, more);
 }
 
 // --- Routing --------------------------------------------------------------------------------------
@@ -407,6 +606,7 @@ async function route() {
   const device = /^#\/device\/(.+)$/.exec(hash);
   if (device) await devicePage(decodeURIComponent(device[1]));
   else if (hash === '#/query') queryPage();
+  else if (hash === '#/overview') await overviewPage();
   else await devicesPage();
   main.focus();
 }

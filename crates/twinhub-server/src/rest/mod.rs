@@ -13,6 +13,7 @@ mod methods;
 mod modules;
 mod registry;
 mod routing;
+mod send_message;
 mod stream;
 mod twins;
 
@@ -101,6 +102,7 @@ pub fn router(state: RestState) -> Router {
         // twinhub's own: message routes while the hub runs.
         .route("/twinhub/routing", get(routing::get).put(routing::put))
         .route("/twinhub/stream", get(stream::stream))
+        .route("/twinhub/devices/{id}/messages", post(send_message::send))
         .route("/twinhub/routing/test", post(routing::test))
         .route("/twinhub/routing/fallback", axum::routing::put(routing::put_fallback))
         .route(
