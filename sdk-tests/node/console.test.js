@@ -76,6 +76,7 @@ async function main() {
     twin.on('properties.desired', (delta) => received.push(JSON.parse(JSON.stringify(delta))));
     await report(twin, { connectivity: { type: 'cellular' } });
     await page.locator('#reported', { hasText: 'cellular' }).waitFor({ timeout: 10000 });
+    await page.locator('#changes', { hasText: 'properties.reported.connectivity' }).waitFor();
     await page.locator('#connection-state', { hasText: 'Connected' }).waitFor();
 
     log('desired properties edited in the page reach the device');

@@ -347,7 +347,27 @@ async function devicePage(deviceId) {
     show(explain(error));
     return;
   }
-  const opened = JSON.stringify(twin.properties.desired);
+  // What the twin was when the page opened (or was last saved or reloaded here): changes since are listed.
+  let opened = twin;
+  const changes = element('p', { id: 'changes', 'aria-live': 'polite' });
+  function changedSinceOpened(current) {
+    const members = (twinDoc) => {
+      const flat = new Map();
+      const sections = [['tags', twinDoc.tags || {}], ['properties.desired', twinDoc.properties.desired], ['properties.reported', twinDoc.properties.reported]];
+      for (const [section, values] of sections) {
+        for (const [name, value] of Object.entries(values || {})) {
+          if (!name.startsWith('$')) flat.set(`${section}.${name}`, JSON.stringify(value));
+        }
+      }
+      flat.set('connectionState', twinDoc.connectionState);
+      return flat;
+    };
+    const before = members(opened);
+    const after = members(current);
+    const paths = [...new Set([...before.keys(), ...after.keys()])].filter((key) => before.get(key) !== after.get(key));
+    changes.textContent = paths.length ? `Changed since opened: ${paths.join(', ')}` : '';
+    editor.classList.toggle('changed', paths.some((key) => !key.startsWith('properties.reported') && key !== 'connectionState'));
+  }
   const editor = element('textarea', { id: 'twin-editor', rows: 12, spellcheck: 'false' });
   const reported = element('pre', { id: 'reported' });
   const state = element('p', { id: 'connection-state' });
@@ -481,8 +501,10 @@ async function devicePage(deviceId) {
       // A replacement of tags and desired properties, at the etag the editor was loaded with.
       const { body } = await call('PUT', path, { body: wanted, etag: twin.etag });
       twin = body;
+      opened = twin;
       editor.value = editable(twin);
       render(twin);
+      changedSinceOpened(twin);
       show('Saved.');
     } catch (error) {
       if (error.status !== 412) {
@@ -498,8 +520,10 @@ async function devicePage(deviceId) {
           id: 'take-latest',
           onclick: () => {
             twin = latest;
+            opened = latest;
             editor.value = editable(latest);
             render(latest);
+            changedSinceOpened(latest);
             conflict.replaceChildren();
           },
         }, 'Load the current twin'),
@@ -515,7 +539,7 @@ async function devicePage(deviceId) {
   }
 
   main.replaceChildren(
-    element('h2', {}, deviceId), state, identity,
+    element('h2', {}, deviceId), state, changes, identity,
     element('label', { for: 'twin-editor' }, 'Tags and desired properties'), editor,
     element('p', {}, element('button', { type: 'button', class: 'primary', id: 'save', onclick: save }, 'Save')),
     conflict,
@@ -529,7 +553,7 @@ async function devicePage(deviceId) {
     if (event.data.deviceId !== deviceId || event.data.moduleId) return;
     if (event.kind === 'twin') {
       render(event.data.twin);
-      editor.classList.toggle('changed', JSON.stringify(event.data.twin.properties.desired) !== opened);
+      changedSinceOpened(event.data.twin);
     } else if (event.kind === 'telemetry') {
       telemetry.prepend(element('li', {}, `${event.data.enqueuedTime} ${JSON.stringify(event.data.body)}`));
     }
