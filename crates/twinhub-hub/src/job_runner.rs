@@ -7,7 +7,7 @@
 //! not done again.
 
 use crate::device_router::Endpoint;
-use crate::jobs::{steps_of, JobOp};
+use crate::jobs::{steps_after, steps_of, JobOp};
 use crate::writer::{submit, WriteOp};
 use crate::{Hub, HubError};
 use futures_util::future::join_all;
@@ -105,68 +105,26 @@ impl Runner {
         now: Timestamp,
         calls: &Arc<Semaphore>,
     ) -> Result<(), HubError> {
-        let cursor = self.cursors.get(&job.job_id).cloned();
-        let mut taken: Vec<DeviceId> = Vec::new();
-        let mut orphaned: Vec<DeviceId> = Vec::new();
-        let mut unfinished = false;
         let allowance = self.budget.floor() as usize;
-        for step in steps_of(&snapshot.device_jobs, &job.job_id) {
-            match step.status {
-                DeviceJobStatus::Pending => {
-                    unfinished = true;
-                    let after_cursor = cursor.as_ref().is_none_or(|cursor| step.device_id > *cursor);
-                    if after_cursor && taken.len() < allowance {
-                        taken.push(step.device_id.clone());
-                    }
-                }
-                DeviceJobStatus::Running => {
-                    unfinished = true;
-                    if call_orphaned(job, step.last_updated, now) {
-                        orphaned.push(step.device_id.clone());
-                    }
-                }
-                _ => {}
-            }
-            if taken.len() >= allowance && unfinished && cursor.is_none() {
-                break;
-            }
+        if allowance == 0 {
+            return Ok(());
         }
-        if !unfinished {
+        // Only the steps after the cursor are read for pending ones: a tick costs what it takes on, not
+        // the size of the job.
+        let cursor = self.cursors.get(&job.job_id).cloned();
+        let taken: Vec<DeviceId> = steps_after(&snapshot.device_jobs, &job.job_id, cursor.as_ref())
+            .filter(|step| step.status == DeviceJobStatus::Pending)
+            .take(allowance)
+            .map(|step| step.device_id.clone())
+            .collect();
+        let Some(last) = taken.last() else {
+            // Past the last step: one look over them all finishes the job, fails the method calls a
+            // crash orphaned, or (steps still pending: a write that failed) starts again from the top.
             self.cursors.remove(&job.job_id);
-            return job_write(
-                hub,
-                JobOp::Finish {
-                    job_id: job.job_id.clone(),
-                    status: JobStatus::Completed,
-                },
-            )
-            .await;
-        }
-        match taken.last() {
-            Some(last) => {
-                self.cursors.insert(job.job_id.clone(), last.clone());
-            }
-            // Past the last step: those still pending (a write that failed) are taken again from the top.
-            None => {
-                self.cursors.remove(&job.job_id);
-            }
-        }
+            return end_of_pass(hub, snapshot, job, now).await;
+        };
+        self.cursors.insert(job.job_id.clone(), last.clone());
         self.budget -= taken.len() as f64;
-        for device_id in orphaned {
-            let result = Err((
-                "GatewayTimeout".to_owned(),
-                "no answer was recorded: the hub stopped while it waited for the device".to_owned(),
-            ));
-            step_write(
-                hub,
-                JobOp::MethodDone {
-                    job_id: job.job_id.clone(),
-                    device_id,
-                    result,
-                },
-            )
-            .await?;
-        }
         match job.job_type {
             JobType::ScheduleUpdateTwin => {
                 let writes = taken.into_iter().map(|device_id| {
@@ -191,6 +149,52 @@ impl Runner {
         }
         Ok(())
     }
+}
+
+/// A look over every step of a job once none is left to take on after the cursor.
+async fn end_of_pass(
+    hub: &Arc<Hub>,
+    snapshot: &crate::Snapshot,
+    job: &JobRecord,
+    now: Timestamp,
+) -> Result<(), HubError> {
+    let mut unfinished = false;
+    let mut orphaned: Vec<DeviceId> = Vec::new();
+    for step in steps_of(&snapshot.device_jobs, &job.job_id) {
+        match step.status {
+            DeviceJobStatus::Pending => unfinished = true,
+            DeviceJobStatus::Running => {
+                unfinished = true;
+                if call_orphaned(job, step.last_updated, now) {
+                    orphaned.push(step.device_id.clone());
+                }
+            }
+            _ => {}
+        }
+    }
+    if !unfinished {
+        let finish = JobOp::Finish {
+            job_id: job.job_id.clone(),
+            status: JobStatus::Completed,
+        };
+        return job_write(hub, finish).await;
+    }
+    for device_id in orphaned {
+        let result = Err((
+            "GatewayTimeout".to_owned(),
+            "no answer was recorded: the hub stopped while it waited for the device".to_owned(),
+        ));
+        step_write(
+            hub,
+            JobOp::MethodDone {
+                job_id: job.job_id.clone(),
+                device_id,
+                result,
+            },
+        )
+        .await?;
+    }
+    Ok(())
 }
 
 /// Whether a method step that began at `began` is past any answer its call could still bring.

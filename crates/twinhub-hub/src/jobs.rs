@@ -92,9 +92,23 @@ pub fn statistics(steps: &DeviceJobs, job_id: &JobId) -> JobStatistics {
 
 /// A job's steps, in device id order.
 pub fn steps_of<'s>(steps: &'s DeviceJobs, job_id: &JobId) -> impl Iterator<Item = &'s Arc<DeviceJobRecord>> + 's {
+    steps_after(steps, job_id, None)
+}
+
+/// A job's steps for the devices after `after` (all when `None`), in device id order.
+pub fn steps_after<'s>(
+    steps: &'s DeviceJobs,
+    job_id: &JobId,
+    after: Option<&DeviceId>,
+) -> impl Iterator<Item = &'s Arc<DeviceJobRecord>> + 's {
+    use std::ops::Bound;
+    let start = match after {
+        Some(device_id) => Bound::Excluded((job_id.clone(), device_id.clone())),
+        None => Bound::Included((job_id.clone(), min_device())),
+    };
     let job_id = job_id.clone();
     steps
-        .range((job_id.clone(), min_device())..)
+        .range((start, Bound::Unbounded))
         .take_while(move |((job, _), _)| *job == job_id)
         .map(|(_, step)| step)
 }
